@@ -1,0 +1,204 @@
+// tandem-bench: load benchmark of a running tandemd. For each stream count N it opens N concurrent
+// Generate streams and reports time to first token and inter-token latency (p50, p99), aggregate
+// tokens/s, and the fraction of the machine's matmul peak (measured here, in the same run, through
+// the same LibTorch build and thread count) that the model's useful arithmetic reaches.
+//
+//   tandem-bench --server=HOST:PORT --model_dir=DIR --streams=1,8,32 --max_tokens=128
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "bench/matmul_peak.h"
+#include "models/model_dir.h"
+#include "tandem/v1/inference.grpc.pb.h"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "tandemd address");
+ABSL_FLAG(std::string, model, "", "Model name (default: the server's default)");
+ABSL_FLAG(std::string, model_dir, "",
+          "The model's directory, for its shape (FLOPs per token); required for the peak fraction");
+ABSL_FLAG(std::string, streams, "1,8,32", "Comma-separated concurrent stream counts");
+ABSL_FLAG(int, max_tokens, 128, "Tokens generated per stream");
+ABSL_FLAG(int, rounds, 1, "Streams each client opens one after another per measurement");
+ABSL_FLAG(std::string, prompt, "Once upon a time", "Prompt of every stream");
+ABSL_FLAG(int, threads, 0, "Threads for the matmul peak (0: all cores; match tandemd --threads)");
+ABSL_FLAG(double, peak_seconds, 1.0, "Timing per matrix size for the peak");
+ABSL_FLAG(std::string, device, "cpu", "Device for the matmul peak (the server's device)");
+ABSL_FLAG(bool, skip_peak, false, "Do not measure the matmul peak");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct StreamStats {
+  bool ok = false;
+  std::string error;
+  double ttft = 0;
+  std::vector<double> gaps;  // seconds between consecutive tokens
+  int tokens = 0;
+  int prompt_tokens = 0;
+};
+
+StreamStats RunStream(tandem::v1::Inference::Stub* stub, const tandem::v1::GenerateRequest& req) {
+  StreamStats s;
+  grpc::ClientContext ctx;
+  auto t0 = Clock::now();
+  auto last = t0;
+  auto reader = stub->Generate(&ctx, req);
+  tandem::v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    if (resp.has_text()) {
+      const int n = std::max(1, resp.text().token_ids_size());
+      auto now = Clock::now();
+      if (s.tokens == 0) {
+        s.ttft = std::chrono::duration<double>(now - t0).count();
+      } else {
+        // Coalesced deltas (a slow reader) spread their gap over their tokens.
+        const double gap = std::chrono::duration<double>(now - last).count() / n;
+        for (int i = 0; i < n; ++i) s.gaps.push_back(gap);
+      }
+      last = now;
+      s.tokens += n;
+    } else if (resp.has_finished()) {
+      s.tokens = resp.finished().usage().completion_tokens();
+      s.prompt_tokens = resp.finished().usage().prompt_tokens();
+    }
+  }
+  grpc::Status st = reader->Finish();
+  s.ok = st.ok();
+  if (!st.ok()) s.error = st.error_message();
+  return s;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("tandem-bench --server=HOST:PORT --model_dir=DIR --streams=1,8,32");
+  absl::ParseCommandLine(argc, argv);
+
+  std::vector<int> counts;
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_streams), ',')) {
+    int n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n < 1) {
+      std::fprintf(stderr, "tandem-bench: bad --streams entry '%s'\n", std::string(part).c_str());
+      return 2;
+    }
+    counts.push_back(n);
+  }
+
+  tandem::LlamaConfig cfg;
+  bool have_cfg = false;
+  if (!absl::GetFlag(FLAGS_model_dir).empty()) {
+    auto dir = tandem::ReadModelDir(absl::GetFlag(FLAGS_model_dir));
+    if (!dir.ok()) {
+      std::fprintf(stderr, "tandem-bench: %s\n", dir.status().ToString().c_str());
+      return 2;
+    }
+    cfg = dir->llama;
+    have_cfg = true;
+  }
+
+  tandem::bench::MatmulPeak peak;
+  if (!absl::GetFlag(FLAGS_skip_peak)) {
+    peak = tandem::bench::MeasureMatmulPeak(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads),
+                                            absl::GetFlag(FLAGS_peak_seconds));
+    std::printf("matmul peak: %.1f GFLOP/s (fp32 %dx%dx%d, %d threads, %s)\n", peak.gflops,
+                peak.size, peak.size, peak.size, peak.threads,
+                absl::GetFlag(FLAGS_device).c_str());
+  }
+  if (have_cfg) {
+    std::printf("model: dim %d, %d layers, %d heads, %d kv heads, hidden %d, vocab %d, seq %d, "
+                "%.2fM parameters\n",
+                cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim,
+                cfg.vocab_size, cfg.seq_len, cfg.ParameterCount() / 1e6);
+  }
+
+  grpc::ChannelArguments args;
+  // Separate connections per stream would measure the kernel, not the server: one channel.
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
+                                           grpc::InsecureChannelCredentials(), args);
+  auto stub = tandem::v1::Inference::NewStub(channel);
+
+  tandem::v1::GenerateRequest req;
+  req.set_model(absl::GetFlag(FLAGS_model));
+  req.set_prompt(absl::GetFlag(FLAGS_prompt));
+  req.mutable_text()->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  req.mutable_text()->set_temperature(0);
+  req.mutable_text()->set_include_token_ids(true);
+
+  // Warm-up: one short stream (first-touch allocations, connection).
+  {
+    auto w = req;
+    w.mutable_text()->set_max_tokens(8);
+    StreamStats s = RunStream(stub.get(), w);
+    if (!s.ok) {
+      std::fprintf(stderr, "tandem-bench: warm-up failed: %s\n", s.error.c_str());
+      return 1;
+    }
+  }
+
+  std::printf("\n%8s %10s %10s %10s %10s %12s %10s %10s\n", "streams", "ttft_p50", "ttft_p99",
+              "itl_p50", "itl_p99", "tokens/s", "x_single", "peak_frac");
+  double single_rate = 0;
+  for (int n : counts) {
+    std::vector<StreamStats> stats(static_cast<size_t>(n) * absl::GetFlag(FLAGS_rounds));
+    std::vector<std::thread> threads;
+    auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([&, i] {
+        for (int r = 0; r < absl::GetFlag(FLAGS_rounds); ++r) {
+          auto q = req;
+          q.set_request_id(absl::StrCat("bench-", n, "-", i, "-", r));
+          stats[static_cast<size_t>(i) * absl::GetFlag(FLAGS_rounds) + r] = RunStream(stub.get(), q);
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::vector<double> ttfts, gaps;
+    int64_t tokens = 0;
+    double flops = 0;
+    for (const auto& s : stats) {
+      if (!s.ok) {
+        std::fprintf(stderr, "tandem-bench: a stream failed: %s\n", s.error.c_str());
+        return 1;
+      }
+      ttfts.push_back(s.ttft);
+      gaps.insert(gaps.end(), s.gaps.begin(), s.gaps.end());
+      tokens += s.tokens;
+      if (have_cfg) {
+        // Useful work: the prompt's prefill plus one forward per generated token, each at its
+        // own context position (the last generated token is never fed back).
+        for (int p = 0; p < s.prompt_tokens; ++p) flops += cfg.FlopsPerToken(p);
+        for (int t = 0; t + 1 < s.tokens; ++t) flops += cfg.FlopsPerToken(s.prompt_tokens + t);
+      }
+    }
+    const double rate = tokens / wall;
+    if (n == counts.front()) single_rate = rate;
+    const double frac = peak.gflops > 0 && have_cfg ? flops / wall / 1e9 / peak.gflops : 0;
+    std::printf("%8d %9.1fms %9.1fms %9.2fms %9.2fms %12.1f %9.2fx %9.1f%%\n", n,
+                Percentile(ttfts, 0.5) * 1e3, Percentile(ttfts, 0.99) * 1e3,
+                Percentile(gaps, 0.5) * 1e3, Percentile(gaps, 0.99) * 1e3, rate,
+                single_rate > 0 ? rate / single_rate : 0, frac * 100);
+    std::fflush(stdout);
+  }
+  return 0;
+}

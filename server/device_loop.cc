@@ -1,0 +1,128 @@
+#include "server/device_loop.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "models/llama.h"
+
+namespace tandem {
+
+DeviceLoop::DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metrics* metrics)
+    : options_(std::move(options)), registry_(registry), metrics_(metrics) {}
+
+absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions options,
+                                                               ModelRegistry* registry,
+                                                               Metrics* metrics) {
+  if (options.max_sequences < 1) {
+    return absl::InvalidArgumentError("max_sequences must be >= 1");
+  }
+  std::unique_ptr<DeviceLoop> loop(new DeviceLoop(std::move(options), registry, metrics));
+  // Load on the creating thread: the loop thread does not exist yet, and a bad model should stop
+  // the server from starting rather than fail the first request.
+  for (const auto& entry : registry->List()) {
+    absl::StatusOr<std::shared_ptr<TextModel>> m = loop->Instance(*entry);
+    if (!m.ok()) return m.status();
+  }
+  TextWorkloadOptions text_options;
+  text_options.device = loop->options_.device;
+  text_options.prefill_token_budget = loop->options_.prefill_token_budget;
+  DeviceLoop* raw = loop.get();
+  loop->text_ = std::make_unique<TextWorkload>(
+      text_options, [raw](const ModelEntry& e) { return raw->Instance(e); }, metrics);
+  if (metrics) {
+    loop->busy_text_ = &metrics->device_busy_seconds.Add(
+        {{"device", loop->options_.device}, {"work", "text"}});
+  }
+  loop->thread_ = std::thread([raw] { raw->Run(); });
+  return loop;
+}
+
+DeviceLoop::~DeviceLoop() { Stop(); }
+
+void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
+  load_.fetch_add(1, std::memory_order_relaxed);
+  // The request leaves the device exactly once, whatever the reason; the count follows it.
+  auto user_done = std::move(request->on_done);
+  request->on_done = [this, user_done = std::move(user_done)] {
+    load_.fetch_sub(1, std::memory_order_relaxed);
+    if (user_done) user_done();
+  };
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    request->stream->Finish(absl::UnavailableError("the server is shutting down"));
+    request->on_done();
+    return;
+  }
+  inbox_.push_back([this, r = std::move(request)]() mutable { text_->Admit(std::move(r)); });
+}
+
+void DeviceLoop::Post(absl::AnyInvocable<void()> fn) {
+  absl::MutexLock lock(&mu_);
+  inbox_.push_back(std::move(fn));
+}
+
+absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::Instance(const ModelEntry& entry) {
+  auto it = instances_.find(entry.name);
+  if (it != instances_.end() && it->second.version >= entry.version) return it->second.model;
+  absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
+  if (!weights.ok()) return weights.status();
+  TextModelOptions mo;
+  mo.device = options_.device;
+  mo.max_slots = options_.max_sequences;
+  absl::StatusOr<std::unique_ptr<TextModel>> model =
+      CreateLlamaModel(entry.dir.llama, weights->tensors, mo);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat("model \"", entry.name, "\" on ", options_.device, ": ",
+                                     model.status().message()));
+  }
+  // Sequences running on the previous instance keep it alive until they finish.
+  Instance_& inst = instances_[entry.name];
+  inst.version = entry.version;
+  inst.model = std::shared_ptr<TextModel>(std::move(*model));
+  return inst.model;
+}
+
+void DeviceLoop::Run() {
+  std::deque<absl::AnyInvocable<void()>> batch;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!text_->HasWork()) {
+        // Nothing to run: sleep until something is posted.
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return !inbox_.empty() || stopping_;
+        };
+        mu_.Await(absl::Condition(&ready));
+      }
+      if (stopping_) break;
+      batch.swap(inbox_);
+    }
+    for (auto& fn : batch) fn();
+    batch.clear();
+    if (text_->HasWork()) {
+      absl::Time t0 = absl::Now();
+      text_->RunIteration();
+      if (busy_text_) busy_text_->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
+    }
+  }
+  // Work posted before the stop still gets its stream finished.
+  std::deque<absl::AnyInvocable<void()>> rest;
+  {
+    absl::MutexLock lock(&mu_);
+    rest.swap(inbox_);
+  }
+  for (auto& fn : rest) fn();
+  text_->AbortAll(absl::UnavailableError("the server is shutting down"));
+}
+
+void DeviceLoop::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace tandem

@@ -1,0 +1,233 @@
+#include "server/inference_service.h"
+
+#include <deque>
+#include <memory>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace tandem {
+
+using tandem::v1::GenerateRequest;
+using tandem::v1::GenerateResponse;
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+namespace {
+
+// The reactor of one Generate call, and its outbox. gRPC owns the reactor until OnDone; the
+// device loop holds the outbox (a shared_ptr) and may outlive the reactor: once OnDone ran,
+// Send/Finish are dropped. Invariant: StartWrite and Finish are called without holding mu_ (a
+// Finish may run OnDone inline), and Finish is called once, only when no write is in flight.
+class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> {
+ public:
+  class Outbox final : public ResponseStream {
+   public:
+    explicit Outbox(GenerateReactor* reactor) : reactor_(reactor) {}
+
+    void Send(GenerateResponse response) override {
+      GenerateReactor* to_write = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        if (reactor_ == nullptr || finish_requested_) return;
+        // Coalesce text: a client that reads slowly gets fewer, larger deltas, not a backlog.
+        if (!queue_.empty() && queue_.back().has_text() && response.has_text()) {
+          auto* t = queue_.back().mutable_text();
+          t->mutable_text()->append(response.text().text());
+          t->mutable_token_ids()->MergeFrom(response.text().token_ids());
+        } else {
+          queue_.push_back(std::move(response));
+        }
+        to_write = NextWriteLocked();
+      }
+      if (to_write) to_write->StartWrite(&current_);
+    }
+
+    void Finish(const absl::Status& status) override {
+      GenerateReactor* to_finish = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        if (reactor_ == nullptr || finish_requested_) return;
+        finish_requested_ = true;
+        final_status_ = ToGrpcStatus(status);
+        if (!writing_) to_finish = TakeFinishLocked();
+      }
+      if (to_finish) to_finish->Finish(final_status_);
+    }
+
+    bool cancelled() const override { return cancelled_.load(std::memory_order_acquire); }
+
+    // --- reactor side ---
+    void OnWriteDone(bool ok) {
+      GenerateReactor* to_write = nullptr;
+      GenerateReactor* to_finish = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        writing_ = false;
+        if (!ok) {
+          // The stream broke (client gone): stop the work, end the call.
+          cancelled_.store(true, std::memory_order_release);
+          queue_.clear();
+          if (!finish_requested_) {
+            finish_requested_ = true;
+            final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+          }
+        }
+        to_write = NextWriteLocked();
+        if (!to_write && finish_requested_) to_finish = TakeFinishLocked();
+      }
+      if (to_write) to_write->StartWrite(&current_);
+      if (to_finish) to_finish->Finish(final_status_);
+    }
+
+    void OnCancel() {
+      cancelled_.store(true, std::memory_order_release);
+      GenerateReactor* to_finish = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        queue_.clear();
+        if (!finish_requested_) {
+          finish_requested_ = true;
+          final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+        }
+        // With a write in flight, OnWriteDone(false) follows and finishes.
+        if (!writing_) to_finish = TakeFinishLocked();
+      }
+      if (to_finish) to_finish->Finish(final_status_);
+    }
+
+    void Detach() {
+      absl::MutexLock lock(&mu_);
+      reactor_ = nullptr;
+    }
+
+   private:
+    GenerateReactor* NextWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (writing_ || finished_ || queue_.empty() || reactor_ == nullptr) return nullptr;
+      current_ = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      return reactor_;
+    }
+    GenerateReactor* TakeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      if (finished_ || writing_ || !queue_.empty() || reactor_ == nullptr) return nullptr;
+      finished_ = true;
+      return reactor_;
+    }
+
+    absl::Mutex mu_;
+    GenerateReactor* reactor_ ABSL_GUARDED_BY(mu_);
+    std::deque<GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);
+    GenerateResponse current_;  // the message being written; touched only by the writer
+    bool writing_ ABSL_GUARDED_BY(mu_) = false;
+    bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
+    bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish has been called on the reactor
+    grpc::Status final_status_;  // written before finished_ is set, read by that caller only
+    std::atomic<bool> cancelled_{false};
+  };
+
+  GenerateReactor(Metrics* metrics, std::string model, const char* kind)
+      : outbox_(std::make_shared<Outbox>(this)), metrics_(metrics), model_(std::move(model)),
+        kind_(kind) {}
+
+  std::shared_ptr<Outbox> outbox() { return outbox_; }
+
+  // Ends the call at once (validation failed); nothing was queued.
+  void Reject(const absl::Status& status) { outbox_->Finish(status); }
+
+  void OnWriteDone(bool ok) override { outbox_->OnWriteDone(ok); }
+  void OnCancel() override { outbox_->OnCancel(); }
+  void OnDone() override {
+    outbox_->Detach();
+    delete this;
+  }
+
+  void Finish(grpc::Status status) {
+    if (metrics_) {
+      static const char* kCodeNames[] = {
+          "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+          "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+          "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+          "UNAUTHENTICATED"};
+      int code = static_cast<int>(status.error_code());
+      metrics_->requests
+          .Add({{"model", model_}, {"kind", kind_},
+                {"code", code >= 0 && code <= 16 ? kCodeNames[code] : "UNKNOWN"}})
+          .Increment();
+    }
+    grpc::ServerWriteReactor<GenerateResponse>::Finish(std::move(status));
+  }
+
+ private:
+  std::shared_ptr<Outbox> outbox_;
+  Metrics* metrics_;
+  std::string model_;
+  const char* kind_;
+};
+
+}  // namespace
+
+InferenceService::InferenceService(ModelRegistry* registry, WorkerPool* pool, Metrics* metrics,
+                                   RequestLimits limits)
+    : registry_(registry), pool_(pool), metrics_(metrics), limits_(limits) {}
+
+grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
+    grpc::CallbackServerContext* context, const GenerateRequest* request) {
+  const absl::Time accepted = absl::Now();
+  absl::StatusOr<std::shared_ptr<const ModelEntry>> model = registry_->Lookup(request->model());
+  auto* reactor = new GenerateReactor(
+      metrics_, model.ok() ? (*model)->name : std::string("unknown"),
+      request->has_image() ? "image" : "text");
+  if (!model.ok()) {
+    reactor->Reject(model.status());
+    return reactor;
+  }
+  absl::StatusOr<std::unique_ptr<TextRequest>> text =
+      BuildTextRequest(*request, *model, limits_, accepted);
+  if (!text.ok()) {
+    reactor->Reject(text.status());
+    return reactor;
+  }
+  std::unique_ptr<TextRequest> req = *std::move(text);
+  if (req->id.empty()) req->id = absl::StrCat("gen-", next_id_.fetch_add(1));
+  req->stream = reactor->outbox();
+  absl::Status submitted = pool_->Submit(req);
+  if (!submitted.ok()) reactor->Reject(submitted);
+  (void)context;
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::ListModels(
+    grpc::CallbackServerContext* context, const tandem::v1::ListModelsRequest* /*request*/,
+    tandem::v1::ListModelsResponse* response) {
+  const std::string default_model = registry_->default_model();
+  const std::vector<std::string> devices = pool_->devices();
+  for (const auto& entry : registry_->List()) {
+    auto* m = response->add_models();
+    m->set_name(entry->name);
+    m->set_kind(entry->dir.kind == ModelKind::kText ? tandem::v1::MODEL_KIND_TEXT
+                                                    : tandem::v1::MODEL_KIND_IMAGE);
+    m->set_is_default(entry->name == default_model);
+    m->set_parameters(entry->parameters);
+    m->set_context_length(entry->dir.llama.seq_len);
+    m->set_vocab_size(entry->dir.llama.vocab_size);
+    m->set_version(entry->version);
+    m->set_source(entry->dir.provenance.source.empty() ? entry->dir.path
+                                                       : entry->dir.provenance.source);
+    m->set_train_job_id(entry->dir.provenance.train_job_id);
+    m->set_train_step(entry->dir.provenance.train_step);
+    for (const auto& d : devices) m->add_devices(d);
+  }
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace tandem
+

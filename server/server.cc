@@ -1,0 +1,94 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/inference_service.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+#include "server/worker_pool.h"
+#include "tandem/v1/training.grpc.pb.h"
+
+namespace tandem {
+namespace {
+
+// Training RPCs are part of the API from the start; until the trainer lands every method answers
+// UNIMPLEMENTED (the generated defaults), and reflection already lists the service.
+class TrainingService final : public tandem::v1::Training::CallbackService {};
+
+}  // namespace
+
+Server::Server() = default;
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
+  std::unique_ptr<Server> server(new Server());
+  server->metrics_ = std::make_unique<Metrics>();
+
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> registry =
+      ModelRegistry::Create(options.models_dir, options.default_model);
+  if (!registry.ok()) return registry.status();
+  server->registry_ = *std::move(registry);
+  for (const auto& e : server->registry_->List()) {
+    server->metrics_->model_info
+        .Add({{"name", e->name}, {"kind", "text"}, {"version", absl::StrCat(e->version)}})
+        .Set(static_cast<double>(e->parameters));
+  }
+
+  WorkerPoolOptions pool_options;
+  pool_options.devices = options.devices;
+  pool_options.max_sequences_per_device = options.max_sequences_per_device;
+  pool_options.max_pending = options.max_pending;
+  pool_options.prefill_token_budget = options.prefill_token_budget;
+  absl::StatusOr<std::unique_ptr<WorkerPool>> pool =
+      WorkerPool::Create(pool_options, server->registry_.get(), server->metrics_.get());
+  if (!pool.ok()) return pool.status();
+  server->pool_ = *std::move(pool);
+
+  server->inference_ = std::make_unique<InferenceService>(
+      server->registry_.get(), server->pool_.get(), server->metrics_.get(), options.limits);
+  server->training_ = std::make_unique<TrainingService>();
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->inference_.get());
+  builder.RegisterService(server->training_.get());
+  server->grpc_server_ = builder.BuildAndStart();
+  if (!server->grpc_server_ || server->port_ == 0) {
+    server->pool_->Stop();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
+                                               " (address in use or not local?)"));
+  }
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+
+  if (!options.metrics_listen.empty()) {
+    absl::StatusOr<int> mport = server->metrics_->StartHttp(options.metrics_listen);
+    if (!mport.ok()) {
+      server->Shutdown(absl::ZeroDuration());
+      return mport.status();
+    }
+    server->metrics_port_ = *mport;
+  }
+  return server;
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc_server_) {
+    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    // New calls are refused at once; in-flight streams get `grace` to finish, then are
+    // cancelled, which the device loops notice before their next step.
+    grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                           absl::ToChronoSeconds(grace));
+  }
+  if (pool_) pool_->Stop();
+  if (metrics_) metrics_->StopHttp();
+}
+
+}  // namespace tandem

@@ -1,0 +1,89 @@
+// tandemd: the tandem server. Trains and serves generative models on this machine's devices over
+// gRPC (tandem.v1), with Prometheus metrics over HTTP.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_join.h"
+#include "models/device.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address HOST:PORT");
+ABSL_FLAG(std::string, models_dir, "models",
+          "Folder of model directories; each subfolder is a model named after it");
+ABSL_FLAG(std::string, default_model, "",
+          "Model served when a request names none (default: the first by name)");
+ABSL_FLAG(std::string, data_dir, "data", "Folder that training datasets must live under");
+ABSL_FLAG(std::string, state_dir, "state", "Folder for the job database and checkpoints");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
+          "HTTP address for /metrics (Prometheus text format); empty disables");
+ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
+ABSL_FLAG(std::string, devices, "auto",
+          "Devices to run on: auto (every CUDA device, else cpu), cpu, or cuda:0,cuda:1,...");
+ABSL_FLAG(int, max_sequences, 32, "Concurrent text sequences per device (KV-cache slots)");
+ABSL_FLAG(int, max_pending, 256,
+          "Requests in hand (running + queued) before new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, prefill_token_budget, 1024,
+          "Prompt tokens prefilled per loop iteration, bounding the stall of running streams");
+ABSL_FLAG(int, shutdown_grace_seconds, 30,
+          "On SIGTERM, how long in-flight streams may run before they are cancelled");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("tandemd --listen=HOST:PORT --models_dir=DIR [flags]");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals in every thread (those created later inherit the mask); the main
+  // thread waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  absl::StatusOr<std::vector<std::string>> devices =
+      tandem::ResolveDevices(absl::GetFlag(FLAGS_devices));
+  if (!devices.ok()) {
+    std::fprintf(stderr, "tandemd: --devices: %s\n", devices.status().ToString().c_str());
+    return 2;
+  }
+
+  tandem::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.models_dir = absl::GetFlag(FLAGS_models_dir);
+  options.default_model = absl::GetFlag(FLAGS_default_model);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.devices = *devices;
+  options.max_sequences_per_device = absl::GetFlag(FLAGS_max_sequences);
+  options.max_pending = absl::GetFlag(FLAGS_max_pending);
+  options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
+
+  absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "tandemd: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr,
+               "tandemd: serving on port %d (devices %s, %d compute threads), metrics on %s\n",
+               (*server)->port(), absl::StrJoin(options.devices, ",").c_str(), threads,
+               options.metrics_listen.empty()
+                   ? "(disabled)"
+                   : ("port " + std::to_string((*server)->metrics_port())).c_str());
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::fprintf(stderr, "tandemd: %s received, finishing in-flight streams (up to %d s)\n",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  server->reset();
+  std::fprintf(stderr, "tandemd: stopped\n");
+  return 0;
+}
