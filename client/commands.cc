@@ -98,6 +98,7 @@ int Generate(const ConnectOptions& connect, const GenerateOptions& options) {
     return ReportError(connect, status);
   }
   std::fputc('\n', stdout);
+  std::fflush(stdout);
   if (got_finished && options.show_usage) {
     const auto& u = finished.usage();
     const double decode_s = u.total_seconds() - u.time_to_first_token_seconds();
