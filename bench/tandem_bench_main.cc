@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,6 +38,10 @@ ABSL_FLAG(int, threads, 0, "Threads for the matmul peak (0: all cores; match tan
 ABSL_FLAG(double, peak_seconds, 1.0, "Timing per matrix size for the peak");
 ABSL_FLAG(std::string, device, "cpu", "Device for the matmul peak (the server's device)");
 ABSL_FLAG(bool, skip_peak, false, "Do not measure the matmul peak");
+ABSL_FLAG(std::string, mode, "text", "text: LLM streams; image: diffusion requests");
+ABSL_FLAG(int, steps, 50, "image: DDIM steps per request");
+ABSL_FLAG(double, guidance, 3.0, "image: guidance scale");
+ABSL_FLAG(std::string, caption, "a photo of a sneaker", "image: caption of every request");
 
 namespace {
 
@@ -75,6 +81,41 @@ StreamStats RunStream(tandem::v1::Inference::Stub* stub, const tandem::v1::Gener
       s.prompt_tokens = resp.finished().usage().prompt_tokens();
     }
   }
+  grpc::Status st = reader->Finish();
+  s.ok = st.ok();
+  if (!st.ok()) s.error = st.error_message();
+  return s;
+}
+
+struct ImageStats {
+  bool ok = false;
+  std::string error;
+  double first_step = 0;  // seconds from sending to the first ImageProgress
+  double total = 0;
+  std::vector<double> step_gaps;
+};
+
+// Runs one image request; `at_step` is told each progress step (to time arrivals mid-way).
+ImageStats RunImage(tandem::v1::Inference::Stub* stub, const tandem::v1::GenerateRequest& req,
+                    const std::function<void(int)>& at_step = nullptr) {
+  ImageStats s;
+  grpc::ClientContext ctx;
+  auto t0 = Clock::now();
+  auto last = t0;
+  auto reader = stub->Generate(&ctx, req);
+  tandem::v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    if (!resp.has_progress()) continue;
+    auto now = Clock::now();
+    if (resp.progress().step() == 1) {
+      s.first_step = std::chrono::duration<double>(now - t0).count();
+    } else {
+      s.step_gaps.push_back(std::chrono::duration<double>(now - last).count());
+    }
+    last = now;
+    if (at_step) at_step(resp.progress().step());
+  }
+  s.total = std::chrono::duration<double>(Clock::now() - t0).count();
   grpc::Status st = reader->Finish();
   s.ok = st.ok();
   if (!st.ok()) s.error = st.error_message();
@@ -136,6 +177,86 @@ int main(int argc, char** argv) {
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
                                            grpc::InsecureChannelCredentials(), args);
   auto stub = tandem::v1::Inference::NewStub(channel);
+
+  if (absl::GetFlag(FLAGS_mode) == "image") {
+    tandem::v1::GenerateRequest ireq;
+    ireq.set_model(absl::GetFlag(FLAGS_model));
+    ireq.set_prompt(absl::GetFlag(FLAGS_caption));
+    ireq.mutable_image()->set_steps(absl::GetFlag(FLAGS_steps));
+    ireq.mutable_image()->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_guidance)));
+    ireq.mutable_image()->set_sampler(tandem::v1::SAMPLER_DDIM);
+    {
+      auto w = ireq;
+      w.mutable_image()->set_steps(2);
+      ImageStats s = RunImage(stub.get(), w);
+      if (!s.ok) {
+        std::fprintf(stderr, "tandem-bench: warm-up failed: %s\n", s.error.c_str());
+        return 1;
+      }
+    }
+    std::printf("\n%9s %12s %12s %12s %10s\n", "requests", "images/s", "x_single", "step_p50",
+                "first_step");
+    double single = 0;
+    double step_time_alone = 0;
+    for (int n : counts) {
+      std::vector<ImageStats> stats(n);
+      std::vector<std::thread> threads;
+      auto t0 = Clock::now();
+      for (int i = 0; i < n; ++i) {
+        threads.emplace_back([&, i] {
+          auto q = ireq;
+          q.mutable_image()->set_seed(1000 + i);
+          stats[i] = RunImage(stub.get(), q);
+        });
+      }
+      for (auto& t : threads) t.join();
+      const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+      std::vector<double> gaps, firsts;
+      for (const auto& st : stats) {
+        if (!st.ok) {
+          std::fprintf(stderr, "tandem-bench: a request failed: %s\n", st.error.c_str());
+          return 1;
+        }
+        gaps.insert(gaps.end(), st.step_gaps.begin(), st.step_gaps.end());
+        firsts.push_back(st.first_step);
+      }
+      const double rate = n / wall;
+      if (n == counts.front()) {
+        single = rate;
+        step_time_alone = Percentile(gaps, 0.5);
+      }
+      std::printf("%9d %12.3f %11.2fx %10.1fms %8.1fms\n", n, rate, single > 0 ? rate / single : 0,
+                  Percentile(gaps, 0.5) * 1e3, Percentile(firsts, 0.5) * 1e3);
+      std::fflush(stdout);
+    }
+    // Arrival mid-way: with (max count - 1) requests half-way through, one more arrives; how long
+    // until its first step, against the batched step time it joins.
+    const int busy = std::max(1, counts.back() - 1);
+    std::vector<std::thread> threads;
+    std::vector<ImageStats> stats(busy);
+    std::atomic<int> halfway{0};
+    for (int i = 0; i < busy; ++i) {
+      threads.emplace_back([&, i] {
+        auto q = ireq;
+        q.mutable_image()->set_seed(2000 + i);
+        stats[i] = RunImage(stub.get(), q, [&](int step) {
+          if (step == absl::GetFlag(FLAGS_steps) / 2) halfway.fetch_add(1);
+        });
+      });
+    }
+    while (halfway.load() < busy) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    auto late = ireq;
+    late.mutable_image()->set_seed(3000);
+    ImageStats arrival = RunImage(stub.get(), late);
+    for (auto& t : threads) t.join();
+    std::vector<double> busy_gaps;
+    for (const auto& st : stats) busy_gaps.insert(busy_gaps.end(), st.step_gaps.begin(), st.step_gaps.end());
+    std::printf("\narrival while %d requests are half-way: first step after %.1f ms "
+                "(batched step p50 %.1f ms, step alone %.1f ms)\n",
+                busy, arrival.first_step * 1e3, Percentile(busy_gaps, 0.5) * 1e3,
+                step_time_alone * 1e3);
+    return 0;
+  }
 
   tandem::v1::GenerateRequest req;
   req.set_model(absl::GetFlag(FLAGS_model));

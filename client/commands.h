@@ -28,7 +28,24 @@ struct GenerateOptions {
   bool show_usage = true;  // a summary line on stderr at the end
 };
 
+struct ImageOptions {
+  std::string model;
+  std::string prompt;
+  std::string negative_prompt;
+  std::string output = "image.png";  // with n > 1: name-0.png, name-1.png... (or one grid)
+  int n = 1;
+  bool grid = false;  // with n > 1: one image with the n side by side
+  int steps = 0;      // 0: the model's default
+  float guidance = 0; // 0: the model's default
+  uint64_t seed = 0;
+  std::string sampler = "ddim";  // ddim | ddpm
+  float eta = 0;
+  int preview_every = 0;
+  bool progress = true;  // a progress bar on stderr
+};
+
 int Generate(const ConnectOptions& connect, const GenerateOptions& options);
+int GenerateImage(const ConnectOptions& connect, const ImageOptions& options);
 int ListModels(const ConnectOptions& connect);
 
 }  // namespace tandem::client

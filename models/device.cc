@@ -47,8 +47,8 @@ absl::StatusOr<std::vector<std::string>> ResolveDevices(const std::string& flag)
         if (!absl::ConsumePrefix(&part, ":") || part.empty() ||
             !std::all_of(part.begin(), part.end(), absl::ascii_isdigit) ||
             !absl::SimpleAtoi(part, &index)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "--devices: malformed CUDA device in \"", flag, "\" (want cuda:N)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("--devices: malformed CUDA device in \"", flag, "\" (want cuda:N)"));
         }
       }
       if (index >= cuda_count) {
@@ -58,9 +58,9 @@ absl::StatusOr<std::vector<std::string>> ResolveDevices(const std::string& flag)
       }
       name = absl::StrCat("cuda:", index);
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--devices: unknown device \"", part, "\" in \"", flag,
-                       "\" (want auto, cpu, or a list of cuda:N)"));
+      return absl::InvalidArgumentError(absl::StrCat("--devices: unknown device \"", part,
+                                                     "\" in \"", flag,
+                                                     "\" (want auto, cpu, or a list of cuda:N)"));
     }
     if (std::find(out.begin(), out.end(), name) != out.end()) {
       return absl::InvalidArgumentError(

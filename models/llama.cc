@@ -11,22 +11,23 @@
 // (query head h reads kv head h / (n_heads / n_kv_heads)) and scaled by 1/sqrt(head_dim).
 //
 // Speed. The models this serves are small enough that eager-mode op dispatch, not arithmetic,
-// bounds a decode step, so the layer is written with as few ATen ops as it can be (21 per layer
-// on the decode path, see RunLayers):
+// bounds much of a step, so a layer is as few ATen ops as it can be: 18 that compute on the CPU
+// decode path (4 per RMSNorm, qkv, RoPE, 3 for attention, wo, w13, silu, mul, w2; see RunLayers)
+// plus a dozen views. To get there:
 //   * wq|wk|wv are fused into one matrix, ordered per kv head j as [the G query heads of group j,
 //     k_j, v_j], so that one matmul gives qkv [N, KV, G+2, hd] in which the queries of a group
-//     are a [N*KV, G, hd] view, RoPE rotates q and k together with one complex multiply, and the
-//     new k|v are a single [N, 2, KV, hd] view to store;
+//     are a [N*KV, G, hd] view (grouped-query attention without repeating K/V) and RoPE rotates
+//     q and k together with one complex multiply;
 //   * w1|w3 are fused into one [2*hidden, dim] matrix;
 //   * the RMSNorm gains of attention_norm and ffn_norm are folded into the columns of the matrix
-//     that follows them (W (x*g) == (W diag(g)) x);
+//     that follows them (W (x*g) == (W diag(g)) x), and mean(x^2) + eps is one addmv;
 //   * residual adds are fused into the projections (addmm / addmv);
-//   * the rotary table, the attention mask and the step's indices are built once per step;
+//   * the rotary table is built once; the step's indices (and mask) once per step;
 //   * OpenBLAS's sgemm packs its whole right-hand side, several times the cost of a gemv when
-//     only a row or two multiply it, so on the CPU a step of fewer than kGemvRows rows uses mv.
+//     only a row or two multiply it, so on the CPU a step of fewer than kGemvRows rows uses mv;
+//   * Prefill computes the output projection for the last position only.
 //
-// The KV cache is two tensors per layer, K^T [max_slots, KV, hd, seq_len] (keys stored
-// transposed, the right-hand side of q K^T as it is) and V [max_slots, KV, seq_len, hd]. Active
+// The KV cache is one tensor per layer, [2, max_slots, KV, seq_len, hd] (K then V). Active
 // sequences occupy the physical rows [0, n_active) and a map turns logical slots into rows;
 // ReleaseSlot moves the last active row into the hole. Rows hold different lengths: each writes
 // its new K/V at its own position and attends over its own prefix only. On the CPU, decode
@@ -38,6 +39,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -45,6 +47,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -66,6 +69,8 @@ namespace {
 
 // CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
 constexpr int64_t kGemvRows = 4;
+// Prefill runs at most this many tokens through one forward.
+constexpr size_t kPrefillChunk = 512;
 
 // ---------------------------------------------------------------------------------------------
 // Errors: no torch exception leaves this file.
@@ -158,13 +163,21 @@ absl::StatusOr<torch::Tensor> ToFloatTensor(const std::string& name, const Tenso
   at::ScalarType type;
   int64_t element_size;
   switch (t.dtype) {
-    case DType::kF32: type = torch::kFloat32; element_size = 4; break;
-    case DType::kF16: type = torch::kFloat16; element_size = 2; break;
-    case DType::kBF16: type = torch::kBFloat16; element_size = 2; break;
+    case DType::kF32:
+      type = torch::kFloat32;
+      element_size = 4;
+      break;
+    case DType::kF16:
+      type = torch::kFloat16;
+      element_size = 2;
+      break;
+    case DType::kBF16:
+      type = torch::kBFloat16;
+      element_size = 2;
+      break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", name, ": dtype ", DTypeName(t.dtype),
-                       " is not supported (F32, F16 or BF16)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", name, ": dtype ", DTypeName(t.dtype), " is not supported (F32, F16 or BF16)"));
   }
   const int64_t numel = Numel(t.shape);
   if (static_cast<int64_t>(t.bytes.size()) != numel * element_size) {
@@ -190,25 +203,25 @@ TensorData FromFloatTensor(const torch::Tensor& t) {
 // Weights and run state.
 
 struct LayerWeights {
-  torch::Tensor wqkv;  // [KV*(G+2)*hd, dim]: per kv head j, G query heads, k_j, v_j; attention_norm folded
-  torch::Tensor wo;    // [dim, H*hd]
-  torch::Tensor w13;   // [2*hidden, dim]: w1 rows then w3 rows; ffn_norm folded
-  torch::Tensor w2;    // [dim, hidden]
+  // [KV*(G+2)*hd, dim]: per kv head j, its G query heads, k_j, v_j; attention_norm folded in
+  torch::Tensor wqkv;
+  torch::Tensor wo;   // [dim, H*hd]
+  torch::Tensor w13;  // [2*hidden, dim]: w1 rows then w3 rows; ffn_norm folded
+  torch::Tensor w2;   // [dim, hidden]
 };
 
 struct Weights {
   torch::Tensor tok_embeddings;  // [vocab, dim]
   std::vector<LayerWeights> layers;
-  torch::Tensor norm;            // [dim] final RMSNorm gain
-  torch::Tensor output;          // [vocab, dim]; the tok_embeddings tensor itself when tied
-  torch::Tensor rope;            // [seq_len, hd/2] complex64: cos + i sin of pos * theta^(-2i/hd)
-  torch::Tensor eps;             // [1] norm_eps, for RmsNorm
-  torch::Tensor inv_dim;         // [dim] 1/dim, for RmsNorm
+  torch::Tensor norm;     // [dim] final RMSNorm gain
+  torch::Tensor output;   // [vocab, dim]; the tok_embeddings tensor itself when tied
+  torch::Tensor rope;     // [seq_len, hd/2] complex64: cos + i sin of pos * theta^(-2i/hd)
+  torch::Tensor eps;      // [1] norm_eps, for RmsNorm
+  torch::Tensor inv_dim;  // [dim] 1/dim, for RmsNorm
 };
 
 struct RunState {
-  std::vector<torch::Tensor> k;   // per layer K^T [max_slots, KV, hd, seq_len], by physical row
-  std::vector<torch::Tensor> v;   // per layer V [max_slots, KV, seq_len, hd], by physical row
+  std::vector<torch::Tensor> kv;  // per layer [2, max_slots, KV, seq_len, hd]: K, V by physical row
   std::vector<int> slot_row;      // [max_slots] logical slot -> physical row, -1 when free
   std::vector<int> row_slot;      // [max_slots] physical row -> logical slot (rows < n_active)
   std::vector<int> row_length;    // [max_slots] positions held by each physical row
@@ -216,7 +229,7 @@ struct RunState {
 };
 
 // x: [N, dim] -> x * rsqrt(mean(x^2) + eps): [N, dim]. The gain is applied by the caller (or
-// folded into the next matrix). mean(x^2) + eps comes from one gemv, eps + x^2 (1/dim): ATen's
+// folded into the next matrix). mean(x^2) + eps is one gemv, eps + x^2 . (1/dim): ATen's
 // mean is several times slower than addmv on rows this short. 4 ops.
 torch::Tensor RmsNorm(const torch::Tensor& x, const Weights& w) {
   return x * at::addmv(w.eps, x.square(), w.inv_dim).rsqrt_().unsqueeze(1);
@@ -249,32 +262,66 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w,
 // ---------------------------------------------------------------------------------------------
 // Decode attention on the CPU. ATen's bmm makes one BLAS call per (row, kv head) pair, and that
 // fixed cost exceeds the G x hd x length arithmetic of a decode step many times over. These loops
-// walk the cache rows in place instead (no mask, no gather); ATen's softmax runs between them.
-// Every position is an axpy over contiguous memory: scores over t (K is stored transposed), and
-// outputs over d. No horizontal sums, and each row's arithmetic is independent of the batch.
+// walk the cache rows in place instead (no mask, no gather), streaming each row's K and V prefix
+// once; ATen's softmax runs between them. Each row's arithmetic is the same whatever else is in
+// the batch.
 
 // Raw view of one decode step for the loops below.
 struct DecodeStepView {
-  const float* qkv;    // [b, KV, G+2, hd]: queries of group j, then k_j, v_j (after RoPE)
-  float* k;            // K^T cache [S, KV, hd, T]
-  float* v;            // V cache [S, KV, T, hd]
-  float* scores;       // [b*KV, G, L]: scores, then probabilities
-  float* out;          // [b, KV, G, hd]
+  const float* qkv;          // [b, KV, G+2, hd]: queries of group j, then k_j, v_j (after RoPE)
+  float* kv;                 // cache [2, S, KV, T, hd]
+  float* scores;             // [b*KV, G, L]: scores, then probabilities
+  float* out;                // [b, KV, G, hd]
   const int64_t* rows;       // [b] physical rows
   const int64_t* positions;  // [b] position of each row's new token
-  int64_t kv, g, hd, seq_len, length;
+  int64_t slots, kv_heads, g, hd, seq_len;
+  int64_t length;  // L: the step's longest row
   float scale;
+
+  // The [T, hd] K (which = 0) or V (which = 1) of step row i's kv head j.
+  float* Cache(int64_t which, int64_t i, int64_t j) const {
+    return kv + ((which * slots + rows[i]) * kv_heads + j) * seq_len * hd;
+  }
 };
 
-// y[0:n] += a * x[0:n], with V a GCC/Clang vector of floats.
+// v = the sizeof(V) bytes at p, unaligned; V is a GCC/Clang vector of floats. (An out parameter:
+// returning a 32-byte vector from a template also compiled without AVX draws -Wpsabi.)
+template <typename V>
+inline __attribute__((always_inline)) void Load(V& v, const float* p) {
+  std::memcpy(&v, p, sizeof(V));
+}
+
+// sum_d a[d] * b[d]
+template <typename V>
+inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int64_t n) {
+  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+  V acc0 = {}, acc1 = {}, a0, b0, a1, b1;
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
+    Load(a0, a + d), Load(b0, b + d), Load(a1, a + d + kLanes), Load(b1, b + d + kLanes);
+    acc0 += a0 * b0;
+    acc1 += a1 * b1;
+  }
+  if (d + kLanes <= n) {
+    Load(a0, a + d), Load(b0, b + d);
+    acc0 += a0 * b0;
+    d += kLanes;
+  }
+  acc0 += acc1;
+  float sum = 0.0f;
+  for (int64_t i = 0; i < kLanes; ++i) sum += acc0[i];
+  for (; d < n; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+// y[0:n] += a * x[0:n]
 template <typename V>
 inline __attribute__((always_inline)) void Axpy(float a, const float* x, float* y, int64_t n) {
   constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+  V xv, yv;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    V xv, yv;
-    std::memcpy(&xv, x + i, sizeof(V));
-    std::memcpy(&yv, y + i, sizeof(V));
+    Load(xv, x + i), Load(yv, y + i);
     yv += a * xv;
     std::memcpy(y + i, &yv, sizeof(V));
   }
@@ -282,35 +329,38 @@ inline __attribute__((always_inline)) void Axpy(float a, const float* x, float* 
 }
 
 // Tasks [begin, end) of (row i, kv head j) = (task / KV, task % KV): store the new k, v at the
-// row's position, then scores[task, h, t] = scale * q_h . K[:, t] for t <= position, -inf after.
+// row's position, then scores[task, h, t] = scale * q_h . K[t] for t <= position, -inf after.
 template <typename V>
-inline __attribute__((always_inline)) void DecodeScoresTasks(const DecodeStepView& s,
-                                                             int64_t begin, int64_t end) {
-  const int64_t g = s.g, hd = s.hd, T = s.seq_len, L = s.length;
+inline __attribute__((always_inline)) void DecodeScoresTasks(const DecodeStepView& s, int64_t begin,
+                                                             int64_t end) {
+  const int64_t g = s.g, hd = s.hd, L = s.length;
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t i = task / s.kv, j = task % s.kv, pos = s.positions[i], n = pos + 1;
-    const float* q = s.qkv + task * (g + 2) * hd;                      // [G+2, hd]
-    float* k = s.k + (s.rows[i] * s.kv + j) * hd * T;                  // [hd, T]
-    float* v = s.v + (s.rows[i] * s.kv + j) * T * hd;                  // [T, hd]
-    for (int64_t d = 0; d < hd; ++d) k[d * T + pos] = q[g * hd + d];
-    std::memcpy(v + pos * hd, q + (g + 1) * hd, hd * sizeof(float));
+    const int64_t i = task / s.kv_heads, j = task % s.kv_heads, pos = s.positions[i];
+    const float* q = s.qkv + task * (g + 2) * hd;  // [G+2, hd]
+    float* k = s.Cache(0, i, j);                   // [T, hd]
+    std::memcpy(k + pos * hd, q + g * hd, hd * sizeof(float));
+    std::memcpy(s.Cache(1, i, j) + pos * hd, q + (g + 1) * hd, hd * sizeof(float));
+    float* scores = s.scores + task * g * L;  // [G, L]
+    for (int64_t t = 0; t <= pos; ++t) {
+      for (int64_t h = 0; h < g; ++h) {
+        scores[h * L + t] = s.scale * Dot<V>(q + h * hd, k + t * hd, hd);
+      }
+    }
     for (int64_t h = 0; h < g; ++h) {
-      float* scores = s.scores + (task * g + h) * L;  // [L]
-      std::fill(scores, scores + n, 0.0f);
-      for (int64_t d = 0; d < hd; ++d) Axpy<V>(s.scale * q[h * hd + d], k + d * T, scores, n);
-      std::fill(scores + n, scores + L, -std::numeric_limits<float>::infinity());
+      std::fill(scores + h * L + pos + 1, scores + (h + 1) * L,
+                -std::numeric_limits<float>::infinity());
     }
   }
 }
 
 // out[task, h, :] = sum over t <= position of probs[task, h, t] * V[t, :].
 template <typename V>
-inline __attribute__((always_inline)) void DecodeValuesTasks(const DecodeStepView& s,
-                                                             int64_t begin, int64_t end) {
-  const int64_t g = s.g, hd = s.hd, T = s.seq_len, L = s.length;
+inline __attribute__((always_inline)) void DecodeValuesTasks(const DecodeStepView& s, int64_t begin,
+                                                             int64_t end) {
+  const int64_t g = s.g, hd = s.hd, L = s.length;
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t i = task / s.kv, j = task % s.kv, n = s.positions[i] + 1;
-    const float* v = s.v + (s.rows[i] * s.kv + j) * T * hd;  // [T, hd]
+    const int64_t i = task / s.kv_heads, j = task % s.kv_heads, n = s.positions[i] + 1;
+    const float* v = s.Cache(1, i, j);  // [T, hd]
     for (int64_t h = 0; h < g; ++h) {
       const float* p = s.scores + (task * g + h) * L;  // [L]
       float* out = s.out + (task * g + h) * hd;        // [hd]
@@ -333,52 +383,80 @@ __attribute__((target("avx2"))) void DecodeValuesAvx2(const DecodeStepView& s, i
                                                       int64_t end) {
   DecodeValuesTasks<Float8>(s, begin, end);
 }
-bool HasAvx2() {
+bool CpuHasAvx2() {
   static const bool has = __builtin_cpu_supports("avx2");
   return has;
 }
 #else
 void DecodeScoresAvx2(const DecodeStepView&, int64_t, int64_t) {}
 void DecodeValuesAvx2(const DecodeStepView&, int64_t, int64_t) {}
-bool HasAvx2() { return false; }
+bool CpuHasAvx2() { return false; }
 #endif
+
+// How a decode step attends: the loops above, 8 or 4 lanes wide (CPU only), or ATen's batched
+// matmul over the cache (any device). TANDEM_DECODE_ATTENTION=aten|vec4 overrides the choice on
+// the CPU, so that tests and comparisons can run every path on any machine.
+enum class DecodeAttention { kAten, kVec4, kVec8 };
+
+DecodeAttention ChooseDecodeAttention(const torch::Device& device) {
+  if (!device.is_cpu()) return DecodeAttention::kAten;
+  const char* forced = std::getenv("TANDEM_DECODE_ATTENTION");
+  if (forced != nullptr && std::strcmp(forced, "aten") == 0) return DecodeAttention::kAten;
+  if (forced != nullptr && std::strcmp(forced, "vec4") == 0) return DecodeAttention::kVec4;
+  return CpuHasAvx2() ? DecodeAttention::kVec8 : DecodeAttention::kVec4;
+}
 
 // Tasks per parallel chunk: about 32K multiply-adds each, so that short steps stay serial.
 int64_t DecodeGrain(const DecodeStepView& s) {
   return std::max<int64_t>(1, (int64_t{1} << 15) / (s.g * s.hd * s.length));
 }
 
+// The parts of a DecodeStepView that both loops share.
+DecodeStepView StepView(const torch::Tensor& kv, const int64_t* rows, const int64_t* positions,
+                        int64_t g, int64_t length) {
+  DecodeStepView s{};
+  s.kv = kv.data_ptr<float>();
+  s.rows = rows;
+  s.positions = positions;
+  s.slots = kv.size(1);
+  s.kv_heads = kv.size(2);
+  s.g = g;
+  s.hd = kv.size(4);
+  s.seq_len = kv.size(3);
+  s.length = length;
+  return s;
+}
+
 // Stores every row's new k, v and returns the scores [b*KV, G, L] (-inf past each position).
-// qkv: [b, KV, G+2, hd] contiguous; k: [S, KV, hd, T]; v: [S, KV, T, hd]; rows, positions: [b].
-torch::Tensor DecodeScoresCpu(const torch::Tensor& qkv, const torch::Tensor& k,
-                              const torch::Tensor& v, const int64_t* rows,
-                              const int64_t* positions, int64_t length, double scale) {
-  TORCH_CHECK(qkv.is_contiguous() && k.is_contiguous() && v.is_contiguous() &&
-              qkv.scalar_type() == torch::kFloat);
-  const int64_t b = qkv.size(0), kv = qkv.size(1), g = qkv.size(2) - 2, hd = qkv.size(3);
-  torch::Tensor scores = at::empty({b * kv, g, length}, qkv.options());  // [b*KV, G, L]
-  const DecodeStepView s{qkv.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
-                         scores.data_ptr<float>(), nullptr, rows, positions, kv, g, hd,
-                         k.size(3), length, static_cast<float>(scale)};
-  const bool avx2 = HasAvx2();
-  at::parallel_for(0, b * kv, DecodeGrain(s), [&](int64_t begin, int64_t end) {
+// qkv: [b, KV, G+2, hd] contiguous; kv: [2, S, KV, T, hd]; rows, positions: [b] (host).
+torch::Tensor DecodeScoresCpu(const torch::Tensor& qkv, const torch::Tensor& kv,
+                              const int64_t* rows, const int64_t* positions, int64_t length,
+                              double scale, bool avx2) {
+  RECORD_FUNCTION("tandem::DecodeScoresCpu", std::vector<c10::IValue>());
+  TORCH_CHECK(qkv.is_contiguous() && kv.is_contiguous() && qkv.scalar_type() == torch::kFloat);
+  const int64_t b = qkv.size(0), kv_heads = qkv.size(1), g = qkv.size(2) - 2;
+  torch::Tensor scores = at::empty({b * kv_heads, g, length}, qkv.options());  // [b*KV, G, L]
+  DecodeStepView s = StepView(kv, rows, positions, g, length);
+  s.qkv = qkv.data_ptr<float>();
+  s.scores = scores.data_ptr<float>();
+  s.scale = static_cast<float>(scale);
+  at::parallel_for(0, b * kv_heads, DecodeGrain(s), [&](int64_t begin, int64_t end) {
     avx2 ? DecodeScoresAvx2(s, begin, end) : DecodeScoresTasks<Float4>(s, begin, end);
   });
   return scores;
 }
 
 // probs [b*KV, G, L] @ V over each row's positions -> [b, KV, G, hd].
-torch::Tensor DecodeValuesCpu(const torch::Tensor& probs, const torch::Tensor& v,
-                              const int64_t* rows, const int64_t* positions) {
-  TORCH_CHECK(probs.is_contiguous() && v.is_contiguous());
-  const int64_t kv = v.size(1), hd = v.size(3), g = probs.size(1), length = probs.size(2);
-  const int64_t b = probs.size(0) / kv;
-  torch::Tensor out = at::empty({b, kv, g, hd}, probs.options());  // [b, KV, G, hd]
-  const DecodeStepView s{nullptr, nullptr, v.data_ptr<float>(), probs.data_ptr<float>(),
-                         out.data_ptr<float>(), rows, positions, kv, g, hd, v.size(2), length,
-                         1.0f};
-  const bool avx2 = HasAvx2();
-  at::parallel_for(0, b * kv, DecodeGrain(s), [&](int64_t begin, int64_t end) {
+torch::Tensor DecodeValuesCpu(const torch::Tensor& probs, const torch::Tensor& kv,
+                              const int64_t* rows, const int64_t* positions, bool avx2) {
+  RECORD_FUNCTION("tandem::DecodeValuesCpu", std::vector<c10::IValue>());
+  TORCH_CHECK(probs.is_contiguous() && kv.is_contiguous());
+  const int64_t kv_heads = kv.size(2), g = probs.size(1), b = probs.size(0) / kv_heads;
+  torch::Tensor out = at::empty({b, kv_heads, g, kv.size(4)}, probs.options());  // [b, KV, G, hd]
+  DecodeStepView s = StepView(kv, rows, positions, g, probs.size(2));
+  s.scores = probs.data_ptr<float>();
+  s.out = out.data_ptr<float>();
+  at::parallel_for(0, b * kv_heads, DecodeGrain(s), [&](int64_t begin, int64_t end) {
     avx2 ? DecodeValuesAvx2(s, begin, end) : DecodeValuesTasks<Float4>(s, begin, end);
   });
   return out;
@@ -421,10 +499,9 @@ class LlamaModel final : public TextModel {
   torch::Tensor RunLayers(torch::Tensor x, const torch::Tensor& rope, Attend&& attend) const;
   // Final RMSNorm and output projection: [N, dim] -> [N, vocab].
   torch::Tensor Logits(const torch::Tensor& x) const;
-  // Causal forward over n tokens at positions [start, start+n) of physical row `row` (row < 0:
-  // no cache, start must be 0). Returns the logits of every position, or of the last only.
-  torch::Tensor SequenceForward(absl::Span<const int32_t> tokens, int row, int start,
-                                bool last_only);
+  // Causal forward over n tokens at positions [start, start+n) of physical row `row`, storing
+  // their K/V there (row < 0: no cache, start must be 0). Returns the final hidden states [n, dim].
+  torch::Tensor SequenceForward(absl::Span<const int32_t> tokens, int row, int start);
   torch::Tensor TokensTensor(absl::Span<const int32_t> tokens) const;
   absl::Status CheckTokens(absl::Span<const int32_t> tokens) const;
   absl::Status CheckSlot(int slot) const;
@@ -458,30 +535,28 @@ void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
                                            get("attention.wv.weight").view({kv, hd, dim})},
                                           1)
                                    .view({kv * (g + 2) * hd, dim});
-    layer.wqkv = to_device(wqkv * attention_norm);  // [KV*(G+2)*hd, dim]
+    layer.wqkv = to_device(wqkv * attention_norm);     // [KV*(G+2)*hd, dim]
     layer.wo = to_device(get("attention.wo.weight"));  // [dim, H*hd]
     const torch::Tensor w13 =
         torch::cat({get("feed_forward.w1.weight"), get("feed_forward.w3.weight")}, 0);
-    layer.w13 = to_device(w13 * ffn_norm);  // [2*hidden, dim]
+    layer.w13 = to_device(w13 * ffn_norm);                // [2*hidden, dim]
     layer.w2 = to_device(get("feed_forward.w2.weight"));  // [dim, hidden]
     weights_.layers.push_back(std::move(layer));
   }
   // Rotary table, computed in double: angle(pos, i) = pos * theta^(-2i/hd).
-  const torch::Tensor inv_freq = torch::pow(
-      config_.rope_theta,
-      -torch::arange(0, hd, 2, torch::kFloat64) / static_cast<double>(hd));  // [hd/2]
+  const torch::Tensor inv_freq =
+      torch::pow(config_.rope_theta,
+                 -torch::arange(0, hd, 2, torch::kFloat64) / static_cast<double>(hd));  // [hd/2]
   const torch::Tensor angle =
       torch::outer(torch::arange(config_.seq_len, torch::kFloat64), inv_freq);  // [seq_len, hd/2]
-  weights_.rope =
-      torch::polar(torch::ones_like(angle), angle).to(torch::kComplexFloat).to(device_);
+  weights_.rope = torch::polar(torch::ones_like(angle), angle).to(torch::kComplexFloat).to(device_);
   weights_.eps = torch::full({1}, config_.norm_eps, torch::TensorOptions().device(device_));
   weights_.inv_dim = torch::full({dim}, 1.0 / dim, torch::TensorOptions().device(device_));
 
   // Run state: the whole cache up front, zero so that masked-out positions are finite.
-  const auto options = torch::TensorOptions().device(device_);
   for (int i = 0; i < config_.n_layers; ++i) {
-    state_.k.push_back(torch::zeros({max_slots_, kv, hd, config_.seq_len}, options));
-    state_.v.push_back(torch::zeros({max_slots_, kv, config_.seq_len, hd}, options));
+    state_.kv.push_back(torch::zeros({2, max_slots_, kv, config_.seq_len, hd},
+                                     torch::TensorOptions().device(device_)));
   }
   state_.slot_row.assign(max_slots_, -1);
   state_.row_slot.assign(max_slots_, -1);
@@ -495,18 +570,18 @@ torch::Tensor LlamaModel::RunLayers(torch::Tensor x, const torch::Tensor& rope,
   const int64_t hidden = config_.hidden_dim;
   for (size_t l = 0; l < weights_.layers.size(); ++l) {
     const LayerWeights& w = weights_.layers[l];
-    // Attention: 5 (norm) + 1 (qkv) + 1 (rope) + attend + 1 (wo + residual) ops.
-    torch::Tensor qkv = Linear(RmsNorm(x, weights_), w.wqkv)
-                            .view({n, kv, g + 2, hd});  // [N, KV, G+2, hd]
+    // Attention: 4 (norm) + 1 (qkv) + 1 (rope) + attend + 1 (wo + residual) ops.
+    torch::Tensor qkv =
+        Linear(RmsNorm(x, weights_), w.wqkv).view({n, kv, g + 2, hd});  // [N, KV, G+2, hd]
     // q and k heads as complex pairs: [N, KV, G+1, hd/2] *= rope [N, 1, 1, hd/2].
     at::view_as_complex(qkv.narrow(2, 0, g + 1).view({n, kv, g + 1, hd / 2, 2})).mul_(rope);
     const torch::Tensor attn = attend(l, qkv);  // [N, H*hd]
     x = Linear(attn, w.wo, &x);                 // [N, dim]
-    // SwiGLU: 5 (norm) + 1 (w13) + 2 (silu, mul) + 1 (w2 + residual) ops.
+    // SwiGLU: 4 (norm) + 1 (w13) + 2 (silu, mul) + 1 (w2 + residual) ops.
     const torch::Tensor h13 = Linear(RmsNorm(x, weights_), w.w13);  // [N, 2*hidden]
     const torch::Tensor act =
         at::silu(h13.narrow(1, 0, hidden)).mul_(h13.narrow(1, hidden, hidden));  // [N, hidden]
-    x = Linear(act, w.w2, &x);  // [N, dim]
+    x = Linear(act, w.w2, &x);                                                   // [N, dim]
   }
   return x;
 }
@@ -522,8 +597,7 @@ torch::Tensor LlamaModel::TokensTensor(absl::Span<const int32_t> tokens) const {
   return t.to(device_);
 }
 
-torch::Tensor LlamaModel::SequenceForward(absl::Span<const int32_t> tokens, int row, int start,
-                                          bool last_only) {
+torch::Tensor LlamaModel::SequenceForward(absl::Span<const int32_t> tokens, int row, int start) {
   const int64_t n = tokens.size(), kv = kv_heads_, g = group_, hd = head_dim_;
   const int64_t length = start + n;  // positions attended: [0, length)
   // Causal mask over [0, length) for query rows ordered (position i, head g): [1, n*G, length].
@@ -540,26 +614,25 @@ torch::Tensor LlamaModel::SequenceForward(absl::Span<const int32_t> tokens, int 
   mask = mask.to(device_);
   const torch::Tensor rope = weights_.rope.narrow(0, start, n).view({n, 1, 1, hd / 2});
   torch::Tensor x = at::embedding(weights_.tok_embeddings, TokensTensor(tokens));  // [n, dim]
-  x = RunLayers(x, rope, [&](size_t l, const torch::Tensor& qkv) {
-    const torch::Tensor new_k = qkv.select(2, g).permute({1, 2, 0});      // [KV, hd, n]
-    const torch::Tensor new_v = qkv.select(2, g + 1).transpose(0, 1);     // [KV, n, hd]
-    torch::Tensor kt = new_k, v = new_v;  // [KV, hd, length], [KV, length, hd]
+  return RunLayers(x, rope, [&](size_t l, const torch::Tensor& qkv) {
+    torch::Tensor k, v;  // [KV, length, hd]
     if (row >= 0) {
-      const torch::Tensor k_row = state_.k[l][row];  // [KV, hd, seq_len]
-      const torch::Tensor v_row = state_.v[l][row];  // [KV, seq_len, hd]
-      k_row.narrow(2, start, n).copy_(new_k);
-      v_row.narrow(1, start, n).copy_(new_v);
-      kt = k_row.narrow(2, 0, length);
-      v = v_row.narrow(1, 0, length);
+      const torch::Tensor cache = state_.kv[l].select(1, row);  // [2, KV, seq_len, hd]
+      // Store the new k|v: [n, KV, 2, hd] -> [2, KV, n, hd].
+      cache.narrow(2, start, n).copy_(qkv.narrow(2, g, 2).permute({2, 1, 0, 3}));
+      k = cache[0].narrow(1, 0, length);
+      v = cache[1].narrow(1, 0, length);
+    } else {
+      k = qkv.select(2, g).transpose(0, 1);      // [KV, n, hd]
+      v = qkv.select(2, g + 1).transpose(0, 1);  // [KV, n, hd]
     }
     // [n, KV, G, hd] -> [KV, n*G, hd]
     const torch::Tensor q = qkv.narrow(2, 0, g).permute({1, 0, 2, 3}).reshape({kv, n * g, hd});
     const torch::Tensor scores =
-        at::baddbmm(mask, q, kt, 1.0, scale_);  // [KV, n*G, length]
+        at::baddbmm(mask, q, k.transpose(1, 2), 1.0, scale_);       // [KV, n*G, length]
     const torch::Tensor out = at::bmm(at::softmax(scores, -1), v);  // [KV, n*G, hd]
     return out.view({kv, n, g, hd}).permute({1, 0, 2, 3}).reshape({n, kv * g * hd});  // [n, H*hd]
   });
-  return Logits(last_only ? x.narrow(0, n - 1, 1) : x);  // [1 or n, vocab]
 }
 
 absl::Status LlamaModel::CheckTokens(absl::Span<const int32_t> tokens) const {
@@ -603,11 +676,8 @@ void LlamaModel::ReleaseSlot(int slot) {
     // Keep rows [0, n_active) dense: move the last row's K/V prefix into the hole.
     const int length = state_.row_length[last];
     absl::Status moved = RunTorch("ReleaseSlot", [&]() -> absl::Status {
-      for (size_t l = 0; l < state_.k.size(); ++l) {
-        const torch::Tensor& k = state_.k[l];  // [S, KV, hd, seq_len]
-        const torch::Tensor& v = state_.v[l];  // [S, KV, seq_len, hd]
-        k[row].narrow(2, 0, length).copy_(k[last].narrow(2, 0, length));
-        v[row].narrow(1, 0, length).copy_(v[last].narrow(1, 0, length));
+      for (const torch::Tensor& kv : state_.kv) {  // [2, S, KV, seq_len, hd]
+        kv.select(1, row).narrow(2, 0, length).copy_(kv.select(1, last).narrow(2, 0, length));
       }
       return absl::OkStatus();
     });
@@ -638,13 +708,19 @@ absl::Status LlamaModel::Prefill(int slot, absl::Span<const int32_t> tokens, flo
   const int row = state_.slot_row[slot];
   const int start = state_.row_length[row];
   if (start + static_cast<int64_t>(tokens.size()) > config_.seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "context overflow: slot ", slot, " holds ", start, " positions, ", tokens.size(),
-        " more would exceed seq_len ", config_.seq_len));
+    return absl::InvalidArgumentError(absl::StrCat("context overflow: slot ", slot, " holds ",
+                                                   start, " positions, ", tokens.size(),
+                                                   " more would exceed seq_len ", config_.seq_len));
   }
   return RunTorch("Prefill", [&]() -> absl::Status {
+    // Long prompts go in chunks, which bounds the scores tensor to [KV, chunk*G, seq_len].
+    torch::Tensor x;  // [chunk, dim]
+    for (size_t done = 0; done < tokens.size(); done += kPrefillChunk) {
+      const absl::Span<const int32_t> chunk = tokens.subspan(done, kPrefillChunk);
+      x = SequenceForward(chunk, row, start + static_cast<int>(done));
+    }
     const torch::Tensor out =
-        SequenceForward(tokens, row, start, /*last_only=*/true).to(torch::kCPU).contiguous();
+        Logits(x.narrow(0, x.size(0) - 1, 1)).to(torch::kCPU).contiguous();  // [1, vocab]
     std::memcpy(logits, out.data_ptr<float>(), sizeof(float) * config_.vocab_size);
     state_.row_length[row] = start + static_cast<int>(tokens.size());
     return absl::OkStatus();
@@ -660,7 +736,7 @@ absl::Status LlamaModel::Forward(absl::Span<const int32_t> tokens, std::vector<f
   if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
   return RunTorch("Forward", [&]() -> absl::Status {
     const torch::Tensor out =
-        SequenceForward(tokens, /*row=*/-1, 0, /*last_only=*/false).to(torch::kCPU).contiguous();
+        Logits(SequenceForward(tokens, /*row=*/-1, 0)).to(torch::kCPU).contiguous();  // [n, vocab]
     const float* p = out.data_ptr<float>();
     logits->assign(p, p + out.numel());
     return absl::OkStatus();
@@ -670,8 +746,8 @@ absl::Status LlamaModel::Forward(absl::Span<const int32_t> tokens, std::vector<f
 absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
                                 float* logits) {
   if (slots.size() != tokens.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("Decode: ", slots.size(), " slots but ",
-                                                   tokens.size(), " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Decode: ", slots.size(), " slots but ", tokens.size(), " tokens"));
   }
   if (slots.empty()) return absl::OkStatus();
   if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
@@ -680,13 +756,15 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
   int max_row = 0, max_length = 0;
   for (int slot : slots) {
     if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
-    if (seen[slot]) return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", slot, " twice"));
+    if (seen[slot]) {
+      return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", slot, " appears twice"));
+    }
     seen[slot] = true;
     const int row = state_.slot_row[slot], length = state_.row_length[row];
     if (length + 1 > config_.seq_len) {
-      return absl::InvalidArgumentError(absl::StrCat("context overflow: slot ", slot, " holds ",
-                                                     length, " positions, one more would exceed "
-                                                     "seq_len ", config_.seq_len));
+      return absl::InvalidArgumentError(
+          absl::StrCat("context overflow: slot ", slot, " holds ", length,
+                       " positions, one more would exceed seq_len ", config_.seq_len));
     }
     max_row = std::max(max_row, row);
     max_length = std::max(max_length, length + 1);
@@ -696,7 +774,9 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
   // compute in caller order, gathering the rows.
   const bool dense = max_row == b - 1;
   const int64_t length = max_length;  // attention span of the step: [0, length)
-  const bool cpu = device_.is_cpu();
+  const DecodeAttention attention = ChooseDecodeAttention(device_);
+  const bool loops = attention != DecodeAttention::kAten;
+  const bool avx2 = attention == DecodeAttention::kVec8;
   return RunTorch("Decode", [&]() -> absl::Status {
     // Step inputs, host side: tokens, positions and rows in the computed order: [3, b].
     torch::Tensor index = torch::empty({3, b}, torch::kInt64);
@@ -712,7 +792,7 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
     }
     // Additive mask for the ATen path: computed row i sees positions <= its own: [b*KV, 1, L].
     torch::Tensor dev_mask;
-    if (!cpu) {
+    if (!loops) {
       torch::Tensor mask = torch::zeros({b * kv, 1, length});
       float* m = mask.data_ptr<float>();
       for (int64_t r = 0; r < b * kv; ++r) {
@@ -725,35 +805,31 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
     const torch::Tensor token_ids = dev_index[0], positions = dev_index[1], rows = dev_index[2];
     const torch::Tensor rope =
         weights_.rope.index_select(0, positions).view({b, 1, 1, hd / 2});  // [b, 1, 1, hd/2]
-    // Where row i's new k, v go: K^T[rows[i], :, :, positions[i]], V[rows[i], :, positions[i]].
-    const c10::List<c10::optional<at::Tensor>> put_k({rows, c10::nullopt, c10::nullopt, positions});
-    const c10::List<c10::optional<at::Tensor>> put_v({rows, c10::nullopt, positions});
+    // Where row i's new k|v go: (:, rows[i], :, positions[i], :) of the layer's cache.
+    const c10::List<c10::optional<at::Tensor>> put_index(
+        {c10::nullopt, rows, c10::nullopt, positions});
     torch::Tensor x = at::embedding(weights_.tok_embeddings, token_ids);  // [b, dim]
     x = RunLayers(x, rope, [&](size_t l, const torch::Tensor& qkv) {
-      torch::Tensor k_cache = state_.k[l];  // [S, KV, hd, seq_len]
-      torch::Tensor v_cache = state_.v[l];  // [S, KV, seq_len, hd]
-      if (cpu) {  // 3 ops: scores (storing k, v), softmax, values
+      torch::Tensor cache = state_.kv[l];  // [2, S, KV, seq_len, hd]
+      if (loops) {                         // 3 ops: scores (storing k, v), softmax, values
         const int64_t* rows_p = host + 2 * b;
         const int64_t* positions_p = host + b;
-        const torch::Tensor scores = DecodeScoresCpu(qkv, k_cache, v_cache, rows_p, positions_p,
-                                                     length, scale_);  // [b*KV, G, L]
-        return DecodeValuesCpu(at::softmax(scores, -1), v_cache, rows_p, positions_p)
+        const torch::Tensor scores =
+            DecodeScoresCpu(qkv, cache, rows_p, positions_p, length, scale_, avx2);  // [b*KV, G, L]
+        return DecodeValuesCpu(at::softmax(scores, -1), cache, rows_p, positions_p, avx2)
             .view({b, kv * g * hd});  // [b, H*hd]
       }
-      // 2 + (dense ? 0 : 2) + 3 ops.
-      at::index_put_(k_cache, put_k, qkv.select(2, g));      // [b, KV, hd]
-      at::index_put_(v_cache, put_v, qkv.select(2, g + 1));  // [b, KV, hd]
-      const torch::Tensor kt =
-          dense ? k_cache.narrow(0, 0, b).narrow(3, 0, length)        // [b, KV, hd, L] view
-                : k_cache.narrow(3, 0, length).index_select(0, rows);  // [b, KV, hd, L] copy
-      const torch::Tensor v =
-          dense ? v_cache.narrow(0, 0, b).narrow(2, 0, length)        // [b, KV, L, hd] view
-                : v_cache.narrow(2, 0, length).index_select(0, rows);  // [b, KV, L, hd] copy
+      // 1 + (dense ? 0 : 1) + 3 ops. New k|v: [b, KV, 2, hd] -> [b, 2, KV, hd].
+      at::index_put_(cache, put_index, qkv.narrow(2, g, 2).permute({0, 2, 1, 3}));
+      const torch::Tensor kv_rows =
+          dense ? cache.narrow(1, 0, b).narrow(3, 0, length)              // [2, b, KV, L, hd] view
+                : cache.narrow(3, 0, length).index_select(1, rows);       // [2, b, KV, L, hd] copy
+      const torch::Tensor k = kv_rows[0].view({b * kv, length, hd});      // [b*KV, L, hd]
+      const torch::Tensor v = kv_rows[1].view({b * kv, length, hd});      // [b*KV, L, hd]
       const torch::Tensor q = qkv.narrow(2, 0, g).view({b * kv, g, hd});  // [b*KV, G, hd]
-      const torch::Tensor scores = at::baddbmm(dev_mask, q, kt.view({b * kv, hd, length}), 1.0,
-                                               scale_);  // [b*KV, G, L]
-      return at::bmm(at::softmax(scores, -1), v.view({b * kv, length, hd}))
-          .view({b, kv * g * hd});  // [b, H*hd]
+      const torch::Tensor scores =
+          at::baddbmm(dev_mask, q, k.transpose(1, 2), 1.0, scale_);       // [b*KV, G, L]
+      return at::bmm(at::softmax(scores, -1), v).view({b, kv * g * hd});  // [b, H*hd]
     });
     const torch::Tensor out = Logits(x).to(torch::kCPU).contiguous();  // [b, vocab]
     const float* p = out.data_ptr<float>();
@@ -783,8 +859,8 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
   for (const NamedShape& e : expected) {
     auto it = weights.find(e.name);
     if (it == weights.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("missing tensor ", e.name, " (expected shape ",
-                                                     ShapeString(e.shape), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("missing tensor ", e.name, " (expected shape ", ShapeString(e.shape), ")"));
     }
     if (it->second.shape != e.shape) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", e.name, ": expected shape ",
@@ -793,12 +869,13 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
     }
   }
   if (weights.size() != expected.size()) {
-    for (const auto& [name, t] : weights) {
+    for (const auto& entry : weights) {
+      const std::string& name = entry.first;
       const bool known = std::any_of(expected.begin(), expected.end(),
                                      [&](const NamedShape& e) { return e.name == name; });
       if (!known) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "unexpected tensor ", name, " ", ShapeString(t.shape),
+            "unexpected tensor ", name, " ", ShapeString(entry.second.shape),
             name == "output.weight" ? " (the config ties the output to tok_embeddings)" : ""));
       }
     }
@@ -845,8 +922,8 @@ absl::StatusOr<TensorMap> RandomLlamaWeights(const LlamaConfig& config, uint64_t
     TensorMap out;
     for (const NamedShape& e : ExpectedTensors(*checked)) {
       const bool is_norm = e.shape.size() == 1;
-      const bool is_out_proj = absl::EndsWith(e.name, "wo.weight") ||
-                               absl::EndsWith(e.name, "w2.weight");
+      const bool is_out_proj =
+          absl::EndsWith(e.name, "wo.weight") || absl::EndsWith(e.name, "w2.weight");
       const torch::Tensor t = is_norm ? torch::ones(e.shape)
                                       : at::normal(0.0, is_out_proj ? out_std : 0.02, e.shape, gen);
       out.emplace(e.name, FromFloatTensor(t));
@@ -868,8 +945,8 @@ absl::StatusOr<TensorMap> ReadLlama2cCheckpoint(const std::string& path, LlamaCo
   int32_t raw[7];
   if (file_size < static_cast<int64_t>(sizeof(raw)) ||
       !in.read(reinterpret_cast<char*>(raw), sizeof(raw))) {
-    return absl::DataLossError(absl::StrCat(path, ": ", file_size,
-                                            " bytes, shorter than a llama2.c header"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": ", file_size, " bytes, shorter than a llama2.c header"));
   }
   const std::vector<int32_t> header(raw, raw + 7);
   const int64_t dim = header[0], hidden = header[1], n_layers = header[2], n_heads = header[3],
@@ -879,29 +956,29 @@ absl::StatusOr<TensorMap> ReadLlama2cCheckpoint(const std::string& path, LlamaCo
   constexpr int64_t kMax = int64_t{1} << 20;  // keeps every size product below 2^63
   for (int64_t v : {dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len}) {
     if (v <= 0 || v > kMax) {
-      return absl::DataLossError(absl::StrCat(path, ": implausible llama2.c header [",
-                                              absl::StrJoin(header, ", "), "]"));
+      return absl::DataLossError(
+          absl::StrCat(path, ": implausible llama2.c header [", absl::StrJoin(header, ", "), "]"));
     }
   }
   if (dim % n_heads != 0 || n_heads % n_kv_heads != 0 || (dim / n_heads) % 2 != 0) {
-    return absl::DataLossError(absl::StrCat(path, ": inconsistent llama2.c header [",
-                                            absl::StrJoin(header, ", "), "]"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": inconsistent llama2.c header [", absl::StrJoin(header, ", "), "]"));
   }
   const int64_t hd = dim / n_heads, kv_dim = n_kv_heads * hd;
   // Floats in run.c's order (memory_map_weights), counted in 128 bits.
-  const __int128 layer_floats = dim + dim * dim + 2 * kv_dim * dim + dim * dim + dim +
-                                3 * hidden * dim;  // one layer, < 2^44
-  const __int128 floats = vocab * dim + layer_floats * n_layers + dim + seq_len * hd +
-                          (shared ? 0 : vocab * dim);
+  const __int128 layer_floats =
+      dim + dim * dim + 2 * kv_dim * dim + dim * dim + dim + 3 * hidden * dim;  // one layer, < 2^44
+  const __int128 floats =
+      vocab * dim + layer_floats * n_layers + dim + seq_len * hd + (shared ? 0 : vocab * dim);
   const __int128 expected_size = static_cast<__int128>(sizeof(raw)) + 4 * floats;
   if (file_size != expected_size) {
-    return absl::DataLossError(absl::StrCat(
-        path, ": ", file_size, " bytes, but a llama2.c checkpoint with header [",
-        absl::StrJoin(header, ", "), "] has ",
-        expected_size <= std::numeric_limits<int64_t>::max()
-            ? absl::StrCat(static_cast<int64_t>(expected_size))
-            : std::string("over 2^63"),
-        " (truncated, or not a llama2.c legacy checkpoint)"));
+    return absl::DataLossError(absl::StrCat(path, ": ", file_size,
+                                            " bytes, but a llama2.c checkpoint with header [",
+                                            absl::StrJoin(header, ", "), "] has ",
+                                            expected_size <= std::numeric_limits<int64_t>::max()
+                                                ? absl::StrCat(static_cast<int64_t>(expected_size))
+                                                : std::string("over 2^63"),
+                                            " (truncated, or not a llama2.c legacy checkpoint)"));
   }
 
   TensorMap out;

@@ -105,6 +105,12 @@ absl::StatusOr<ModelDir> ReadModelDir(const std::string& path) {
     dir.llama = *llama;
   } else if (kind == "image") {
     dir.kind = ModelKind::kImage;
+    absl::StatusOr<DiffusionConfig> diffusion = DiffusionConfig::FromJson(*config);
+    if (!diffusion.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(config_path, ": ", diffusion.status().message()));
+    }
+    dir.diffusion = *diffusion;
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat(config_path, ": unknown kind \"", kind, "\" (expected text or image)"));
@@ -129,10 +135,12 @@ absl::StatusOr<ModelDir> ReadModelDir(const std::string& path) {
   return dir;
 }
 
-absl::Status WriteTextModelDir(const std::string& path, const LlamaConfig& config,
-                               const SafetensorsFile& weights,
-                               const std::string& tokenizer_model_bytes,
-                               const ModelProvenance& provenance) {
+namespace {
+
+absl::Status WriteModelDir(const std::string& path, const std::string& config_json,
+                           const SafetensorsFile& weights,
+                           const std::string& tokenizer_model_bytes,
+                           const ModelProvenance& provenance) {
   std::error_code ec;
   fs::create_directories(path, ec);
   if (ec) {
@@ -148,7 +156,23 @@ absl::Status WriteTextModelDir(const std::string& path, const LlamaConfig& confi
                          {"train_step", provenance.train_step}};
   s = WriteFileAtomically(path + "/" + kMetaFile, meta.dump(2) + "\n");
   if (!s.ok()) return s;
-  return WriteFileAtomically(path + "/" + kConfigFile, config.ToJson() + "\n");
+  return WriteFileAtomically(path + "/" + kConfigFile, config_json + "\n");
+}
+
+}  // namespace
+
+absl::Status WriteTextModelDir(const std::string& path, const LlamaConfig& config,
+                               const SafetensorsFile& weights,
+                               const std::string& tokenizer_model_bytes,
+                               const ModelProvenance& provenance) {
+  return WriteModelDir(path, config.ToJson(), weights, tokenizer_model_bytes, provenance);
+}
+
+absl::Status WriteImageModelDir(const std::string& path, const DiffusionConfig& config,
+                                const SafetensorsFile& weights,
+                                const std::string& tokenizer_model_bytes,
+                                const ModelProvenance& provenance) {
+  return WriteModelDir(path, config.ToJson(), weights, tokenizer_model_bytes, provenance);
 }
 
 }  // namespace tandem

@@ -1,5 +1,6 @@
 // A model directory: everything needed to serve one model, in files that other tools read too.
-//   config.json        {"kind": "text", "architecture": "llama", dim, n_layers, ...}
+//   config.json        {"kind": "text", "architecture": "llama", dim, n_layers, ...} or
+//                      {"kind": "image", "architecture": "unet-cross-attention", ...}
 //   model.safetensors  the weights (names in models/llama.h)
 //   tokenizer.model    the SentencePiece model
 //   meta.json          optional provenance: {"source", "train_job_id", "train_step"}
@@ -12,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "models/diffusion_config.h"
 #include "models/llama_config.h"
 #include "models/safetensors.h"
 
@@ -34,6 +36,7 @@ struct ModelDir {
   std::string path;
   ModelKind kind = ModelKind::kText;
   LlamaConfig llama;  // kText
+  DiffusionConfig diffusion;  // kImage
   std::string config_json;  // the raw config (image models parse their own)
   ModelProvenance provenance;
 
@@ -51,6 +54,12 @@ absl::Status WriteTextModelDir(const std::string& path, const LlamaConfig& confi
                                const SafetensorsFile& weights,
                                const std::string& tokenizer_model_bytes,
                                const ModelProvenance& provenance);
+
+// Writes an image (diffusion) model directory, like WriteTextModelDir.
+absl::Status WriteImageModelDir(const std::string& path, const DiffusionConfig& config,
+                                const SafetensorsFile& weights,
+                                const std::string& tokenizer_model_bytes,
+                                const ModelProvenance& provenance);
 
 // Writes `contents` to `path` atomically (temp file, fsync, rename, fsync of the folder).
 absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);

@@ -243,6 +243,7 @@ absl::Status Tokenizer::Train(const std::string& corpus_path, const std::string&
       {"train_extremely_large_corpus", "false"},
       // Only errors: training logs thousands of INFO lines to stderr otherwise.
       {"minloglevel", "2"},
+      {"hard_vocab_limit", options.hard_vocab_limit ? "true" : "false"},
   };
 
   absl::StatusOr<const tandem_spm_api*> api = Api();

@@ -27,6 +27,9 @@ struct TokenizerTrainOptions {
   int64_t max_sentences = 2000000;
   int num_threads = 0;  // 0: all cores
   uint64_t seed = 0;
+  // false: vocab_size is an upper bound (a small corpus, e.g. captions, may not fill it); the
+  // trained tokenizer's vocab_size() says how many pieces it got.
+  bool hard_vocab_limit = true;
 };
 
 class Tokenizer {

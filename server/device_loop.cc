@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "models/image_model.h"
 #include "models/llama.h"
 
 namespace tandem {
@@ -20,18 +21,25 @@ absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions
   // Load on the creating thread: the loop thread does not exist yet, and a bad model should stop
   // the server from starting rather than fail the first request.
   for (const auto& entry : registry->List()) {
-    absl::StatusOr<std::shared_ptr<TextModel>> m = loop->Instance(*entry);
-    if (!m.ok()) return m.status();
+    absl::Status s = entry->dir.kind == ModelKind::kText
+                         ? loop->TextInstance(*entry).status()
+                         : loop->ImageInstance(*entry).status();
+    if (!s.ok()) return s;
   }
   TextWorkloadOptions text_options;
   text_options.device = loop->options_.device;
   text_options.prefill_token_budget = loop->options_.prefill_token_budget;
   DeviceLoop* raw = loop.get();
   loop->text_ = std::make_unique<TextWorkload>(
-      text_options, [raw](const ModelEntry& e) { return raw->Instance(e); }, metrics);
+      text_options, [raw](const ModelEntry& e) { return raw->TextInstance(e); }, metrics);
+  loop->image_ = std::make_unique<ImageWorkload>(
+      loop->options_.device, [raw](const ModelEntry& e) { return raw->ImageInstance(e); },
+      metrics);
   if (metrics) {
     loop->busy_text_ = &metrics->device_busy_seconds.Add(
         {{"device", loop->options_.device}, {"work", "text"}});
+    loop->busy_image_ = &metrics->device_busy_seconds.Add(
+        {{"device", loop->options_.device}, {"work", "image"}});
   }
   loop->thread_ = std::thread([raw] { raw->Run(); });
   return loop;
@@ -39,14 +47,19 @@ absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions
 
 DeviceLoop::~DeviceLoop() { Stop(); }
 
-void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
+template <typename Request>
+void DeviceLoop::Track(Request& request) {
   load_.fetch_add(1, std::memory_order_relaxed);
   // The request leaves the device exactly once, whatever the reason; the count follows it.
-  auto user_done = std::move(request->on_done);
-  request->on_done = [this, user_done = std::move(user_done)] {
+  auto user_done = std::move(request.on_done);
+  request.on_done = [this, user_done = std::move(user_done)] {
     load_.fetch_sub(1, std::memory_order_relaxed);
     if (user_done) user_done();
   };
+}
+
+void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
+  Track(*request);
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     request->stream->Finish(absl::UnavailableError("the server is shutting down"));
@@ -56,14 +69,27 @@ void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
   inbox_.push_back([this, r = std::move(request)]() mutable { text_->Admit(std::move(r)); });
 }
 
+void DeviceLoop::Submit(std::unique_ptr<ImageRequest> request) {
+  Track(*request);
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    request->stream->Finish(absl::UnavailableError("the server is shutting down"));
+    request->on_done();
+    return;
+  }
+  inbox_.push_back([this, r = std::move(request)]() mutable { image_->Admit(std::move(r)); });
+}
+
 void DeviceLoop::Post(absl::AnyInvocable<void()> fn) {
   absl::MutexLock lock(&mu_);
   inbox_.push_back(std::move(fn));
 }
 
-absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::Instance(const ModelEntry& entry) {
-  auto it = instances_.find(entry.name);
-  if (it != instances_.end() && it->second.version >= entry.version) return it->second.model;
+absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::TextInstance(const ModelEntry& entry) {
+  auto it = text_instances_.find(entry.name);
+  if (it != text_instances_.end() && it->second.version >= entry.version) {
+    return it->second.model;
+  }
   absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
   if (!weights.ok()) return weights.status();
   TextModelOptions mo;
@@ -77,9 +103,32 @@ absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::Instance(const ModelEntry
                                      model.status().message()));
   }
   // Sequences running on the previous instance keep it alive until they finish.
-  Instance_& inst = instances_[entry.name];
+  Instance<TextModel>& inst = text_instances_[entry.name];
   inst.version = entry.version;
   inst.model = std::shared_ptr<TextModel>(std::move(*model));
+  return inst.model;
+}
+
+absl::StatusOr<std::shared_ptr<ImageModel>> DeviceLoop::ImageInstance(const ModelEntry& entry) {
+  auto it = image_instances_.find(entry.name);
+  if (it != image_instances_.end() && it->second.version >= entry.version) {
+    return it->second.model;
+  }
+  absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
+  if (!weights.ok()) return weights.status();
+  ImageModelOptions mo;
+  mo.device = options_.device;
+  mo.max_samples = options_.max_images;
+  absl::StatusOr<std::unique_ptr<ImageModel>> model =
+      CreateDiffusionModel(entry.dir.diffusion, weights->tensors, mo);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat("model \"", entry.name, "\" on ", options_.device, ": ",
+                                     model.status().message()));
+  }
+  Instance<ImageModel>& inst = image_instances_[entry.name];
+  inst.version = entry.version;
+  inst.model = std::shared_ptr<ImageModel>(std::move(*model));
   return inst.model;
 }
 
@@ -88,7 +137,7 @@ void DeviceLoop::Run() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      if (!text_->HasWork()) {
+      if (!text_->HasWork() && !image_->HasWork()) {
         // Nothing to run: sleep until something is posted.
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return !inbox_.empty() || stopping_;
@@ -100,10 +149,17 @@ void DeviceLoop::Run() {
     }
     for (auto& fn : batch) fn();
     batch.clear();
+    // One LLM iteration, then one denoising step: text streams keep flowing while images
+    // denoise, each waiting at most one step of the other.
     if (text_->HasWork()) {
       absl::Time t0 = absl::Now();
       text_->RunIteration();
       if (busy_text_) busy_text_->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
+    }
+    if (image_->HasWork()) {
+      absl::Time t0 = absl::Now();
+      image_->RunIteration();
+      if (busy_image_) busy_image_->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
     }
   }
   // Work posted before the stop still gets its stream finished.
@@ -114,6 +170,7 @@ void DeviceLoop::Run() {
   }
   for (auto& fn : rest) fn();
   text_->AbortAll(absl::UnavailableError("the server is shutting down"));
+  image_->AbortAll(absl::UnavailableError("the server is shutting down"));
 }
 
 void DeviceLoop::Stop() {

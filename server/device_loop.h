@@ -3,7 +3,8 @@
 // threads hand work in through Submit/Post, which never block on model work.
 //
 // Each pass of the loop runs the posted closures, then one iteration of each workload that has
-// work (text now; image diffusion steps and training micro-steps plug in as further workloads),
+// work (an LLM decode iteration, a batched denoising step; training micro-steps plug in as a
+// further workload),
 // and sleeps only when there is nothing to do.
 #ifndef TANDEM_SERVER_DEVICE_LOOP_H_
 #define TANDEM_SERVER_DEVICE_LOOP_H_
@@ -20,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "server/metrics.h"
+#include "server/image_workload.h"
 #include "server/model_registry.h"
 #include "server/text_workload.h"
 
@@ -28,6 +30,7 @@ namespace tandem {
 struct DeviceLoopOptions {
   std::string device = "cpu";
   int max_sequences = 32;  // KV slots per text model on this device
+  int max_images = 16;     // images denoised at once per image model on this device
   int prefill_token_budget = 1024;
 };
 
@@ -42,6 +45,7 @@ class DeviceLoop {
 
   // Hands a request to the loop. Its stream is finished by the loop, whatever happens.
   void Submit(std::unique_ptr<TextRequest> request);
+  void Submit(std::unique_ptr<ImageRequest> request);
   // Runs `fn` on the loop thread before the next iteration.
   void Post(absl::AnyInvocable<void()> fn);
   // Requests submitted and not yet finished (for load balancing).
@@ -55,7 +59,11 @@ class DeviceLoop {
   DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metrics* metrics);
   void Run();
   // The device's instance of `entry` (loaded on first use or when the entry is newer).
-  absl::StatusOr<std::shared_ptr<TextModel>> Instance(const ModelEntry& entry);
+  absl::StatusOr<std::shared_ptr<TextModel>> TextInstance(const ModelEntry& entry);
+  absl::StatusOr<std::shared_ptr<ImageModel>> ImageInstance(const ModelEntry& entry);
+  // Counts the request in load_ and wraps its on_done to count it out.
+  template <typename Request>
+  void Track(Request& request);
 
   const DeviceLoopOptions options_;
   ModelRegistry* const registry_;
@@ -67,13 +75,17 @@ class DeviceLoop {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   // Loop-thread state.
-  struct Instance_ {
+  template <typename Model>
+  struct Instance {
     int64_t version = 0;
-    std::shared_ptr<TextModel> model;
+    std::shared_ptr<Model> model;
   };
-  std::map<std::string, Instance_> instances_;
+  std::map<std::string, Instance<TextModel>> text_instances_;
+  std::map<std::string, Instance<ImageModel>> image_instances_;
   std::unique_ptr<TextWorkload> text_;
+  std::unique_ptr<ImageWorkload> image_;
   prometheus::Counter* busy_text_ = nullptr;
+  prometheus::Counter* busy_image_ = nullptr;
   std::thread thread_;
 };
 

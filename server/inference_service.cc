@@ -180,24 +180,43 @@ InferenceService::InferenceService(ModelRegistry* registry, WorkerPool* pool, Me
 grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const GenerateRequest* request) {
   const absl::Time accepted = absl::Now();
-  absl::StatusOr<std::shared_ptr<const ModelEntry>> model = registry_->Lookup(request->model());
+  // Without a model name the params pick the default model of their kind.
+  absl::StatusOr<std::shared_ptr<const ModelEntry>> model = registry_->Lookup(
+      request->model(), request->has_image() ? ModelKind::kImage : ModelKind::kText);
+  const bool image = model.ok() ? (*model)->dir.kind == ModelKind::kImage : request->has_image();
   auto* reactor = new GenerateReactor(
-      metrics_, model.ok() ? (*model)->name : std::string("unknown"),
-      request->has_image() ? "image" : "text");
+      metrics_, model.ok() ? (*model)->name : std::string("unknown"), image ? "image" : "text");
   if (!model.ok()) {
     reactor->Reject(model.status());
     return reactor;
   }
-  absl::StatusOr<std::unique_ptr<TextRequest>> text =
-      BuildTextRequest(*request, *model, limits_, accepted);
-  if (!text.ok()) {
-    reactor->Reject(text.status());
-    return reactor;
+  const std::string id = request->request_id().empty()
+                             ? absl::StrCat("gen-", next_id_.fetch_add(1))
+                             : request->request_id();
+  absl::Status submitted;
+  if (image) {
+    absl::StatusOr<std::unique_ptr<ImageRequest>> built =
+        BuildImageRequest(*request, *model, limits_, accepted);
+    if (!built.ok()) {
+      reactor->Reject(built.status());
+      return reactor;
+    }
+    std::unique_ptr<ImageRequest> req = *std::move(built);
+    req->id = id;
+    req->stream = reactor->outbox();
+    submitted = pool_->Submit(req);
+  } else {
+    absl::StatusOr<std::unique_ptr<TextRequest>> built =
+        BuildTextRequest(*request, *model, limits_, accepted);
+    if (!built.ok()) {
+      reactor->Reject(built.status());
+      return reactor;
+    }
+    std::unique_ptr<TextRequest> req = *std::move(built);
+    req->id = id;
+    req->stream = reactor->outbox();
+    submitted = pool_->Submit(req);
   }
-  std::unique_ptr<TextRequest> req = *std::move(text);
-  if (req->id.empty()) req->id = absl::StrCat("gen-", next_id_.fetch_add(1));
-  req->stream = reactor->outbox();
-  absl::Status submitted = pool_->Submit(req);
   if (!submitted.ok()) reactor->Reject(submitted);
   (void)context;
   return reactor;
@@ -207,16 +226,22 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(
     grpc::CallbackServerContext* context, const tandem::v1::ListModelsRequest* /*request*/,
     tandem::v1::ListModelsResponse* response) {
   const std::string default_model = registry_->default_model();
+  const std::string default_image = registry_->default_image_model();
   const std::vector<std::string> devices = pool_->devices();
   for (const auto& entry : registry_->List()) {
     auto* m = response->add_models();
     m->set_name(entry->name);
-    m->set_kind(entry->dir.kind == ModelKind::kText ? tandem::v1::MODEL_KIND_TEXT
-                                                    : tandem::v1::MODEL_KIND_IMAGE);
-    m->set_is_default(entry->name == default_model);
+    const bool text = entry->dir.kind == ModelKind::kText;
+    m->set_kind(text ? tandem::v1::MODEL_KIND_TEXT : tandem::v1::MODEL_KIND_IMAGE);
+    m->set_is_default(entry->name == (text ? default_model : default_image));
     m->set_parameters(entry->parameters);
-    m->set_context_length(entry->dir.llama.seq_len);
-    m->set_vocab_size(entry->dir.llama.vocab_size);
+    if (text) {
+      m->set_context_length(entry->dir.llama.seq_len);
+      m->set_vocab_size(entry->dir.llama.vocab_size);
+    } else {
+      m->set_image_size(entry->dir.diffusion.image_size);
+      m->set_vocab_size(entry->dir.diffusion.vocab_size);
+    }
     m->set_version(entry->version);
     m->set_source(entry->dir.provenance.source.empty() ? entry->dir.path
                                                        : entry->dir.provenance.source);

@@ -51,6 +51,9 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& decode_step_seconds;  // device
   prometheus::Family<prometheus::Histogram>& decode_batch_size;    // device
   prometheus::Family<prometheus::Histogram>& prefill_seconds;      // device
+  prometheus::Family<prometheus::Histogram>& denoise_step_seconds; // device
+  prometheus::Family<prometheus::Histogram>& denoise_batch_size;   // device (samples per step)
+  prometheus::Family<prometheus::Counter>& generated_images;       // model
   prometheus::Family<prometheus::Gauge>& active_sequences;   // device
   prometheus::Family<prometheus::Gauge>& waiting_requests;   // device
   prometheus::Family<prometheus::Counter>& device_busy_seconds;  // device, work (text|image|train)

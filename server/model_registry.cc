@@ -12,23 +12,21 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> LoadEntry(const std::string& name,
                                                       const std::string& path) {
   absl::StatusOr<ModelDir> dir = ReadModelDir(path);
   if (!dir.ok()) return dir.status();
-  if (dir->kind != ModelKind::kText) {
-    return absl::UnimplementedError(
-        absl::StrCat("model ", name, " at ", path, " is an image model; this server build ",
-                     "serves text models only"));
-  }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir->tokenizer_path());
   if (!tok.ok()) return tok.status();
-  if ((*tok)->vocab_size() > dir->llama.vocab_size) {
+  const int model_vocab =
+      dir->kind == ModelKind::kText ? dir->llama.vocab_size : dir->diffusion.vocab_size;
+  if ((*tok)->vocab_size() > model_vocab) {
     return absl::InvalidArgumentError(absl::StrCat(
         "model ", name, ": tokenizer has ", (*tok)->vocab_size(), " pieces but the model's ",
-        "vocab_size is ", dir->llama.vocab_size));
+        "vocab_size is ", model_vocab));
   }
   auto entry = std::make_shared<ModelEntry>();
   entry->name = name;
   entry->dir = *std::move(dir);
   entry->tokenizer = std::move(*tok);
-  entry->parameters = entry->dir.llama.ParameterCount();
+  entry->parameters = entry->dir.kind == ModelKind::kText ? entry->dir.llama.ParameterCount()
+                                                          : entry->dir.diffusion.ParameterCount();
   return entry;
 }
 
@@ -64,28 +62,43 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   }
   absl::MutexLock lock(&registry->mu_);
   if (!default_model.empty()) {
-    if (!registry->entries_.count(default_model)) {
+    auto it = registry->entries_.find(default_model);
+    if (it == registry->entries_.end()) {
       return absl::NotFoundError(absl::StrCat("--default_model=", default_model,
                                               " is not a model in ", models_dir));
     }
+    if (it->second->dir.kind != ModelKind::kText) {
+      return absl::InvalidArgumentError(absl::StrCat("--default_model=", default_model,
+                                                     " is an image model; name a text model"));
+    }
     registry->default_model_ = default_model;
-  } else if (!registry->entries_.empty()) {
-    registry->default_model_ = registry->entries_.begin()->first;
   }
+  registry->ChooseDefaultsLocked();
   return registry;
 }
 
-absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Lookup(
-    const std::string& name) const {
+void ModelRegistry::ChooseDefaultsLocked() {
+  for (const auto& [n, e] : entries_) {
+    if (e->dir.kind == ModelKind::kText && default_model_.empty()) default_model_ = n;
+    if (e->dir.kind == ModelKind::kImage && default_image_model_.empty()) {
+      default_image_model_ = n;
+    }
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Lookup(const std::string& name,
+                                                                        ModelKind kind) const {
   absl::MutexLock lock(&mu_);
-  const std::string& key = name.empty() ? default_model_ : name;
+  const std::string& key =
+      !name.empty() ? name : kind == ModelKind::kText ? default_model_ : default_image_model_;
   auto it = entries_.find(key);
   if (it != entries_.end()) return it->second;
   std::vector<std::string> names;
   for (const auto& [n, e] : entries_) names.push_back(n);
   if (name.empty()) {
-    return absl::NotFoundError("no model given and the server has no default model; "
-                               "start tandemd with --models_dir containing a model");
+    return absl::NotFoundError(absl::StrCat(
+        "no model given and the server has no ", kind == ModelKind::kText ? "text" : "image",
+        " model; start tandemd with --models_dir containing one"));
   }
   return absl::NotFoundError(absl::StrCat(
       "unknown model \"", name, "\"; available: ",
@@ -104,6 +117,11 @@ std::string ModelRegistry::default_model() const {
   return default_model_;
 }
 
+std::string ModelRegistry::default_image_model() const {
+  absl::MutexLock lock(&mu_);
+  return default_image_model_;
+}
+
 absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Publish(
     const std::string& name, const std::string& path) {
   auto entry = LoadEntry(name, path);
@@ -116,7 +134,7 @@ absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Publish(
     (*entry)->version = it == entries_.end() ? 1 : it->second->version + 1;
     published = *entry;
     entries_[name] = published;
-    if (default_model_.empty()) default_model_ = name;
+    ChooseDefaultsLocked();
     listeners = listeners_;
   }
   for (auto& l : listeners) l(published);

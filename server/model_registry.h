@@ -39,10 +39,14 @@ class ModelRegistry {
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Create(const std::string& models_dir,
                                                                const std::string& default_model);
 
-  // Returns the entry, or NOT_FOUND listing the names that exist. Empty name = the default.
-  absl::StatusOr<std::shared_ptr<const ModelEntry>> Lookup(const std::string& name) const;
+  // Returns the entry, or NOT_FOUND listing the names that exist. An empty name selects the
+  // default model of `kind`: --default_model (or the first text model by name) for text, the
+  // first image model by name for images.
+  absl::StatusOr<std::shared_ptr<const ModelEntry>> Lookup(
+      const std::string& name, ModelKind kind = ModelKind::kText) const;
   std::vector<std::shared_ptr<const ModelEntry>> List() const;
-  std::string default_model() const;
+  std::string default_model() const;  // the default text model
+  std::string default_image_model() const;
 
   // Publishes (or hot-swaps) `name` from a model directory; listeners are told afterwards.
   absl::StatusOr<std::shared_ptr<const ModelEntry>> Publish(const std::string& name,
@@ -55,6 +59,8 @@ class ModelRegistry {
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModelEntry>> entries_ ABSL_GUARDED_BY(mu_);
   std::string default_model_ ABSL_GUARDED_BY(mu_);
+  std::string default_image_model_ ABSL_GUARDED_BY(mu_);
+  void ChooseDefaultsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<Listener> listeners_ ABSL_GUARDED_BY(mu_);
 };
 

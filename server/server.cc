@@ -34,13 +34,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   server->registry_ = *std::move(registry);
   for (const auto& e : server->registry_->List()) {
     server->metrics_->model_info
-        .Add({{"name", e->name}, {"kind", "text"}, {"version", absl::StrCat(e->version)}})
+        .Add({{"name", e->name},
+              {"kind", e->dir.kind == ModelKind::kText ? "text" : "image"},
+              {"version", absl::StrCat(e->version)}})
         .Set(static_cast<double>(e->parameters));
   }
 
   WorkerPoolOptions pool_options;
   pool_options.devices = options.devices;
   pool_options.max_sequences_per_device = options.max_sequences_per_device;
+  pool_options.max_images_per_device = options.max_images_per_device;
   pool_options.max_pending = options.max_pending;
   pool_options.prefill_token_budget = options.prefill_token_budget;
   absl::StatusOr<std::unique_ptr<WorkerPool>> pool =

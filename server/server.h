@@ -33,6 +33,7 @@ struct ServerOptions {
   std::string metrics_listen = "0.0.0.0:9090";  // empty disables the HTTP endpoint
   std::vector<std::string> devices = {"cpu"};
   int max_sequences_per_device = 32;
+  int max_images_per_device = 16;
   int max_pending = 256;
   int prefill_token_budget = 1024;
   RequestLimits limits;

@@ -26,6 +26,9 @@ ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
 ABSL_FLAG(std::string, devices, "auto",
           "Devices to run on: auto (every CUDA device, else cpu), cpu, or cuda:0,cuda:1,...");
 ABSL_FLAG(int, max_sequences, 32, "Concurrent text sequences per device (KV-cache slots)");
+ABSL_FLAG(int, max_images, 16, "Images denoised at once per device (batched in one U-Net step)");
+ABSL_FLAG(int, max_images_per_request, 8, "num_images limit of one request");
+ABSL_FLAG(int, max_steps, 1000, "Denoising steps limit of one request");
 ABSL_FLAG(int, max_pending, 256,
           "Requests in hand (running + queued) before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, prefill_token_budget, 1024,
@@ -63,6 +66,9 @@ int main(int argc, char** argv) {
   options.devices = *devices;
   options.max_sequences_per_device = absl::GetFlag(FLAGS_max_sequences);
   options.max_pending = absl::GetFlag(FLAGS_max_pending);
+  options.max_images_per_device = absl::GetFlag(FLAGS_max_images);
+  options.limits.max_images = absl::GetFlag(FLAGS_max_images_per_request);
+  options.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
 
   absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);

@@ -1,5 +1,6 @@
 #include "server/validation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -18,6 +19,27 @@ uint64_t RandomSeed() {
   uint64_t s = 0;
   while (s == 0) s = rng();
   return s;
+}
+
+// Checks shared by every kind of request.
+absl::Status ValidateCommon(const tandem::v1::GenerateRequest& request,
+                            const RequestLimits& limits) {
+  if (static_cast<int>(request.request_id().size()) > limits.max_request_id_bytes) {
+    return Invalid(absl::StrCat("request_id is ", request.request_id().size(),
+                                " bytes; the limit is ", limits.max_request_id_bytes));
+  }
+  if (request.priority() < -100 || request.priority() > 100) {
+    return Invalid(absl::StrCat("priority ", request.priority(), " is outside [-100, 100]"));
+  }
+  if (static_cast<int>(request.prompt().size()) > limits.max_prompt_bytes) {
+    return Invalid(absl::StrCat("prompt is ", request.prompt().size(), " bytes; the limit is ",
+                                limits.max_prompt_bytes));
+  }
+  if (int64_t bad = FirstInvalidUtf8Offset(request.prompt()); bad >= 0) {
+    return Invalid(absl::StrCat("prompt is not valid UTF-8 (first bad byte at offset ", bad,
+                                ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -45,21 +67,7 @@ absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
                                 "\" is a text model: send text params (image params are for "
                                 "image models)"));
   }
-  if (static_cast<int>(request.request_id().size()) > limits.max_request_id_bytes) {
-    return Invalid(absl::StrCat("request_id is ", request.request_id().size(),
-                                " bytes; the limit is ", limits.max_request_id_bytes));
-  }
-  if (request.priority() < -100 || request.priority() > 100) {
-    return Invalid(absl::StrCat("priority ", request.priority(), " is outside [-100, 100]"));
-  }
-  if (static_cast<int>(request.prompt().size()) > limits.max_prompt_bytes) {
-    return Invalid(absl::StrCat("prompt is ", request.prompt().size(), " bytes; the limit is ",
-                                limits.max_prompt_bytes));
-  }
-  if (int64_t bad = FirstInvalidUtf8Offset(request.prompt()); bad >= 0) {
-    return Invalid(absl::StrCat("prompt is not valid UTF-8 (first bad byte at offset ", bad,
-                                ")"));
-  }
+  if (absl::Status s = ValidateCommon(request, limits); !s.ok()) return s;
   const tandem::v1::TextParams& p = request.text();
   if (std::isnan(p.temperature()) || p.temperature() < 0 || std::isinf(p.temperature())) {
     return Invalid(absl::StrCat("temperature must be a finite number >= 0 (0 is greedy); got ",
@@ -115,6 +123,76 @@ absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
   req->sampling.seed = p.seed() != 0 ? p.seed() : RandomSeed();
   req->stop.assign(p.stop().begin(), p.stop().end());
   req->include_token_ids = p.include_token_ids();
+  req->priority = request.priority();
+  req->accepted = accepted;
+  req->model = std::move(model);
+  return req;
+}
+
+absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
+    const tandem::v1::GenerateRequest& request, std::shared_ptr<const ModelEntry> model,
+    const RequestLimits& limits, absl::Time accepted) {
+  const DiffusionConfig& cfg = model->dir.diffusion;
+  if (request.has_text()) {
+    return Invalid(absl::StrCat("model \"", model->name,
+                                "\" is an image model: send image params (text params are for "
+                                "text models)"));
+  }
+  if (absl::Status s = ValidateCommon(request, limits); !s.ok()) return s;
+  const tandem::v1::ImageParams& p = request.image();
+  const int max_steps = std::min(limits.max_steps, cfg.diffusion_steps);
+  if (p.steps() < 0 || p.steps() > max_steps) {
+    return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "] (0 uses the model's default ",
+                                cfg.default_steps, "); got ", p.steps()));
+  }
+  if (std::isnan(p.guidance_scale()) || std::isinf(p.guidance_scale()) ||
+      p.guidance_scale() < 0 || p.guidance_scale() > 100) {
+    return Invalid(absl::StrCat("guidance_scale must be in [0, 100] (0 uses the model's default ",
+                                cfg.default_guidance, ", 1 disables guidance); got ",
+                                p.guidance_scale()));
+  }
+  if (p.num_images() < 0 || p.num_images() > limits.max_images) {
+    return Invalid(absl::StrCat("num_images must be in [1, ", limits.max_images, "]; got ",
+                                p.num_images()));
+  }
+  if (std::isnan(p.eta()) || p.eta() < 0 || p.eta() > 1) {
+    return Invalid(absl::StrCat("eta must be in [0, 1]; got ", p.eta()));
+  }
+  if (p.preview_every() < 0) {
+    return Invalid(absl::StrCat("preview_every must be >= 0; got ", p.preview_every()));
+  }
+  DiffusionSampler sampler;
+  switch (p.sampler()) {
+    case tandem::v1::SAMPLER_UNSPECIFIED:
+    case tandem::v1::SAMPLER_DDIM:
+      sampler = DiffusionSampler::kDdim;
+      break;
+    case tandem::v1::SAMPLER_DDPM:
+      sampler = DiffusionSampler::kDdpm;
+      if (p.eta() != 0) return Invalid("eta applies to the DDIM sampler only");
+      break;
+    default:
+      return Invalid(absl::StrCat("unknown sampler ", static_cast<int>(p.sampler()),
+                                  "; use SAMPLER_DDIM or SAMPLER_DDPM"));
+  }
+  if (static_cast<int>(p.negative_prompt().size()) > limits.max_prompt_bytes) {
+    return Invalid(absl::StrCat("negative_prompt is ", p.negative_prompt().size(),
+                                " bytes; the limit is ", limits.max_prompt_bytes));
+  }
+  auto req = std::make_unique<ImageRequest>();
+  req->spec.caption = model->tokenizer->Encode(request.prompt());
+  req->spec.negative_caption = model->tokenizer->Encode(p.negative_prompt());
+  req->spec.steps = p.steps() > 0 ? p.steps() : cfg.default_steps;
+  req->spec.guidance = p.guidance_scale() > 0 ? p.guidance_scale() : cfg.default_guidance;
+  req->spec.sampler = sampler;
+  req->spec.eta = p.eta();
+  req->spec.seed = p.seed() != 0 ? p.seed() : RandomSeed();
+  req->num_images = p.num_images() > 0 ? p.num_images() : 1;
+  req->preview_every = p.preview_every();
+  // BOS + caption, cut to the encoder's context.
+  req->prompt_tokens =
+      std::min(static_cast<int>(req->spec.caption.size()) + 1, cfg.text_seq_len);
+  req->id = request.request_id();
   req->priority = request.priority();
   req->accepted = accepted;
   req->model = std::move(model);

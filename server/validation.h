@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/image_workload.h"
 #include "server/model_registry.h"
 #include "server/text_workload.h"
 #include "tandem/v1/inference.pb.h"
@@ -19,12 +20,20 @@ struct RequestLimits {
   int max_stop_bytes = 256;
   int max_prompt_bytes = 1 << 20;
   int max_request_id_bytes = 128;
+  int max_images = 8;      // images per request
+  int max_steps = 1000;    // denoising steps per request (also at most the model's T)
 };
 
 // Validates `request` against the text model `model` and builds the device-ready request:
 // tokenized prompt (BOS first), sampling parameters (a random seed drawn when unset), limits.
 // `stream` is attached as is.
 absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
+    const tandem::v1::GenerateRequest& request, std::shared_ptr<const ModelEntry> model,
+    const RequestLimits& limits, absl::Time accepted);
+
+// The same for an image model: steps, guidance, sampler, eta, images, preview cadence; the
+// caption and negative caption tokenized.
+absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
     const tandem::v1::GenerateRequest& request, std::shared_ptr<const ModelEntry> model,
     const RequestLimits& limits, absl::Time accepted);
 

@@ -14,6 +14,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     DeviceLoopOptions lo;
     lo.device = device;
     lo.max_sequences = options.max_sequences_per_device;
+    lo.max_images = options.max_images_per_device;
     lo.prefill_token_budget = options.prefill_token_budget;
     absl::StatusOr<std::unique_ptr<DeviceLoop>> loop = DeviceLoop::Create(lo, registry, metrics);
     if (!loop.ok()) return loop.status();
@@ -24,7 +25,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
 
 WorkerPool::~WorkerPool() { Stop(); }
 
-absl::Status WorkerPool::Submit(std::unique_ptr<TextRequest>& request) {
+absl::StatusOr<DeviceLoop*> WorkerPool::Choose() const {
   if (stopping_.load()) return absl::UnavailableError("the server is shutting down");
   if (pending() >= options_.max_pending) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -32,10 +33,23 @@ absl::Status WorkerPool::Submit(std::unique_ptr<TextRequest>& request) {
         " requests in hand (--max_pending); retry with backoff"));
   }
   DeviceLoop* best = loops_.front().get();
-  for (auto& loop : loops_) {
+  for (const auto& loop : loops_) {
     if (loop->load() < best->load()) best = loop.get();
   }
-  best->Submit(std::move(request));
+  return best;
+}
+
+absl::Status WorkerPool::Submit(std::unique_ptr<TextRequest>& request) {
+  absl::StatusOr<DeviceLoop*> loop = Choose();
+  if (!loop.ok()) return loop.status();
+  (*loop)->Submit(std::move(request));
+  return absl::OkStatus();
+}
+
+absl::Status WorkerPool::Submit(std::unique_ptr<ImageRequest>& request) {
+  absl::StatusOr<DeviceLoop*> loop = Choose();
+  if (!loop.ok()) return loop.status();
+  (*loop)->Submit(std::move(request));
   return absl::OkStatus();
 }
 

@@ -17,6 +17,7 @@ namespace tandem {
 struct WorkerPoolOptions {
   std::vector<std::string> devices = {"cpu"};
   int max_sequences_per_device = 32;
+  int max_images_per_device = 16;
   // Requests in hand (running + waiting) across the pool past which Submit answers
   // RESOURCE_EXHAUSTED.
   int max_pending = 256;
@@ -33,6 +34,7 @@ class WorkerPool {
   // Takes the request, or returns RESOURCE_EXHAUSTED (the request is untouched) when the pool
   // is full, UNAVAILABLE once stopping.
   absl::Status Submit(std::unique_ptr<TextRequest>& request);
+  absl::Status Submit(std::unique_ptr<ImageRequest>& request);
   std::vector<std::string> devices() const;
   int pending() const;
   // Finishes every request still in a loop with UNAVAILABLE and joins the loops.
@@ -40,6 +42,8 @@ class WorkerPool {
 
  private:
   WorkerPool() = default;
+  // The least-loaded loop, or the reason none may take another request.
+  absl::StatusOr<DeviceLoop*> Choose() const;
   WorkerPoolOptions options_;
   std::vector<std::unique_ptr<DeviceLoop>> loops_;
   std::atomic<bool> stopping_{false};

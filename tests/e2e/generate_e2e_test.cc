@@ -311,6 +311,13 @@ TEST_F(GenerateE2ETest, BadRequestsAreRejectedWhileOtherStreamsContinue) {
   {
     BadCase c{"image params to a text model", text("a sneaker"),
               grpc::StatusCode::INVALID_ARGUMENT, "text model"};
+    c.request.set_model("tiny");
+    c.request.mutable_image()->set_steps(10);
+    cases.push_back(c);
+  }
+  {
+    BadCase c{"image params, no model, no image model", text("a sneaker"),
+              grpc::StatusCode::NOT_FOUND, "no image model"};
     c.request.mutable_image()->set_steps(10);
     cases.push_back(c);
   }

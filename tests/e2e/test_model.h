@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "models/image_model.h"
 #include "models/llama.h"
 #include "models/model_dir.h"
 #include "models/tokenizer.h"
@@ -78,6 +79,62 @@ inline std::string WriteTinyModel(const std::string& dir, const TinyModelSpec& s
   ModelProvenance prov;
   prov.source = "test";
   s = WriteTextModelDir(dir, cfg, file, *tok_bytes, prov);
+  EXPECT_TRUE(s.ok()) << s;
+  return dir;
+}
+
+// A captions corpus and a tiny seeded diffusion model (16x16 grey) in `dir`.
+inline std::string WriteTinyImageModel(const std::string& dir, uint64_t seed = 11) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir);
+  const std::string corpus = dir + "/../captions-" + fs::path(dir).filename().string();
+  {
+    std::ofstream out(corpus);
+    const char* things[] = {"sneaker", "ankle boot", "bag", "dress", "coat", "shirt",
+                            "sandal", "pullover", "trousers", "t-shirt"};
+    const char* forms[] = {"a photo of a %s", "a %s", "a picture of a %s",
+                           "a black and white photo of a %s", "a small %s", "a dark %s"};
+    for (const char* f : forms) {
+      for (const char* t : things) {
+        char line[128];
+        std::snprintf(line, sizeof(line), f, t);
+        out << line << "\n";
+      }
+    }
+  }
+  TokenizerTrainOptions topts;
+  topts.vocab_size = 400;
+  topts.hard_vocab_limit = false;
+  const std::string tok = dir + "/../tok-" + fs::path(dir).filename().string() + ".model";
+  absl::Status s = Tokenizer::Train(corpus, tok, topts);
+  EXPECT_TRUE(s.ok()) << s;
+  auto loaded = Tokenizer::Load(tok);
+  EXPECT_TRUE(loaded.ok());
+  DiffusionConfig cfg;
+  cfg.image_size = 16;
+  cfg.channels = 1;
+  cfg.unet_widths = {8, 16};
+  cfg.attention_levels = {1};
+  cfg.attention_heads = 2;
+  cfg.groups = 4;
+  cfg.vocab_size = (*loaded)->vocab_size();
+  cfg.text_dim = 16;
+  cfg.text_layers = 1;
+  cfg.text_heads = 2;
+  cfg.text_seq_len = 8;
+  cfg.diffusion_steps = 100;
+  cfg.default_steps = 10;
+  s = cfg.Normalize();
+  EXPECT_TRUE(s.ok()) << s;
+  auto weights = RandomDiffusionWeights(cfg, seed);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  SafetensorsFile file;
+  file.tensors = *std::move(weights);
+  auto tok_bytes = ReadFile(tok);
+  EXPECT_TRUE(tok_bytes.ok());
+  ModelProvenance prov;
+  prov.source = "test";
+  s = WriteImageModelDir(dir, cfg, file, *tok_bytes, prov);
   EXPECT_TRUE(s.ok()) << s;
   return dir;
 }

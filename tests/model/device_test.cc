@@ -45,21 +45,19 @@ TEST(DeviceTest, CudaAbsentOrPresent) {
 }
 
 TEST(DeviceTest, Malformed) {
-  for (const char* flag : {"gpu", "", ",", "cpu,", "cuda:", "cuda:x", "cuda:-1", "cuda0",
-                           "cpu,cpu", " cpu , cpu", "auto,cpu", "CPU"}) {
+  for (const char* flag : {"gpu", "", ",", "cpu,", "cuda:", "cuda:x", "cuda:-1", "cuda0", "cpu,cpu",
+                           " cpu , cpu", "auto,cpu", "CPU"}) {
     EXPECT_EQ(ResolveDevices(flag).status().code(), absl::StatusCode::kInvalidArgument)
         << "\"" << flag << "\"";
   }
   if (CudaDeviceCount() >= 1) {
-    EXPECT_EQ(ResolveDevices("cuda:0, cuda:0").status().code(),
-              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(ResolveDevices("cuda:0, cuda:0").status().code(), absl::StatusCode::kInvalidArgument);
   }
 }
 
 TEST(DeviceTest, ComputeThreads) {
   EXPECT_EQ(SetComputeThreads(1), 1);
-  EXPECT_GE(SetComputeThreads(0), 1);
-  SetComputeThreads(1);
+  EXPECT_GE(SetComputeThreads(0), 1);  // every core, which the other tests then run with
 }
 
 }  // namespace

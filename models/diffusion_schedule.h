@@ -1,0 +1,53 @@
+// The diffusion model's noise schedule and sampler arithmetic, torch-free: the cosine schedule of
+// Nichol & Dhariwal (2021) over T training timesteps, the timesteps a sampler visits, and (for
+// tests and tools) one sampler update of one sample on plain float vectors, run by the very code
+// the model's Step uses.
+//
+// Timesteps are 0-based: timestep t in [0, T) is the state after t + 1 forward noising steps,
+// x_t = sqrt(ab[t]) x_0 + sqrt(1 - ab[t]) eps; "timestep -1" is the clean image (ab = 1).
+//
+// CosineBetas and CosineAlphaBar are implemented in diffusion_config.cc (tandem_models_core);
+// DiffusionSamplerUpdate and DiffusionSampleLatent in diffusion.cc (tandem_models_torch).
+#ifndef TANDEM_MODELS_DIFFUSION_SCHEDULE_H_
+#define TANDEM_MODELS_DIFFUSION_SCHEDULE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "models/diffusion_config.h"
+#include "models/image_model.h"
+
+namespace tandem {
+
+// beta[t] = min(1 - f(t+1)/f(t), 0.999) for t in [0, T), with
+// f(t) = cos^2(((t/T) + s) / (1 + s) * pi/2), s = 0.008. Computed in double.
+std::vector<double> CosineBetas(int diffusion_steps);
+// ab[t] = prod_{i <= t} (1 - beta[i]) for t in [0, T): the cosine alpha_bar(t+1)/alpha_bar(0)
+// except where a beta was clipped (the last few timesteps). Computed in double.
+std::vector<double> CosineAlphaBar(int diffusion_steps);
+// `steps` distinct timesteps evenly spaced from T-1 down to 0 (rounded to nearest), descending;
+// {T-1} when steps == 1. Empty unless 1 <= steps <= T.
+std::vector<int> SamplingTimesteps(int diffusion_steps, int steps);
+
+// One denoising update of one sample from timestep t to t_prev (the next timestep of its list,
+// or -1 after the last), exactly as ImageModel::Step applies it after the U-Net: model_output is
+// the (guidance-combined) eps or v prediction per config.prediction; x0 is the clipped x_0
+// estimate. DDIM noise (eta > 0) and DDPM noise come from a CPU generator seeded with
+// noise_seed. All vectors hold channels*image_size^2 floats, CHW.
+absl::Status DiffusionSamplerUpdate(const DiffusionConfig& config, DiffusionSampler sampler,
+                                    float eta, int t, int t_prev, absl::Span<const float> x_t,
+                                    absl::Span<const float> model_output, uint64_t noise_seed,
+                                    std::vector<float>* x_prev, std::vector<float>* x0);
+
+// The float state of a sample of a model made by CreateDiffusionModel, CHW: x at the sample's
+// current timestep (the final image once every step is done) and, after a step, the clipped x_0
+// estimate (else empty). For tests that need more than 8-bit pixels. INVALID_ARGUMENT for another
+// ImageModel or a sample that is not started.
+absl::Status DiffusionSampleLatent(const ImageModel& model, int sample, std::vector<float>* x,
+                                   std::vector<float>* x0);
+
+}  // namespace tandem
+
+#endif  // TANDEM_MODELS_DIFFUSION_SCHEDULE_H_
