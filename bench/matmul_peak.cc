@@ -3,11 +3,14 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <thread>
 
 namespace tandem::bench {
 
 MatmulPeak MeasureMatmulPeak(const std::string& device, int threads, double seconds) {
-  if (threads > 0) at::set_num_threads(threads);
+  // Same rule as tandemd --threads: 0 means every core.
+  at::set_num_threads(threads > 0 ? threads
+                                  : static_cast<int>(std::thread::hardware_concurrency()));
   torch::InferenceMode guard;
   torch::Device dev(device);
   MatmulPeak best;

@@ -142,8 +142,8 @@ int GenerateImage(const ConnectOptions& connect, const ImageOptions& options) {
   req.set_model(options.model);
   req.set_prompt(options.prompt);
   auto* p = req.mutable_image();
-  p->set_steps(options.steps);
-  p->set_guidance_scale(options.guidance);
+  if (options.steps != 0) p->set_steps(options.steps);
+  if (options.guidance != 0) p->set_guidance_scale(options.guidance);
   p->set_seed(options.seed);
   p->set_num_images(options.n);
   p->set_negative_prompt(options.negative_prompt);

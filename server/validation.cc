@@ -141,17 +141,17 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
   if (absl::Status s = ValidateCommon(request, limits); !s.ok()) return s;
   const tandem::v1::ImageParams& p = request.image();
   const int max_steps = std::min(limits.max_steps, cfg.diffusion_steps);
-  if (p.steps() < 0 || p.steps() > max_steps) {
-    return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "] (0 uses the model's default ",
-                                cfg.default_steps, "); got ", p.steps()));
+  if (p.has_steps() && (p.steps() < 1 || p.steps() > max_steps)) {
+    return Invalid(absl::StrCat("steps must be in [1, ", max_steps, "] (leave it unset for the "
+                                "model's default of ", cfg.default_steps, "); got ", p.steps()));
   }
-  if (std::isnan(p.guidance_scale()) || std::isinf(p.guidance_scale()) ||
-      p.guidance_scale() < 0 || p.guidance_scale() > 100) {
-    return Invalid(absl::StrCat("guidance_scale must be in [0, 100] (0 uses the model's default ",
-                                cfg.default_guidance, ", 1 disables guidance); got ",
-                                p.guidance_scale()));
+  const float g = p.guidance_scale();
+  if (p.has_guidance_scale() && !(g >= 1 && g <= 100)) {  // NaN fails too
+    return Invalid(absl::StrCat("guidance_scale must be in [1, 100] (1 disables guidance; leave it "
+                                "unset for the model's default of ",
+                                cfg.default_guidance, "); got ", g));
   }
-  if (p.num_images() < 0 || p.num_images() > limits.max_images) {
+  if (p.has_num_images() && (p.num_images() < 1 || p.num_images() > limits.max_images)) {
     return Invalid(absl::StrCat("num_images must be in [1, ", limits.max_images, "]; got ",
                                 p.num_images()));
   }
@@ -182,12 +182,12 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
   auto req = std::make_unique<ImageRequest>();
   req->spec.caption = model->tokenizer->Encode(request.prompt());
   req->spec.negative_caption = model->tokenizer->Encode(p.negative_prompt());
-  req->spec.steps = p.steps() > 0 ? p.steps() : cfg.default_steps;
-  req->spec.guidance = p.guidance_scale() > 0 ? p.guidance_scale() : cfg.default_guidance;
+  req->spec.steps = p.has_steps() ? p.steps() : cfg.default_steps;
+  req->spec.guidance = p.has_guidance_scale() ? p.guidance_scale() : cfg.default_guidance;
   req->spec.sampler = sampler;
   req->spec.eta = p.eta();
   req->spec.seed = p.seed() != 0 ? p.seed() : RandomSeed();
-  req->num_images = p.num_images() > 0 ? p.num_images() : 1;
+  req->num_images = p.has_num_images() ? p.num_images() : 1;
   req->preview_every = p.preview_every();
   // BOS + caption, cut to the encoder's context.
   req->prompt_tokens =

@@ -201,8 +201,23 @@ TEST_F(ImageE2ETest, BadInputIsRejectedWhileOthersContinue) {
   std::vector<Case> cases;
   auto base = [] { return ImageRequest("a shirt", 5, 1); };
   {
+    Case c{"zero steps", base(), "steps"};
+    c.req.mutable_image()->set_steps(0);
+    cases.push_back(c);
+  }
+  {
     Case c{"negative steps", base(), "steps"};
     c.req.mutable_image()->set_steps(-1);
+    cases.push_back(c);
+  }
+  {
+    Case c{"zero images", base(), "num_images"};
+    c.req.mutable_image()->set_num_images(0);
+    cases.push_back(c);
+  }
+  {
+    Case c{"eta past 1", base(), "eta"};
+    c.req.mutable_image()->set_eta(1.5f);
     cases.push_back(c);
   }
   {
@@ -284,6 +299,17 @@ TEST_F(ImageE2ETest, ListModelsShowsBothKinds) {
   EXPECT_TRUE(img.is_default());
   EXPECT_EQ(resp.models(1).kind(), tandem::v1::MODEL_KIND_TEXT);
   EXPECT_TRUE(resp.models(1).is_default());
+}
+
+TEST_F(ImageE2ETest, UnsetParamsTakeTheModelsDefaults) {
+  GenerateRequest req;
+  req.set_prompt("a sneaker");
+  req.mutable_image()->set_seed(5);
+  ImageResult r = Run(req);  // no model, no steps, no guidance, no num_images
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.finished.model(), "pixels");
+  EXPECT_EQ(r.total, 10);  // the tiny model's default_steps
+  EXPECT_EQ(r.pngs.size(), 1u);
 }
 
 TEST_F(ImageE2ETest, EmptyModelNameWithImageParamsUsesTheDefaultImageModel) {
