@@ -2,6 +2,9 @@
 
 #include <httplib.h>
 
+#include <chrono>
+#include <thread>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "prometheus/text_serializer.h"
@@ -116,6 +119,11 @@ absl::StatusOr<int> Metrics::StartHttp(const std::string& listen) {
     return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", listen));
   }
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  // httplib's stop() is a no-op until the accept loop runs, which would leave StopHttp joining
+  // a server that never stops: return only once it is running.
+  for (int i = 0; i < 5000 && !http_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return bound;
 }
 
