@@ -87,6 +87,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "models/torch_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -112,6 +114,12 @@
 namespace tandem {
 namespace {
 
+using torch_util::FromFloatTensor;
+using torch_util::Numel;
+using torch_util::RunTorch;
+using torch_util::ShapeString;
+using torch_util::ToFloatTensor;
+
 constexpr int64_t kBosId = 1;
 constexpr double kNormEps = 1e-5;
 constexpr float kMaxGuidance = 1000.0f;
@@ -121,32 +129,6 @@ constexpr int64_t kScoreBytes = int64_t{64} << 20;
 // ---------------------------------------------------------------------------------------------
 // Errors: no torch exception leaves this file.
 
-template <typename Fn>
-auto RunTorch(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    c10::InferenceMode inference_mode;
-    return fn();
-  } catch (const c10::OutOfMemoryError& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(what, ": out of device memory: ", e.what_without_backtrace()));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what, ": LibTorch: ", e.what_without_backtrace()));
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
-}
-
-std::string ShapeString(absl::Span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-int64_t Numel(absl::Span<const int64_t> shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
 
 absl::StatusOr<DiffusionConfig> CheckedConfig(const DiffusionConfig& config) {
   DiffusionConfig c = config;
@@ -175,45 +157,6 @@ absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
   return device;
 }
 
-// A TensorData's bytes as a float32 CPU tensor (a copy).
-absl::StatusOr<torch::Tensor> ToFloatTensor(const std::string& name, const TensorData& t) {
-  at::ScalarType type;
-  int64_t element_size;
-  switch (t.dtype) {
-    case DType::kF32:
-      type = torch::kFloat32;
-      element_size = 4;
-      break;
-    case DType::kF16:
-      type = torch::kFloat16;
-      element_size = 2;
-      break;
-    case DType::kBF16:
-      type = torch::kBFloat16;
-      element_size = 2;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", name, ": dtype ", DTypeName(t.dtype), " is not supported (F32, F16 or BF16)"));
-  }
-  const int64_t numel = Numel(t.shape);
-  if (static_cast<int64_t>(t.bytes.size()) != numel * element_size) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": ", t.bytes.size(),
-                                                   " bytes for shape ", ShapeString(t.shape)));
-  }
-  torch::Tensor view = torch::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
-                                        torch::TensorOptions().dtype(type));
-  return type == torch::kFloat32 ? view.clone() : view.to(torch::kFloat32);
-}
-
-TensorData FromFloatTensor(const torch::Tensor& t) {
-  const torch::Tensor c = t.to(torch::kCPU, torch::kFloat32).contiguous();
-  TensorData out;
-  out.dtype = DType::kF32;
-  out.shape.assign(c.sizes().begin(), c.sizes().end());
-  out.bytes.assign(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float));
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Weights. One function (BuildWeights) walks the architecture and asks a Fetch for every tensor

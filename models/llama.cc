@@ -42,6 +42,8 @@
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
+#include "models/torch_util.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -67,6 +69,12 @@
 namespace tandem {
 namespace {
 
+using torch_util::FromFloatTensor;
+using torch_util::Numel;
+using torch_util::RunTorch;
+using torch_util::ShapeString;
+using torch_util::ToFloatTensor;
+
 // CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
 constexpr int64_t kGemvRows = 4;
 // Prefill runs at most this many tokens through one forward.
@@ -75,34 +83,6 @@ constexpr size_t kPrefillChunk = 512;
 // ---------------------------------------------------------------------------------------------
 // Errors: no torch exception leaves this file.
 
-// Runs fn() (returning absl::Status or absl::StatusOr<T>) under InferenceMode, turning any
-// exception into a status. The guard is thread-local and scoped: it never leaks to the caller.
-template <typename Fn>
-auto RunTorch(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    c10::InferenceMode inference_mode;
-    return fn();
-  } catch (const c10::OutOfMemoryError& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(what, ": out of device memory: ", e.what_without_backtrace()));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what, ": LibTorch: ", e.what_without_backtrace()));
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
-}
-
-std::string ShapeString(absl::Span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-int64_t Numel(absl::Span<const int64_t> shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Tensor names and shapes.
@@ -158,46 +138,6 @@ absl::StatusOr<LlamaConfig> CheckedConfig(const LlamaConfig& config) {
   return c;
 }
 
-// A TensorData's bytes as a float32 CPU tensor (a copy).
-absl::StatusOr<torch::Tensor> ToFloatTensor(const std::string& name, const TensorData& t) {
-  at::ScalarType type;
-  int64_t element_size;
-  switch (t.dtype) {
-    case DType::kF32:
-      type = torch::kFloat32;
-      element_size = 4;
-      break;
-    case DType::kF16:
-      type = torch::kFloat16;
-      element_size = 2;
-      break;
-    case DType::kBF16:
-      type = torch::kBFloat16;
-      element_size = 2;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", name, ": dtype ", DTypeName(t.dtype), " is not supported (F32, F16 or BF16)"));
-  }
-  const int64_t numel = Numel(t.shape);
-  if (static_cast<int64_t>(t.bytes.size()) != numel * element_size) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": ", t.bytes.size(),
-                                                   " bytes for shape ", ShapeString(t.shape)));
-  }
-  // from_blob does not own the bytes: clone (F32) or convert (others) into a tensor that does.
-  torch::Tensor view = torch::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
-                                        torch::TensorOptions().dtype(type));
-  return type == torch::kFloat32 ? view.clone() : view.to(torch::kFloat32);
-}
-
-TensorData FromFloatTensor(const torch::Tensor& t) {
-  const torch::Tensor c = t.to(torch::kCPU, torch::kFloat32).contiguous();
-  TensorData out;
-  out.dtype = DType::kF32;
-  out.shape.assign(c.sizes().begin(), c.sizes().end());
-  out.bytes.assign(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float));
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Weights and run state.
