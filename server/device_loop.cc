@@ -85,51 +85,51 @@ void DeviceLoop::Post(absl::AnyInvocable<void()> fn) {
   inbox_.push_back(std::move(fn));
 }
 
-absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::TextInstance(const ModelEntry& entry) {
-  auto it = text_instances_.find(entry.name);
-  if (it != text_instances_.end() && it->second.version >= entry.version) {
-    return it->second.model;
-  }
+namespace {
+
+// The device's current instance of `entry` from `instances`, built by `create` from the weights
+// file when the device holds none or an older version. Sequences and samples running on a
+// previous instance keep it alive (shared_ptr) until they finish: that is the hot swap.
+template <typename Model, typename Map, typename Create>
+absl::StatusOr<std::shared_ptr<Model>> CurrentInstance(Map& instances, const ModelEntry& entry,
+                                                       const std::string& device,
+                                                       Create&& create) {
+  auto it = instances.find(entry.name);
+  if (it != instances.end() && it->second.version >= entry.version) return it->second.model;
   absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
   if (!weights.ok()) return weights.status();
-  TextModelOptions mo;
-  mo.device = options_.device;
-  mo.max_slots = options_.max_sequences;
-  absl::StatusOr<std::unique_ptr<TextModel>> model =
-      CreateLlamaModel(entry.dir.llama, weights->tensors, mo);
+  absl::StatusOr<std::unique_ptr<Model>> model = create(weights->tensors);
   if (!model.ok()) {
     return absl::Status(model.status().code(),
-                        absl::StrCat("model \"", entry.name, "\" on ", options_.device, ": ",
+                        absl::StrCat("model \"", entry.name, "\" on ", device, ": ",
                                      model.status().message()));
   }
-  // Sequences running on the previous instance keep it alive until they finish.
-  Instance<TextModel>& inst = text_instances_[entry.name];
+  auto& inst = instances[entry.name];
   inst.version = entry.version;
-  inst.model = std::shared_ptr<TextModel>(std::move(*model));
+  inst.model = std::shared_ptr<Model>(std::move(*model));
   return inst.model;
 }
 
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::TextInstance(const ModelEntry& entry) {
+  return CurrentInstance<TextModel>(
+      text_instances_, entry, options_.device, [&](const TensorMap& weights) {
+        TextModelOptions mo;
+        mo.device = options_.device;
+        mo.max_slots = options_.max_sequences;
+        return CreateLlamaModel(entry.dir.llama, weights, mo);
+      });
+}
+
 absl::StatusOr<std::shared_ptr<ImageModel>> DeviceLoop::ImageInstance(const ModelEntry& entry) {
-  auto it = image_instances_.find(entry.name);
-  if (it != image_instances_.end() && it->second.version >= entry.version) {
-    return it->second.model;
-  }
-  absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
-  if (!weights.ok()) return weights.status();
-  ImageModelOptions mo;
-  mo.device = options_.device;
-  mo.max_samples = options_.max_images;
-  absl::StatusOr<std::unique_ptr<ImageModel>> model =
-      CreateDiffusionModel(entry.dir.diffusion, weights->tensors, mo);
-  if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat("model \"", entry.name, "\" on ", options_.device, ": ",
-                                     model.status().message()));
-  }
-  Instance<ImageModel>& inst = image_instances_[entry.name];
-  inst.version = entry.version;
-  inst.model = std::shared_ptr<ImageModel>(std::move(*model));
-  return inst.model;
+  return CurrentInstance<ImageModel>(
+      image_instances_, entry, options_.device, [&](const TensorMap& weights) {
+        ImageModelOptions mo;
+        mo.device = options_.device;
+        mo.max_samples = options_.max_images;
+        return CreateDiffusionModel(entry.dir.diffusion, weights, mo);
+      });
 }
 
 void DeviceLoop::Run() {
