@@ -12,10 +12,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "models/config_json.h"
 #include "nlohmann/json.hpp"
 
 namespace tandem {
 namespace {
+
+using config_json::CheckString;
+using config_json::GetBool;
+using config_json::GetFloat;
+using config_json::GetInt;
+using config_json::GetIntList;
+using config_json::GetString;
+using config_json::ShortestDouble;
 
 // Upper bounds that catch corrupt or mistyped configs long before they turn into absurd
 // allocations; real models sit orders of magnitude below them.
@@ -73,78 +82,6 @@ absl::Status AtMost(const char* field, int64_t value, int64_t limit) {
 
 // A float written as its shortest round-tripping decimal (1e-05, not 9.99999974738e-06), so
 // config.json stays readable and reading it back gives the identical float.
-double ShortestDouble(float value) {
-  char buf[64];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);
-  if (ec != std::errc()) return static_cast<double>(value);
-  *end = '\0';
-  return std::strtod(buf, nullptr);
-}
-
-absl::Status GetInt(const nlohmann::json& j, const char* field, bool required, int* out) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) {
-    if (required) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config is missing the required field \"", field, "\""));
-    }
-    return absl::OkStatus();
-  }
-  if (!it->is_number_integer()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " must be an integer, got ", it->dump()));
-  }
-  if (it->is_number_unsigned()) {
-    uint64_t v = it->get<uint64_t>();
-    if (v > static_cast<uint64_t>(std::numeric_limits<int>::max())) {
-      return absl::InvalidArgumentError(absl::StrCat(field, " (", v, ") is out of range"));
-    }
-    *out = static_cast<int>(v);
-    return absl::OkStatus();
-  }
-  int64_t v = it->get<int64_t>();
-  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " (", v, ") is out of range"));
-  }
-  *out = static_cast<int>(v);
-  return absl::OkStatus();
-}
-
-absl::Status GetFloat(const nlohmann::json& j, const char* field, float* out) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " must be a number, got ", it->dump()));
-  }
-  double v = it->get<double>();
-  if (!std::isfinite(v) || std::fabs(v) > std::numeric_limits<float>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " (", it->dump(), ") is out of range"));
-  }
-  *out = static_cast<float>(v);
-  return absl::OkStatus();
-}
-
-absl::Status GetBool(const nlohmann::json& j, const char* field, bool* out) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_boolean()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " must be true or false, got ",
-                                                   it->dump()));
-  }
-  *out = it->get<bool>();
-  return absl::OkStatus();
-}
-
-absl::Status CheckString(const nlohmann::json& j, const char* field, const char* expected) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_string() || it->get<std::string>() != expected) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, " must be \"", expected, "\", got ", it->dump()));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status LlamaConfig::Normalize() {

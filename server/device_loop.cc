@@ -58,7 +58,8 @@ void DeviceLoop::Track(Request& request) {
   };
 }
 
-void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
+template <typename Request, typename Workload>
+void DeviceLoop::Enqueue(std::unique_ptr<Request> request, Workload* workload) {
   Track(*request);
   absl::MutexLock lock(&mu_);
   if (stopping_) {
@@ -66,18 +67,16 @@ void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
     request->on_done();
     return;
   }
-  inbox_.push_back([this, r = std::move(request)]() mutable { text_->Admit(std::move(r)); });
+  inbox_.push_back(
+      [workload, r = std::move(request)]() mutable { workload->Admit(std::move(r)); });
+}
+
+void DeviceLoop::Submit(std::unique_ptr<TextRequest> request) {
+  Enqueue(std::move(request), text_.get());
 }
 
 void DeviceLoop::Submit(std::unique_ptr<ImageRequest> request) {
-  Track(*request);
-  absl::MutexLock lock(&mu_);
-  if (stopping_) {
-    request->stream->Finish(absl::UnavailableError("the server is shutting down"));
-    request->on_done();
-    return;
-  }
-  inbox_.push_back([this, r = std::move(request)]() mutable { image_->Admit(std::move(r)); });
+  Enqueue(std::move(request), image_.get());
 }
 
 void DeviceLoop::Post(absl::AnyInvocable<void()> fn) {

@@ -64,6 +64,9 @@ class DeviceLoop {
   // Counts the request in load_ and wraps its on_done to count it out.
   template <typename Request>
   void Track(Request& request);
+  // Hands the request to `workload` on the loop thread (or finishes it if the loop is stopping).
+  template <typename Request, typename Workload>
+  void Enqueue(std::unique_ptr<Request> request, Workload* workload);
 
   const DeviceLoopOptions options_;
   ModelRegistry* const registry_;
