@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "client/train_format.h"
+
 namespace tandem::client {
 
 struct ConnectOptions {
@@ -47,6 +49,34 @@ struct ImageOptions {
 int Generate(const ConnectOptions& connect, const GenerateOptions& options);
 int GenerateImage(const ConnectOptions& connect, const ImageOptions& options);
 int ListModels(const ConnectOptions& connect);
+
+// --- tandem train (client/train_commands.cc) --------------------------------------------------
+// Exit codes differ from the commands above: 0 ok (watch: the job SUCCEEDED), 1 the watched job
+// FAILED or was CANCELLED, 2 bad arguments or any RPC error ("tandem: CODE: message"), 130 when
+// Ctrl-C stopped a watch (the job keeps running).
+
+struct TrainWatchOptions {
+  std::string samples_dir = ".";  // eval image samples: <dir>/<job>-step<N>.png
+};
+
+struct TrainSubmitOptions {
+  std::string spec_file;  // TrainJobSpec in protobuf JSON; empty: from flags only
+  TrainSpecFlags flags;   // override the file's fields
+  bool watch = false;     // then watch the job (exit code as TrainWatch)
+  TrainWatchOptions watch_options;
+};
+
+enum class TrainAction { kCancel, kPause, kResume };
+
+// Prints the job id alone on the first line of stdout, then a summary.
+int TrainSubmit(const ConnectOptions& connect, const TrainSubmitOptions& options);
+// Streams the job's progress until it ends: a live bar on a terminal, plain lines otherwise.
+int TrainWatch(const ConnectOptions& connect, const std::string& id,
+               const TrainWatchOptions& options);
+// `states`: "running,queued" (empty: all).
+int TrainList(const ConnectOptions& connect, const std::string& states);
+int TrainGet(const ConnectOptions& connect, const std::string& id, bool history, bool json);
+int TrainControl(const ConnectOptions& connect, TrainAction action, const std::string& id);
 
 }  // namespace tandem::client
 

@@ -2,7 +2,9 @@
 // and a U-Net with cross-attention (DiffusionConfig), the cosine noise schedule, and DDIM / DDPM
 // sampling with classifier-free guidance. As in llama.cc, the weights are plain tensors in
 // structs (loaded once, some folded or tabulated at load time), the run state is kept apart, and
-// no torch exception leaves this file.
+// no torch exception leaves this file. The weight structs, their walk (names, shapes, loading,
+// initialisation), the text encoder and the U-Net's topology are in diffusion_weights.h, shared
+// with the training net (diffusion_train_net.h); this file supplies the serving kernels.
 //
 // Architecture (widths W_0..W_{n-1}, text width D, time width E = 4 W_0):
 //   text: x = tok_embed[ids] + pos_embed; per layer (pre-norm)
@@ -109,6 +111,7 @@
 #include "absl/types/span.h"
 #include "models/diffusion_config.h"
 #include "models/diffusion_schedule.h"
+#include "models/diffusion_weights.h"
 #include "models/image_model.h"
 
 namespace tandem {
@@ -117,280 +120,28 @@ namespace {
 using torch_util::FromFloatTensor;
 using torch_util::Numel;
 using torch_util::RunTorch;
-using torch_util::ShapeString;
-using torch_util::ToFloatTensor;
 
-constexpr int64_t kBosId = 1;
-constexpr double kNormEps = 1e-5;
+// The architecture (weights, text encoder, U-Net topology): models/diffusion_weights.h.
+using diffusion_net::AttnW;
+using diffusion_net::BuildWeights;
+using diffusion_net::CheckedConfig;
+using diffusion_net::CheckWeights;
+using diffusion_net::ConvW;
+using diffusion_net::ForEachAttn;
+using diffusion_net::ForEachRes;
+using diffusion_net::Init;
+using diffusion_net::kBosId;
+using diffusion_net::kNormEps;
+using diffusion_net::LinearW;
+using diffusion_net::LoadWeights;
+using diffusion_net::ResW;
+using diffusion_net::Sinusoid;
+using diffusion_net::Weights;
+using diffusion_net::WalkUNet;
+
 constexpr float kMaxGuidance = 1000.0f;
 // Self-attention scores are computed for this many bytes of [rows*heads, N, N] at most at once.
 constexpr int64_t kScoreBytes = int64_t{64} << 20;
-
-// ---------------------------------------------------------------------------------------------
-// Errors: no torch exception leaves this file.
-
-
-absl::StatusOr<DiffusionConfig> CheckedConfig(const DiffusionConfig& config) {
-  DiffusionConfig c = config;
-  if (absl::Status s = c.Normalize(); !s.ok()) return s;
-  return c;
-}
-
-absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
-  torch::Device device(torch::kCPU);
-  try {
-    device = torch::Device(name);
-  } catch (const c10::Error&) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown device \"", name, "\""));
-  }
-  if (device.is_cuda()) {
-    const int count = static_cast<int>(torch::cuda::device_count());
-    if (!device.has_index()) device.set_index(0);
-    if (device.index() >= count) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "device ", device.str(), " is absent: LibTorch sees ", count, " CUDA devices"));
-    }
-  } else if (!device.is_cpu()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unsupported device \"", name, "\" (cpu or cuda:N)"));
-  }
-  return device;
-}
-
-
-// ---------------------------------------------------------------------------------------------
-// Weights. One function (BuildWeights) walks the architecture and asks a Fetch for every tensor
-// by name, shape and initialisation: it lists the expected tensors, loads them, or draws them.
-
-enum class Init { kOne, kZero, kFanIn, kEmbedding };
-using Fetch =
-    std::function<torch::Tensor(const std::string& name, std::vector<int64_t> shape, Init init)>;
-
-struct NormW {
-  torch::Tensor w, b;  // [n], [n]
-};
-struct LinearW {
-  torch::Tensor w;   // [out, in]
-  torch::Tensor b;   // [out], undefined without a bias
-  torch::Tensor wt;  // [in, out] contiguous, for the per-row GEMMs (filled at load)
-};
-struct ConvW {
-  torch::Tensor w, b;  // [out, in, k, k], [out]
-  int64_t stride = 1, padding = 1;
-};
-struct ResW {
-  int64_t in = 0, out = 0;
-  NormW norm1, norm2;
-  ConvW conv1, conv2, skip;  // skip.w undefined when in == out
-  LinearW time;              // [out, E]
-  torch::Tensor time_table;  // [T, out]: time(silu(temb(t))) for every timestep (filled at load)
-};
-struct AttnW {
-  int64_t c = 0, heads = 0;
-  int index = 0;  // position among the attention blocks (for the cross-attention keys/values)
-  NormW norm, ln1, ln2, ln3;
-  LinearW qkv, self_out, q, kv, cross_out, fc1, fc2, proj;
-};
-struct LevelW {
-  std::vector<ResW> res;
-  std::vector<AttnW> attn;  // one per res block at attention levels, else empty
-  ConvW resample;           // downsample (encoder) / upsample conv (decoder); w may be undefined
-};
-struct TextLayerW {
-  NormW norm1, norm2;
-  LinearW qkv, out, fc1, fc2;
-};
-struct Weights {
-  torch::Tensor tok_embed;  // [V, D]
-  torch::Tensor pos_embed;  // [L, D]
-  std::vector<TextLayerW> text_layers;
-  NormW text_norm;
-  LinearW time1, time2;
-  ConvW conv_in;
-  std::vector<LevelW> down, up;  // indexed by level
-  ResW mid1, mid2;
-  AttnW mid_attn;
-  NormW out_norm;
-  ConvW out_conv;
-  int attention_blocks = 0;
-};
-
-NormW BuildNorm(const Fetch& f, const std::string& p, int64_t n) {
-  return {f(p + ".weight", {n}, Init::kOne), f(p + ".bias", {n}, Init::kZero)};
-}
-
-LinearW BuildLinear(const Fetch& f, const std::string& p, int64_t out, int64_t in, bool bias) {
-  LinearW l;
-  l.w = f(p + ".weight", {out, in}, Init::kFanIn);
-  if (bias) l.b = f(p + ".bias", {out}, Init::kZero);
-  return l;
-}
-
-ConvW BuildConv(const Fetch& f, const std::string& p, int64_t out, int64_t in, int64_t k,
-                int64_t stride) {
-  ConvW c;
-  c.w = f(p + ".weight", {out, in, k, k}, Init::kFanIn);
-  c.b = f(p + ".bias", {out}, Init::kZero);
-  c.stride = stride;
-  c.padding = k / 2;
-  return c;
-}
-
-ResW BuildRes(const Fetch& f, const std::string& p, int64_t in, int64_t out, int64_t e) {
-  ResW r;
-  r.in = in;
-  r.out = out;
-  r.norm1 = BuildNorm(f, p + ".norm1", in);
-  r.conv1 = BuildConv(f, p + ".conv1", out, in, 3, 1);
-  r.time = BuildLinear(f, p + ".time", out, e, true);
-  r.norm2 = BuildNorm(f, p + ".norm2", out);
-  r.conv2 = BuildConv(f, p + ".conv2", out, out, 3, 1);
-  if (in != out) r.skip = BuildConv(f, p + ".skip", out, in, 1, 1);
-  return r;
-}
-
-AttnW BuildAttn(const Fetch& f, const std::string& p, int64_t c, int64_t d, int64_t heads,
-                int* counter) {
-  AttnW a;
-  a.c = c;
-  a.heads = heads;
-  a.index = (*counter)++;
-  a.norm = BuildNorm(f, p + ".norm", c);
-  a.ln1 = BuildNorm(f, p + ".ln1", c);
-  a.qkv = BuildLinear(f, p + ".self.qkv", 3 * c, c, false);
-  a.self_out = BuildLinear(f, p + ".self.out", c, c, true);
-  a.ln2 = BuildNorm(f, p + ".ln2", c);
-  a.q = BuildLinear(f, p + ".cross.q", c, c, false);
-  a.kv = BuildLinear(f, p + ".cross.kv", 2 * c, d, false);
-  a.cross_out = BuildLinear(f, p + ".cross.out", c, c, true);
-  a.ln3 = BuildNorm(f, p + ".ln3", c);
-  a.fc1 = BuildLinear(f, p + ".mlp.fc1", 2 * c, c, true);
-  a.fc2 = BuildLinear(f, p + ".mlp.fc2", c, 2 * c, true);
-  a.proj = BuildLinear(f, p + ".proj", c, c, true);
-  return a;
-}
-
-Weights BuildWeights(const DiffusionConfig& c, const Fetch& f) {
-  Weights w;
-  const int64_t d = c.text_dim, w0 = c.unet_widths[0], e = 4 * w0;
-  const int levels = static_cast<int>(c.unet_widths.size());
-  auto attended = [&](int level) {
-    return std::find(c.attention_levels.begin(), c.attention_levels.end(), level) !=
-           c.attention_levels.end();
-  };
-  // Text encoder.
-  w.tok_embed = f("text.tok_embed.weight", {c.vocab_size, d}, Init::kEmbedding);
-  w.pos_embed = f("text.pos_embed.weight", {c.text_seq_len, d}, Init::kEmbedding);
-  for (int i = 0; i < c.text_layers; ++i) {
-    const std::string p = absl::StrCat("text.layers.", i);
-    TextLayerW l;
-    l.norm1 = BuildNorm(f, p + ".norm1", d);
-    l.qkv = BuildLinear(f, p + ".attn.qkv", 3 * d, d, true);
-    l.out = BuildLinear(f, p + ".attn.out", d, d, true);
-    l.norm2 = BuildNorm(f, p + ".norm2", d);
-    l.fc1 = BuildLinear(f, p + ".mlp.fc1", 4 * d, d, true);
-    l.fc2 = BuildLinear(f, p + ".mlp.fc2", d, 4 * d, true);
-    w.text_layers.push_back(std::move(l));
-  }
-  w.text_norm = BuildNorm(f, "text.norm", d);
-  // U-Net.
-  w.time1 = BuildLinear(f, "unet.time.fc1", e, w0, true);
-  w.time2 = BuildLinear(f, "unet.time.fc2", e, e, true);
-  w.conv_in = BuildConv(f, "unet.conv_in", w0, c.channels, 3, 1);
-  std::vector<int64_t> skips = {w0};
-  int64_t ch = w0;
-  w.down.resize(levels);
-  for (int l = 0; l < levels; ++l) {
-    const int64_t width = c.unet_widths[l];
-    const std::string p = absl::StrCat("unet.down.", l);
-    for (int r = 0; r < c.res_blocks; ++r) {
-      w.down[l].res.push_back(BuildRes(f, absl::StrCat(p, ".res.", r), ch, width, e));
-      ch = width;
-      if (attended(l)) {
-        w.down[l].attn.push_back(BuildAttn(f, absl::StrCat(p, ".attn.", r), ch, d,
-                                           c.attention_heads, &w.attention_blocks));
-      }
-      skips.push_back(ch);
-    }
-    if (l + 1 < levels) {
-      w.down[l].resample = BuildConv(f, p + ".downsample", ch, ch, 3, 2);
-      skips.push_back(ch);
-    }
-  }
-  w.mid1 = BuildRes(f, "unet.mid.res.0", ch, ch, e);
-  w.mid_attn = BuildAttn(f, "unet.mid.attn", ch, d, c.attention_heads, &w.attention_blocks);
-  w.mid2 = BuildRes(f, "unet.mid.res.1", ch, ch, e);
-  w.up.resize(levels);
-  for (int l = levels - 1; l >= 0; --l) {
-    const int64_t width = c.unet_widths[l];
-    const std::string p = absl::StrCat("unet.up.", l);
-    for (int r = 0; r <= c.res_blocks; ++r) {
-      const int64_t skip = skips.back();
-      skips.pop_back();
-      w.up[l].res.push_back(BuildRes(f, absl::StrCat(p, ".res.", r), ch + skip, width, e));
-      ch = width;
-      if (attended(l)) {
-        w.up[l].attn.push_back(BuildAttn(f, absl::StrCat(p, ".attn.", r), ch, d, c.attention_heads,
-                                         &w.attention_blocks));
-      }
-    }
-    if (l > 0) w.up[l].resample = BuildConv(f, p + ".upsample", ch, ch, 3, 1);
-  }
-  w.out_norm = BuildNorm(f, "unet.out.norm", w0);
-  w.out_conv = BuildConv(f, "unet.out.conv", c.channels, w0, 3, 1);
-  return w;
-}
-
-struct NamedShape {
-  std::string name;
-  std::vector<int64_t> shape;
-};
-
-std::vector<NamedShape> ExpectedTensors(const DiffusionConfig& c) {
-  std::vector<NamedShape> out;
-  BuildWeights(c, [&](const std::string& name, std::vector<int64_t> shape, Init) {
-    out.push_back({name, std::move(shape)});
-    return torch::Tensor();
-  });
-  return out;
-}
-
-// Calls fn on every residual / attention block of the U-Net.
-template <typename W, typename Fn>
-void ForEachRes(W& w, Fn&& fn) {
-  for (auto* levels : {&w.down, &w.up}) {
-    for (auto& level : *levels) {
-      for (auto& r : level.res) fn(r);
-    }
-  }
-  fn(w.mid1);
-  fn(w.mid2);
-}
-template <typename W, typename Fn>
-void ForEachAttn(W& w, Fn&& fn) {
-  for (auto* levels : {&w.down, &w.up}) {
-    for (auto& level : *levels) {
-      for (auto& a : level.attn) fn(a);
-    }
-  }
-  fn(w.mid_attn);
-}
-
-// The timestep sinusoid, computed in double: [T, dim] = [cos(t f_i) | sin(t f_i)],
-// f_i = 10000^(-i/half), i < half = dim/2 (a zero column last when dim is odd).
-torch::Tensor Sinusoid(int64_t timesteps, int64_t dim) {
-  const int64_t half = dim / 2;
-  torch::Tensor out = torch::zeros({timesteps, dim}, torch::kFloat64);  // [T, dim]
-  double* p = out.data_ptr<double>();
-  for (int64_t t = 0; t < timesteps; ++t) {
-    for (int64_t i = 0; i < half; ++i) {
-      const double angle = t * std::exp(-std::log(10000.0) * i / half);
-      p[t * dim + i] = std::cos(angle);
-      p[t * dim + half + i] = std::sin(angle);
-    }
-  }
-  return out.to(torch::kFloat32);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Text contexts: a caption's key / value projections for every attention block.
@@ -505,6 +256,19 @@ class DiffusionModel final : public ImageModel {
   void ReleaseSample(int sample) override;
   // DiffusionSampleLatent.
   absl::Status Latent(int sample, std::vector<float>* x, std::vector<float>* x0) const;
+  // DiffusionModelOutput: the U-Net's output for rows x [R, C, H, W] (device), timesteps and
+  // captions (without BOS) -> [R, C, H, W].
+  torch::Tensor RawOutput(const torch::Tensor& x, const std::vector<int64_t>& t,
+                          const std::vector<std::vector<int32_t>>& captions) const;
+
+  // The blocks WalkUNet calls (batch-invariant kernels; t: [R] int64 timesteps on the device).
+  torch::Tensor Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& t) const;
+  torch::Tensor Attn(const AttnW& a, const torch::Tensor& x, const BatchContext& ctx) const;
+  torch::Tensor Conv(const ConvW& c, const torch::Tensor& x) const;
+  torch::Tensor Silu(torch::Tensor x) const {
+    Activate(x, false);  // in place
+    return x;
+  }
 
  private:
   absl::Status CheckSample(int sample) const;
@@ -520,9 +284,6 @@ class DiffusionModel final : public ImageModel {
   // UNet under the forward mode (padding, or row by row).
   torch::Tensor Forward(const torch::Tensor& x, const std::vector<int64_t>& t,
                         const std::vector<const TextContext*>& rows) const;
-  torch::Tensor Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& t) const;
-  torch::Tensor Attn(const AttnW& a, const torch::Tensor& x, const BatchContext& ctx) const;
-  torch::Tensor Conv(const ConvW& c, const torch::Tensor& x) const;
   torch::Tensor RowLinear(const LinearW& l, const torch::Tensor& x) const;
   void Activate(torch::Tensor& x, bool gelu) const;
   // Whether a row gives the same bits alone and in batches of 3 and 5.
@@ -632,25 +393,7 @@ absl::Status DiffusionModel::CheckTokens(absl::Span<const int32_t> ids, const ch
 
 torch::Tensor DiffusionModel::EncodeText(const torch::Tensor& ids,
                                          const torch::Tensor& mask) const {
-  const int64_t b = ids.size(0), L = ids.size(1), d = config_.text_dim;
-  const int64_t heads = config_.text_heads, hd = d / heads;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  torch::Tensor x = at::embedding(w_.tok_embed, ids) + w_.pos_embed;  // [B, L, D]
-  for (const TextLayerW& l : w_.text_layers) {
-    const torch::Tensor h = at::layer_norm(x, {d}, l.norm1.w, l.norm1.b, kNormEps);  // [B, L, D]
-    const torch::Tensor qkv =
-        at::linear(h, l.qkv.w, l.qkv.b).view({b, L, 3, heads, hd}).permute({2, 0, 3, 1, 4});
-    // qkv: [3, B, heads, L, hd]
-    const torch::Tensor scores =
-        at::matmul(qkv[0], qkv[1].transpose(-1, -2)) * scale + mask;  // [B, heads, L, L]
-    const torch::Tensor attn = at::matmul(at::softmax(scores, -1), qkv[2])
-                                   .permute({0, 2, 1, 3})
-                                   .reshape({b, L, d});                               // [B, L, D]
-    x = x + at::linear(attn, l.out.w, l.out.b);                                       // [B, L, D]
-    const torch::Tensor h2 = at::layer_norm(x, {d}, l.norm2.w, l.norm2.b, kNormEps);  // [B, L, D]
-    x = x + at::linear(at::gelu(at::linear(h2, l.fc1.w, l.fc1.b)), l.fc2.w, l.fc2.b);
-  }
-  return at::layer_norm(x, {d}, w_.text_norm.w, w_.text_norm.b, kNormEps);  // [B, L, D]
+  return diffusion_net::EncodeText(w_, config_, ids, mask);  // [B, L, D]
 }
 
 std::shared_ptr<const TextContext> DiffusionModel::EncodeCaption(
@@ -816,43 +559,7 @@ torch::Tensor DiffusionModel::Attn(const AttnW& a, const torch::Tensor& x,
 torch::Tensor DiffusionModel::UNet(const torch::Tensor& x, const torch::Tensor& t,
                                    const BatchContext& ctx) const {
   // x: [R, C, H, W], t: [R] -> [R, C, H, W].
-  const int levels = static_cast<int>(config_.unet_widths.size());
-  torch::Tensor h = Conv(w_.conv_in, x);  // [R, W0, H, W]
-  std::vector<torch::Tensor> skips = {h};
-  for (int l = 0; l < levels; ++l) {
-    const LevelW& level = w_.down[l];
-    for (size_t r = 0; r < level.res.size(); ++r) {
-      h = Res(level.res[r], h, t);  // [R, W_l, H_l, W_l]
-      if (!level.attn.empty()) h = Attn(level.attn[r], h, ctx);
-      skips.push_back(h);
-    }
-    if (level.resample.w.defined()) {
-      h = Conv(level.resample, h);  // [R, W_l, H_l/2, W_l/2]
-      skips.push_back(h);
-    }
-  }
-  h = Res(w_.mid1, h, t);
-  h = Attn(w_.mid_attn, h, ctx);
-  h = Res(w_.mid2, h, t);  // [R, W_last, H_last, W_last]
-  for (int l = levels - 1; l >= 0; --l) {
-    const LevelW& level = w_.up[l];
-    for (size_t r = 0; r < level.res.size(); ++r) {
-      h = at::cat({h, skips.back()}, 1);  // [R, ch + skip, H_l, W_l]
-      skips.pop_back();
-      h = Res(level.res[r], h, t);  // [R, W_l, H_l, W_l]
-      if (!level.attn.empty()) h = Attn(level.attn[r], h, ctx);
-    }
-    if (level.resample.w.defined()) {
-      const int64_t rows = h.size(0), c = h.size(1), hh = h.size(2), ww = h.size(3);
-      h = h.view({rows, c, hh, 1, ww, 1})
-              .expand({rows, c, hh, 2, ww, 2})
-              .reshape({rows, c, 2 * hh, 2 * ww});  // nearest 2x: [R, c, 2H, 2W]
-      h = Conv(level.resample, h);
-    }
-  }
-  h = at::group_norm(h, config_.groups, w_.out_norm.w, w_.out_norm.b, kNormEps);  // [R, W0, H, W]
-  Activate(h, false);
-  return Conv(w_.out_conv, h);  // [R, C, H, W]
+  return WalkUNet(config_, w_, *this, x, t, ctx);
 }
 
 torch::Tensor DiffusionModel::Forward(const torch::Tensor& x, const std::vector<int64_t>& t,
@@ -1022,37 +729,21 @@ absl::Status DiffusionModel::Latent(int sample, std::vector<float>* x,
   });
 }
 
+torch::Tensor DiffusionModel::RawOutput(const torch::Tensor& x, const std::vector<int64_t>& t,
+                                        const std::vector<std::vector<int32_t>>& captions) const {
+  std::vector<std::shared_ptr<const TextContext>> texts;
+  std::vector<const TextContext*> rows;
+  for (const std::vector<int32_t>& caption : captions) {
+    texts.push_back(EncodeCaption(caption));
+    rows.push_back(texts.back().get());
+  }
+  return Forward(x, t, rows);  // [R, C, H, W]
+}
+
 void DiffusionModel::ReleaseSample(int sample) {
   if (!CheckSample(sample).ok()) return;
   samples_[sample] = Sample();
   --active_;
-}
-
-// Checks the weights' names and shapes against the config: cheap, and the likely mistakes.
-absl::Status CheckWeights(const std::vector<NamedShape>& expected, const TensorMap& weights) {
-  for (const NamedShape& e : expected) {
-    auto it = weights.find(e.name);
-    if (it == weights.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("missing tensor ", e.name, " (expected shape ", ShapeString(e.shape), ")"));
-    }
-    if (it->second.shape != e.shape) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", e.name, ": expected shape ",
-                                                     ShapeString(e.shape), ", got ",
-                                                     ShapeString(it->second.shape)));
-    }
-  }
-  if (weights.size() != expected.size()) {
-    for (const auto& [name, t] : weights) {
-      const bool known = std::any_of(expected.begin(), expected.end(),
-                                     [&](const NamedShape& e) { return e.name == name; });
-      if (!known) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("unexpected tensor ", name, " ", ShapeString(t.shape)));
-      }
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -1067,26 +758,18 @@ absl::StatusOr<std::unique_ptr<ImageModel>> CreateDiffusionModel(const Diffusion
     return absl::InvalidArgumentError(
         absl::StrCat("max_samples must be at least 1, got ", options.max_samples));
   }
-  if (absl::Status s = CheckWeights(ExpectedTensors(c), weights); !s.ok()) return s;
+  if (absl::Status s = CheckWeights(c, weights); !s.ok()) return s;
   return RunTorch("CreateDiffusionModel", [&]() -> absl::StatusOr<std::unique_ptr<ImageModel>> {
-    absl::StatusOr<torch::Device> device = ParseDevice(options.device);
+    absl::StatusOr<torch::Device> device = torch_util::ParseDevice(options.device);
     if (!device.ok()) return device.status();
     int64_t parameters = 0;
-    absl::Status status;
-    Weights w = BuildWeights(c, [&](const std::string& name, std::vector<int64_t>, Init) {
-      if (!status.ok()) return torch::Tensor();
-      absl::StatusOr<torch::Tensor> t = ToFloatTensor(name, weights.at(name));
-      if (!t.ok()) {
-        status = t.status();
-        return torch::Tensor();
-      }
-      parameters += t->numel();
-      return t->to(*device).contiguous();
-    });
-    if (!status.ok()) return status;
+    absl::StatusOr<Weights> w =
+        LoadWeights(c, weights, *device,
+                    [&](const std::string&, torch::Tensor& t) { parameters += t.numel(); });
+    if (!w.ok()) return w.status();
     auto model = std::make_unique<DiffusionModel>(c, *device, options.max_samples, parameters);
     const char* forced = std::getenv("TANDEM_DIFFUSION_FORWARD");
-    model->Load(std::move(w), forced != nullptr && *forced != '\0' ? forced : nullptr);
+    model->Load(*std::move(w), forced != nullptr && *forced != '\0' ? forced : nullptr);
     return std::unique_ptr<ImageModel>(std::move(model));
   });
 }
@@ -1163,6 +846,50 @@ absl::Status DiffusionSampleLatent(const ImageModel& model, int sample, std::vec
     return absl::InvalidArgumentError("DiffusionSampleLatent: not a diffusion model");
   }
   return diffusion->Latent(sample, x, x0);
+}
+
+absl::Status DiffusionModelOutput(const ImageModel& model, absl::Span<const float> x,
+                                  absl::Span<const int64_t> t,
+                                  const std::vector<std::vector<int32_t>>& captions,
+                                  std::vector<float>* out) {
+  const auto* diffusion = dynamic_cast<const DiffusionModel*>(&model);
+  if (diffusion == nullptr) {
+    return absl::InvalidArgumentError("DiffusionModelOutput: not a diffusion model");
+  }
+  const DiffusionConfig& c = model.config();
+  const int64_t rows = static_cast<int64_t>(t.size());
+  const int64_t per_row = int64_t{c.channels} * c.image_size * c.image_size;
+  if (rows < 1 || static_cast<int64_t>(captions.size()) != rows ||
+      static_cast<int64_t>(x.size()) != rows * per_row) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DiffusionModelOutput: need R >= 1 timesteps, R captions and R * ", per_row,
+        " values of x; got ", t.size(), ", ", captions.size(), " and ", x.size()));
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    if (t[i] < 0 || t[i] >= c.diffusion_steps) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DiffusionModelOutput: timestep ", t[i], " outside [0, ",
+                       c.diffusion_steps, ")"));
+    }
+    for (int32_t id : captions[i]) {
+      if (id < 0 || id >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("DiffusionModelOutput: token ", id, " outside the vocabulary"));
+      }
+    }
+  }
+  return RunTorch("DiffusionModelOutput", [&]() -> absl::Status {
+    const torch::Tensor xt =
+        torch::from_blob(const_cast<float*>(x.data()),
+                         {rows, int64_t{c.channels}, int64_t{c.image_size}, int64_t{c.image_size}})
+            .clone()
+            .to(torch::Device(diffusion->device()));  // [R, C, H, W]
+    const torch::Tensor o = diffusion->RawOutput(xt, {t.begin(), t.end()}, captions)
+                                .to(torch::kCPU)
+                                .contiguous();  // [R, C, H, W]
+    out->assign(o.data_ptr<float>(), o.data_ptr<float>() + o.numel());
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace tandem

@@ -7,7 +7,8 @@
 // x_t = sqrt(ab[t]) x_0 + sqrt(1 - ab[t]) eps; "timestep -1" is the clean image (ab = 1).
 //
 // CosineBetas and CosineAlphaBar are implemented in diffusion_config.cc (tandem_models_core);
-// DiffusionSamplerUpdate and DiffusionSampleLatent in diffusion.cc (tandem_models_torch).
+// DiffusionSamplerUpdate, DiffusionSampleLatent and DiffusionModelOutput in diffusion.cc
+// (tandem_models_torch).
 #ifndef TANDEM_MODELS_DIFFUSION_SCHEDULE_H_
 #define TANDEM_MODELS_DIFFUSION_SCHEDULE_H_
 
@@ -47,6 +48,17 @@ absl::Status DiffusionSamplerUpdate(const DiffusionConfig& config, DiffusionSamp
 // ImageModel or a sample that is not started.
 absl::Status DiffusionSampleLatent(const ImageModel& model, int sample, std::vector<float>* x,
                                    std::vector<float>* x0);
+
+// Test entry point: the raw network output (eps or v per config.prediction, no guidance, no
+// sampler update) of a model made by CreateDiffusionModel for R rows: x holds R*C*H*W floats
+// (x_t, CHW per row), t the R timesteps in [0, T), captions the R token lists (without BOS; the
+// model adds BOS, cuts and pads as for sampling). `out` receives R*C*H*W floats. For checking
+// the training forward against the served one. INVALID_ARGUMENT for another ImageModel or
+// mismatched sizes.
+absl::Status DiffusionModelOutput(const ImageModel& model, absl::Span<const float> x,
+                                  absl::Span<const int64_t> t,
+                                  const std::vector<std::vector<int32_t>>& captions,
+                                  std::vector<float>* out);
 
 }  // namespace tandem
 

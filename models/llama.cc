@@ -91,13 +91,12 @@ std::string LayerName(int layer, const char* suffix) {
   return absl::StrCat("layers.", layer, ".", suffix);
 }
 
-struct NamedShape {
-  std::string name;
-  std::vector<int64_t> shape;
-};
+using NamedShape = LlamaTensorShape;
+
+}  // namespace
 
 // Every tensor the config needs, in a fixed order (RandomLlamaWeights draws them in this order).
-std::vector<NamedShape> ExpectedTensors(const LlamaConfig& c) {
+std::vector<LlamaTensorShape> LlamaTensorShapes(const LlamaConfig& c) {
   const int64_t dim = c.dim, hd = c.head_dim(), hidden = c.hidden_dim;
   const int64_t q_dim = int64_t{c.n_heads} * hd, kv_dim = int64_t{c.n_kv_heads} * hd;
   std::vector<NamedShape> out;
@@ -117,6 +116,10 @@ std::vector<NamedShape> ExpectedTensors(const LlamaConfig& c) {
   if (!c.tie_embeddings) out.push_back({"output.weight", {c.vocab_size, dim}});
   return out;
 }
+
+namespace {
+
+std::vector<NamedShape> ExpectedTensors(const LlamaConfig& c) { return LlamaTensorShapes(c); }
 
 // The checks of LlamaConfig::Normalize plus what this implementation needs.
 absl::StatusOr<LlamaConfig> CheckedConfig(const LlamaConfig& config) {
@@ -821,23 +824,8 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
     }
   }
   return RunTorch("CreateLlamaModel", [&]() -> absl::StatusOr<std::unique_ptr<TextModel>> {
-    torch::Device device(torch::kCPU);
-    try {
-      device = torch::Device(options.device);
-    } catch (const c10::Error&) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown device \"", options.device, "\""));
-    }
-    if (device.is_cuda()) {
-      const int count = static_cast<int>(torch::cuda::device_count());
-      if (!device.has_index()) device.set_index(0);
-      if (device.index() >= count) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "device ", device.str(), " is absent: LibTorch sees ", count, " CUDA devices"));
-      }
-    } else if (!device.is_cpu()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unsupported device \"", options.device, "\" (cpu or cuda:N)"));
-    }
+    absl::StatusOr<torch::Device> device = torch_util::ParseDevice(options.device);
+    if (!device.ok()) return device.status();
     std::map<std::string, torch::Tensor> tensors;
     int64_t parameters = 0;
     for (const NamedShape& e : expected) {
@@ -846,7 +834,7 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
       parameters += t->numel();
       tensors.emplace(e.name, *std::move(t));
     }
-    auto model = std::make_unique<LlamaModel>(c, device, options.max_slots, parameters);
+    auto model = std::make_unique<LlamaModel>(c, *device, options.max_slots, parameters);
     model->Load(tensors);
     return std::unique_ptr<TextModel>(std::move(model));
   });

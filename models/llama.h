@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "models/llama_config.h"
@@ -35,6 +36,13 @@ struct TextModelOptions {
 };
 
 using TensorMap = std::map<std::string, TensorData>;
+
+struct LlamaTensorShape {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+// Every weight tensor `config` (normalized) needs, in a fixed order.
+std::vector<LlamaTensorShape> LlamaTensorShapes(const LlamaConfig& config);
 
 // Builds the model on options.device from float32 (or bf16/f16, converted) weights. Checks that
 // every expected tensor is present with the right shape: INVALID_ARGUMENT naming it otherwise.

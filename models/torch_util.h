@@ -1,4 +1,4 @@
-// Helpers shared by the LibTorch translation units (llama.cc, diffusion.cc): the torch-exception
+// Helpers shared by the LibTorch translation units (models/*.cc, trainer/*.cc): the torch-exception
 // boundary, tensor <-> TensorData conversion, device parsing. Internal: include it only from .cc
 // files that already include <torch/torch.h>; headers that callers see stay torch-free.
 #ifndef TANDEM_MODELS_TORCH_UTIL_H_
@@ -19,12 +19,10 @@
 
 namespace tandem::torch_util {
 
-// Runs fn() (returning absl::Status or absl::StatusOr<T>) under InferenceMode, turning any
-// exception into a status. The guard is thread-local and scoped: it never leaks to the caller.
+// Runs fn() (returning absl::Status or absl::StatusOr<T>), turning any exception into a status.
 template <typename Fn>
-auto RunTorch(const char* what, Fn&& fn) -> decltype(fn()) {
+auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
   try {
-    c10::InferenceMode inference_mode;
     return fn();
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(
@@ -36,6 +34,39 @@ auto RunTorch(const char* what, Fn&& fn) -> decltype(fn()) {
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(what, ": ", e.what()));
   }
+}
+
+// CatchTorch under InferenceMode (serving). The guard is thread-local and scoped: it never leaks
+// to the caller. Training code, which needs autograd, calls CatchTorch directly.
+template <typename Fn>
+auto RunTorch(const char* what, Fn&& fn) -> decltype(fn()) {
+  return CatchTorch(what, [&]() -> decltype(fn()) {
+    c10::InferenceMode inference_mode;
+    return fn();
+  });
+}
+
+// "cpu", "cuda" or "cuda:N" as a device that exists: INVALID_ARGUMENT for an unknown name,
+// FAILED_PRECONDITION for a CUDA device LibTorch does not see.
+inline absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
+  torch::Device device(torch::kCPU);
+  try {
+    device = torch::Device(name);
+  } catch (const c10::Error&) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown device \"", name, "\""));
+  }
+  if (device.is_cuda()) {
+    const int count = static_cast<int>(torch::cuda::device_count());
+    if (!device.has_index()) device.set_index(0);
+    if (device.index() >= count) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "device ", device.str(), " is absent: LibTorch sees ", count, " CUDA devices"));
+    }
+  } else if (!device.is_cpu()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported device \"", name, "\" (cpu or cuda:N)"));
+  }
+  return device;
 }
 
 inline std::string ShapeString(absl::Span<const int64_t> shape) {

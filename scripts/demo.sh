@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The tandem demo on a fresh Debian 12 machine: installs what it needs, builds, creates an LLM
-# whose tokenizer is trained on the fortunes corpus and a diffusion model whose tokenizer is
-# trained on the Fashion-MNIST captions, starts tandemd, streams a generation and writes a PNG.
-# (The training issue turns this into: train both while serving, deploy, then generate.)
+# The tandem demo on a fresh Debian 12 machine: installs what it needs, builds, starts tandemd
+# serving two randomly initialised models (an LLM and a text-to-image diffusion model), then —
+# while it keeps serving — trains a small LLM on the fortunes corpus and a diffusion model on
+# Fashion-MNIST for a few minutes each through the Training RPCs, hot-swaps both results into
+# serving, streams a generated text and writes generated PNGs.
+#   TEXT_STEPS / IMAGE_STEPS override the length of the two jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
@@ -13,6 +15,11 @@ METRICS_PORT=${METRICS_PORT:-9090}
 mkdir -p "$RUN/data" "$RUN/models" "$RUN/state"
 
 [ -s "$RUN/data/fortunes.txt" ] || bash scripts/fortunes_corpus.sh "$RUN/data/fortunes.txt"
+# Datasets must live under --data_dir (symlinks leading out are refused): copy Fashion-MNIST in.
+if [ ! -s "$RUN/data/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
+  mkdir -p "$RUN/data/fashion-mnist"
+  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz "$RUN/data/fashion-mnist/"
+fi
 if [ ! -f "$RUN/models/fortunes/config.json" ]; then
   "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/models/fortunes" \
     --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=1
@@ -33,11 +40,37 @@ for _ in $(seq 1 100); do
   kill -0 $SERVER_PID 2>/dev/null || { cat "$RUN/tandemd.log"; exit 1; }
   sleep 0.2
 done
-echo "== models"
+echo "== models (random weights so far)"
 "$BIN/tandem" models
-echo "== generate (the weights are random until a training job replaces them)"
-"$BIN/tandem" generate --max_tokens=64 --temperature=0.8 --seed=42 "Q: What is the meaning of life?"
-echo "== image (random weights until a training job replaces them: noise, but a real PNG)"
-"$BIN/tandem" image --steps=20 --seed=7 -o "$RUN/sneaker.png" "a photo of a sneaker"
+echo "== serving while nothing is trained yet: random weights, gibberish"
+"$BIN/tandem" generate --model=fortunes --max_tokens=24 --seed=42 "Q: What is the meaning of life?"
+
+echo "== training: an LLM on the fortunes corpus (every 10th fortune held out)"
+TEXT_JOB=$("$BIN/tandem" train submit --name=fortunes-llm --kind=text --dataset=fortunes.txt \
+  --vocab_size=1024 --dim=192 --layers=4 --heads=6 --kv_heads=3 --seq_len=128 \
+  --steps="${TEXT_STEPS:-600}" --batch_size=16 --lr=0.003 --min_lr=0.0003 --warmup_steps=50 \
+  --weight_decay=0.1 --eval_every=200 --checkpoint_every=100 --seed=1 \
+  --deploy_as=fortunes | head -n1)
+echo "== training: a diffusion model on Fashion-MNIST (queued behind the LLM job)"
+IMAGE_JOB=$("$BIN/tandem" train submit --name=fashion-diffusion --kind=image \
+  --dataset=fashion-mnist --image_size=28 --channels=1 --unet_widths=32,64,128 \
+  --attention_levels=1,2 --steps="${IMAGE_STEPS:-400}" --batch_size=32 --lr=0.001 \
+  --warmup_steps=50 --eval_every=200 --checkpoint_every=100 --caption_dropout=0.1 --seed=1 \
+  --deploy_as=fashion | head -n1)
+"$BIN/tandem" train list
+# While the LLM trains, the server keeps serving: a stream from the (still random) image model.
+"$BIN/tandem" image --model=fashion --steps=10 --seed=3 -o "$RUN/during-training.png" "a bag" >/dev/null
+echo "   (served an image request while training: $RUN/during-training.png)"
+"$BIN/tandem" train watch --samples_dir="$RUN" "$TEXT_JOB"
+"$BIN/tandem" train watch --samples_dir="$RUN" "$IMAGE_JOB"
+
+echo "== models (both replaced by the trained ones, without a restart)"
+"$BIN/tandem" models
+echo "== generate from the trained LLM"
+"$BIN/tandem" generate --model=fortunes --max_tokens=80 --temperature=0.8 --seed=42 "Q: What"
+echo "== images from the trained diffusion model"
+"$BIN/tandem" image --model=fashion --steps=50 --guidance=3 --seed=7 -o "$RUN/ankle-boot.png" "a photo of an ankle boot"
+"$BIN/tandem" image --model=fashion --steps=50 --guidance=3 --seed=7 --n=4 --grid -o "$RUN/trousers.png" "a photo of trousers"
 echo "== metrics (excerpt)"
-curl -s "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null | grep -E '^tandem_(generated_tokens|generated_images|generate_requests)' || true
+curl -s "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
+  grep -E '^tandem_(generated_tokens|generated_images|train_steps|train_bits_per_byte|train_jobs)' || true

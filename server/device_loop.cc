@@ -84,6 +84,13 @@ void DeviceLoop::Post(absl::AnyInvocable<void()> fn) {
   inbox_.push_back(std::move(fn));
 }
 
+bool DeviceLoop::TryPost(absl::AnyInvocable<void()>& fn) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return false;
+  inbox_.push_back(std::move(fn));
+  return true;
+}
+
 namespace {
 
 // The device's current instance of `entry` from `instances`, built by `create` from the weights

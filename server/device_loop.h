@@ -2,10 +2,9 @@
 // instance on it. All model work for that device runs here, so models need no locks: other
 // threads hand work in through Submit/Post, which never block on model work.
 //
-// Each pass of the loop runs the posted closures, then one iteration of each workload that has
-// work (an LLM decode iteration, a batched denoising step; training micro-steps plug in as a
-// further workload),
-// and sleeps only when there is nothing to do.
+// Each pass of the loop runs the posted closures (among them at most one training micro-step per
+// running job, see TrainManager), then one iteration of each workload that has work (an LLM
+// decode iteration, a batched denoising step), and sleeps only when there is nothing to do.
 #ifndef TANDEM_SERVER_DEVICE_LOOP_H_
 #define TANDEM_SERVER_DEVICE_LOOP_H_
 
@@ -48,6 +47,10 @@ class DeviceLoop {
   void Submit(std::unique_ptr<ImageRequest> request);
   // Runs `fn` on the loop thread before the next iteration.
   void Post(absl::AnyInvocable<void()> fn);
+  // Like Post, but refuses (returns false, `fn` not run) once the loop is stopping. Training
+  // runs each micro-step through this: one posted micro-step per pass of the loop, between
+  // inference iterations, so a stream waits at most one micro-step.
+  bool TryPost(absl::AnyInvocable<void()>& fn);
   // Requests submitted and not yet finished (for load balancing).
   int load() const { return load_.load(std::memory_order_relaxed); }
   const std::string& device() const { return options_.device; }

@@ -7,129 +7,43 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/stream_outbox.h"
 
 namespace tandem {
 
 using tandem::v1::GenerateRequest;
 using tandem::v1::GenerateResponse;
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
-}
 
 namespace {
 
-// The reactor of one Generate call, and its outbox. gRPC owns the reactor until OnDone; the
-// device loop holds the outbox (a shared_ptr) and may outlive the reactor: once OnDone ran,
-// Send/Finish are dropped. Invariant: StartWrite and Finish are called without holding mu_ (a
-// Finish may run OnDone inline), and Finish is called once, only when no write is in flight.
-class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> {
+// The reactor of one Generate call, and its outbox (a StreamOutbox that coalesces text deltas).
+// gRPC owns the reactor until OnDone; the device loop holds the outbox (a shared_ptr) and may
+// outlive the reactor: once OnDone ran, Send/Finish are dropped.
+class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
+                              public StreamOutbox<GenerateResponse>::Writer {
  public:
-  class Outbox final : public ResponseStream {
+  class Outbox final : public ResponseStream, public StreamOutbox<GenerateResponse> {
    public:
-    explicit Outbox(GenerateReactor* reactor) : reactor_(reactor) {}
-
+    explicit Outbox(GenerateReactor* reactor)
+        : StreamOutbox<GenerateResponse>(reactor, &CoalesceText) {}
     void Send(GenerateResponse response) override {
-      GenerateReactor* to_write = nullptr;
-      {
-        absl::MutexLock lock(&mu_);
-        if (reactor_ == nullptr || finish_requested_) return;
-        // Coalesce text: a client that reads slowly gets fewer, larger deltas, not a backlog.
-        if (!queue_.empty() && queue_.back().has_text() && response.has_text()) {
-          auto* t = queue_.back().mutable_text();
-          t->mutable_text()->append(response.text().text());
-          t->mutable_token_ids()->MergeFrom(response.text().token_ids());
-        } else {
-          queue_.push_back(std::move(response));
-        }
-        to_write = NextWriteLocked();
-      }
-      if (to_write) to_write->StartWrite(&current_);
+      StreamOutbox<GenerateResponse>::Send(std::move(response));
     }
-
     void Finish(const absl::Status& status) override {
-      GenerateReactor* to_finish = nullptr;
-      {
-        absl::MutexLock lock(&mu_);
-        if (reactor_ == nullptr || finish_requested_) return;
-        finish_requested_ = true;
-        final_status_ = ToGrpcStatus(status);
-        if (!writing_) to_finish = TakeFinishLocked();
-      }
-      if (to_finish) to_finish->Finish(final_status_);
+      StreamOutbox<GenerateResponse>::Finish(status);
     }
-
-    bool cancelled() const override { return cancelled_.load(std::memory_order_acquire); }
-
-    // --- reactor side ---
-    void OnWriteDone(bool ok) {
-      GenerateReactor* to_write = nullptr;
-      GenerateReactor* to_finish = nullptr;
-      {
-        absl::MutexLock lock(&mu_);
-        writing_ = false;
-        if (!ok) {
-          // The stream broke (client gone): stop the work, end the call.
-          cancelled_.store(true, std::memory_order_release);
-          queue_.clear();
-          if (!finish_requested_) {
-            finish_requested_ = true;
-            final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-          }
-        }
-        to_write = NextWriteLocked();
-        if (!to_write && finish_requested_) to_finish = TakeFinishLocked();
-      }
-      if (to_write) to_write->StartWrite(&current_);
-      if (to_finish) to_finish->Finish(final_status_);
-    }
-
-    void OnCancel() {
-      cancelled_.store(true, std::memory_order_release);
-      GenerateReactor* to_finish = nullptr;
-      {
-        absl::MutexLock lock(&mu_);
-        queue_.clear();
-        if (!finish_requested_) {
-          finish_requested_ = true;
-          final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
-        }
-        // With a write in flight, OnWriteDone(false) follows and finishes.
-        if (!writing_) to_finish = TakeFinishLocked();
-      }
-      if (to_finish) to_finish->Finish(final_status_);
-    }
-
-    void Detach() {
-      absl::MutexLock lock(&mu_);
-      reactor_ = nullptr;
-    }
+    bool cancelled() const override { return StreamOutbox<GenerateResponse>::cancelled(); }
 
    private:
-    GenerateReactor* NextWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      if (writing_ || finished_ || queue_.empty() || reactor_ == nullptr) return nullptr;
-      current_ = std::move(queue_.front());
-      queue_.pop_front();
-      writing_ = true;
-      return reactor_;
+    // A client that reads slowly gets fewer, larger text deltas, not a backlog.
+    static bool CoalesceText(GenerateResponse& last, GenerateResponse& next) {
+      if (!last.has_text() || !next.has_text()) return false;
+      auto* t = last.mutable_text();
+      t->mutable_text()->append(next.text().text());
+      t->mutable_token_ids()->MergeFrom(next.text().token_ids());
+      return true;
     }
-    GenerateReactor* TakeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      if (finished_ || writing_ || !queue_.empty() || reactor_ == nullptr) return nullptr;
-      finished_ = true;
-      return reactor_;
-    }
-
-    absl::Mutex mu_;
-    GenerateReactor* reactor_ ABSL_GUARDED_BY(mu_);
-    std::deque<GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);
-    GenerateResponse current_;  // the message being written; touched only by the writer
-    bool writing_ ABSL_GUARDED_BY(mu_) = false;
-    bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
-    bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish has been called on the reactor
-    grpc::Status final_status_;  // written before finished_ is set, read by that caller only
-    std::atomic<bool> cancelled_{false};
   };
 
   GenerateReactor(Metrics* metrics, std::string model, const char* kind)
@@ -148,7 +62,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse> 
     delete this;
   }
 
-  void Finish(grpc::Status status) {
+  void Write(const GenerateResponse* response) override { StartWrite(response); }
+  void Close(grpc::Status status) override {
     if (metrics_) {
       static const char* kCodeNames[] = {
           "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",

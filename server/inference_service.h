@@ -10,14 +10,12 @@
 
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/stream_outbox.h"
 #include "server/validation.h"
 #include "server/worker_pool.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
 namespace tandem {
-
-// absl::Status -> grpc::Status (the codes share their numbering).
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class InferenceService final : public tandem::v1::Inference::CallbackService {
  public:

@@ -68,7 +68,27 @@ Metrics::Metrics()
                                         "work (text, image, train).")),
       model_info(GaugeFamily(*registry_, "tandem_model_parameters",
                              "Servable models (value: parameter count), by name, kind and "
-                             "version.")) {}
+                             "version.")),
+      train_jobs(GaugeFamily(*registry_, "tandem_train_jobs",
+                             "Training jobs by state (queued, running, paused, succeeded, "
+                             "failed, cancelled).")),
+      train_steps(CounterFamily(*registry_, "tandem_train_steps_total",
+                                "Optimizer steps completed, by job and kind.")),
+      train_items(CounterFamily(*registry_, "tandem_train_items_total",
+                                "Tokens (text) or images (image) trained on, by job and unit.")),
+      train_loss(GaugeFamily(*registry_, "tandem_train_loss",
+                             "Training loss of the latest step, by job.")),
+      train_learning_rate(GaugeFamily(*registry_, "tandem_train_learning_rate",
+                                      "Learning rate of the latest step, by job.")),
+      train_eval_loss(GaugeFamily(*registry_, "tandem_train_eval_loss",
+                                  "Held-out loss of the latest evaluation, by job.")),
+      train_bits_per_byte(GaugeFamily(*registry_, "tandem_train_bits_per_byte",
+                                      "Held-out bits per byte of the latest evaluation (text "
+                                      "jobs), by job.")),
+      train_step_seconds(HistogramFamily(*registry_, "tandem_train_micro_step_seconds",
+                                         "Wall time of one training micro-step on the device "
+                                         "loop (the longest an online request waits for it), "
+                                         "by device.")) {}
 
 Metrics::~Metrics() { StopHttp(); }
 

@@ -58,6 +58,15 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& waiting_requests;   // device
   prometheus::Family<prometheus::Counter>& device_busy_seconds;  // device, work (text|image|train)
   prometheus::Family<prometheus::Gauge>& model_info;  // name, kind, version; value = parameters
+  // Training.
+  prometheus::Family<prometheus::Gauge>& train_jobs;             // state
+  prometheus::Family<prometheus::Counter>& train_steps;          // job, kind
+  prometheus::Family<prometheus::Counter>& train_items;          // job, unit (tokens|images)
+  prometheus::Family<prometheus::Gauge>& train_loss;             // job
+  prometheus::Family<prometheus::Gauge>& train_learning_rate;    // job
+  prometheus::Family<prometheus::Gauge>& train_eval_loss;        // job
+  prometheus::Family<prometheus::Gauge>& train_bits_per_byte;    // job
+  prometheus::Family<prometheus::Histogram>& train_step_seconds; // device
 
   static const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
   static const prometheus::Histogram::BucketBoundaries& BatchBuckets();

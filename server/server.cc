@@ -8,18 +8,12 @@
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/train_spec.h"
+#include "server/train_manager.h"
+#include "server/training_service.h"
 #include "server/worker_pool.h"
-#include "tandem/v1/training.grpc.pb.h"
 
 namespace tandem {
-namespace {
-
-// Training RPCs are part of the API from the start; until the trainer lands every method answers
-// UNIMPLEMENTED (the generated defaults), and reflection already lists the service.
-class TrainingService final : public tandem::v1::Training::CallbackService {};
-
-}  // namespace
-
 Server::Server() = default;
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
@@ -53,7 +47,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
 
   server->inference_ = std::make_unique<InferenceService>(
       server->registry_.get(), server->pool_.get(), server->metrics_.get(), options.limits);
-  server->training_ = std::make_unique<TrainingService>();
+  if (!options.state_dir.empty()) {
+    TrainManagerOptions topts;
+    topts.state_dir = options.state_dir;
+    topts.data_dir = options.data_dir;
+    topts.keep_checkpoints = options.keep_checkpoints;
+    topts.memory_budget_bytes = options.train_memory_limit_mb > 0
+                                    ? options.train_memory_limit_mb * (int64_t{1} << 20)
+                                    : DefaultTrainingMemoryBudget();
+    absl::StatusOr<std::unique_ptr<TrainManager>> manager = TrainManager::Create(
+        topts, server->registry_.get(), server->pool_.get(), server->metrics_.get());
+    if (!manager.ok()) {
+      server->pool_->Stop();
+      return manager.status();
+    }
+    server->train_manager_ = *std::move(manager);
+  }
+  server->training_ = std::make_unique<TrainingService>(server->train_manager_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -63,6 +73,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   builder.RegisterService(server->training_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (!server->grpc_server_ || server->port_ == 0) {
+    if (server->train_manager_) server->train_manager_->Stop();
     server->pool_->Stop();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
                                                " (address in use or not local?)"));
@@ -83,8 +94,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  if (grpc_server_) grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  // Training jobs stop at their next micro-step (checkpointing at a step boundary) while the
+  // loops still run; they resume at the next start. Watch calls end UNAVAILABLE.
+  if (train_manager_) train_manager_->Stop();
   if (grpc_server_) {
-    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     // New calls are refused at once; in-flight streams get `grace` to finish, then are
     // cancelled, which the device loops notice before their next step.
     grpc_server_->Shutdown(std::chrono::system_clock::now() +

@@ -22,14 +22,17 @@ namespace tandem {
 class InferenceService;
 class Metrics;
 class ModelRegistry;
+class TrainManager;
 class WorkerPool;
 
 struct ServerOptions {
   std::string listen = "0.0.0.0:50051";  // port 0 picks a free port (see Server::port)
   std::string models_dir;
   std::string default_model;
-  std::string data_dir;   // training datasets (the training issue)
-  std::string state_dir;  // job database and checkpoints (the training issue)
+  std::string data_dir;   // training datasets: a job's dataset is a path under it
+  std::string state_dir;  // job database, checkpoints, trained models; empty disables training
+  int keep_checkpoints = 3;          // newest checkpoints kept per job
+  int64_t train_memory_limit_mb = 0; // estimated training memory allowed per job; 0: half the RAM
   std::string metrics_listen = "0.0.0.0:9090";  // empty disables the HTTP endpoint
   std::vector<std::string> devices = {"cpu"};
   int max_sequences_per_device = 32;
@@ -60,6 +63,7 @@ class Server {
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<TrainManager> train_manager_;
   std::unique_ptr<grpc::Service> training_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;

@@ -19,7 +19,13 @@ ABSL_FLAG(std::string, models_dir, "models",
 ABSL_FLAG(std::string, default_model, "",
           "Model served when a request names none (default: the first by name)");
 ABSL_FLAG(std::string, data_dir, "data", "Folder that training datasets must live under");
-ABSL_FLAG(std::string, state_dir, "state", "Folder for the job database and checkpoints");
+ABSL_FLAG(std::string, state_dir, "state",
+          "Folder for the training job database, checkpoints and trained models (empty: "
+          "training disabled)");
+ABSL_FLAG(int, keep_checkpoints, 3, "Newest checkpoints kept per training job");
+ABSL_FLAG(int64_t, train_memory_limit_mb, 0,
+          "Estimated memory a training job may need (weights, gradients, AdamW state, "
+          "activations); bigger specs are refused RESOURCE_EXHAUSTED. 0: half the RAM");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
           "HTTP address for /metrics (Prometheus text format); empty disables");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
@@ -62,6 +68,8 @@ int main(int argc, char** argv) {
   options.default_model = absl::GetFlag(FLAGS_default_model);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
+  options.train_memory_limit_mb = absl::GetFlag(FLAGS_train_memory_limit_mb);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.devices = *devices;
   options.max_sequences_per_device = absl::GetFlag(FLAGS_max_sequences);

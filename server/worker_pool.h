@@ -36,6 +36,9 @@ class WorkerPool {
   absl::Status Submit(std::unique_ptr<TextRequest>& request);
   absl::Status Submit(std::unique_ptr<ImageRequest>& request);
   std::vector<std::string> devices() const;
+  // The device loops, in --devices order (training jobs run their micro-steps on them).
+  int size() const { return static_cast<int>(loops_.size()); }
+  DeviceLoop* loop(int i) const { return loops_[i].get(); }
   int pending() const;
   // Finishes every request still in a loop with UNAVAILABLE and joins the loops.
   void Stop();

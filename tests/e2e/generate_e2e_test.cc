@@ -353,12 +353,13 @@ TEST_F(GenerateE2ETest, ListModelsDescribesTheModel) {
   EXPECT_EQ(m.devices(0), "cpu");
 }
 
-TEST_F(GenerateE2ETest, TrainingAnswersUnimplementedUntilTheTrainerLands) {
+TEST_F(GenerateE2ETest, TrainingWithoutStateDirAnswersFailedPrecondition) {
   auto training = tandem::v1::Training::NewStub(channel_);
   grpc::ClientContext ctx;
   tandem::v1::ListTrainJobsResponse resp;
-  EXPECT_EQ(training->ListTrainJobs(&ctx, {}, &resp).error_code(),
-            grpc::StatusCode::UNIMPLEMENTED);
+  grpc::Status s = training->ListTrainJobs(&ctx, {}, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("--state_dir"), std::string::npos) << s.error_message();
 }
 
 TEST_F(GenerateE2ETest, MetricsEndpointCountsRequests) {

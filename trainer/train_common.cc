@@ -1,0 +1,99 @@
+#include "trainer/train_common.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "models/torch_util.h"
+#include "trainer/lr_schedule.h"
+
+namespace tandem {
+
+absl::StatusOr<ModelDir> ReadInitModel(const std::string& dir, ModelKind kind, TensorMap* weights) {
+  absl::StatusOr<ModelDir> model = ReadModelDir(dir);
+  if (!model.ok()) return model.status();
+  if (model->kind != kind) {
+    return kind == ModelKind::kText
+               ? absl::InvalidArgumentError(
+                     "init_from names an image model; a text job needs a text model")
+               : absl::InvalidArgumentError(
+                     "init_from names a text model; an image job needs an image model");
+  }
+  absl::StatusOr<SafetensorsFile> file = ReadSafetensors(model->weights_path());
+  if (!file.ok()) return file.status();
+  *weights = std::move(file->tensors);
+  return model;
+}
+
+std::unique_ptr<AdamW> MakeOptimizer(
+    const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h) {
+  std::vector<AdamW::Param> params;
+  for (const auto& [name, p] : parameters) {
+    params.push_back({name, p, DecayByDefault(name, p, h.decay_norms_and_embeddings)});
+  }
+  return std::make_unique<AdamW>(std::move(params),
+                                 AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
+}
+
+absl::StatusOr<std::optional<StepMetrics>> GradientAccumulator::Backward(const torch::Tensor& loss,
+                                                                         const Hyperparams& h,
+                                                                         AdamW& optimizer,
+                                                                         int64_t* step) {
+  const double value = loss.item<double>();
+  if (!std::isfinite(value)) {
+    return absl::InternalError(absl::StrCat("the training loss became ", value, " at step ",
+                                            *step + 1, "; lower the learning rate"));
+  }
+  (loss / static_cast<double>(h.grad_accum)).backward();
+  loss_sum_ += value;
+  if (++micro_ < h.grad_accum) return std::optional<StepMetrics>();
+  StepMetrics m;
+  m.lr = LearningRate(h, *step);
+  m.grad_norm = optimizer.Step(m.lr, h.grad_clip);
+  m.step = ++*step;
+  m.loss = loss_sum_ / h.grad_accum;
+  micro_ = 0;
+  loss_sum_ = 0;
+  return std::optional<StepMetrics>(m);
+}
+
+absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
+                                    const std::function<TensorMap()>& export_model,
+                                    const AdamW& optimizer,
+                                    std::map<std::string, std::string> state, int keep) {
+  Checkpoint ckpt;
+  ckpt.step = step;
+  absl::Status s = torch_util::CatchTorch("checkpoint", [&]() -> absl::Status {
+    ckpt.model = export_model();
+    ckpt.optimizer = optimizer.State();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  ckpt.state = std::move(state);
+  if (s = WriteCheckpoint(dir, ckpt); !s.ok()) return s;
+  return PruneCheckpoints(dir, std::max(1, keep));
+}
+
+absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::string& dir,
+                                                                  std::string* note) {
+  std::optional<Checkpoint> out;
+  std::vector<std::string> skipped;
+  if (!dir.empty()) {
+    absl::StatusOr<Checkpoint> latest = LoadLatestCheckpoint(dir, &skipped);
+    if (latest.ok()) {
+      out = *std::move(latest);
+    } else if (!absl::IsNotFound(latest.status())) {
+      return latest.status();
+    }
+  }
+  if (note) {
+    std::vector<std::string> parts;
+    if (out) parts.push_back(absl::StrCat("resumed from the checkpoint of step ", out->step));
+    for (const std::string& s : skipped) parts.push_back(absl::StrCat("skipped ", s));
+    *note = absl::StrJoin(parts, "; ");
+  }
+  return out;
+}
+
+}  // namespace tandem

@@ -1,0 +1,54 @@
+// TrainOptions: a training job's spec resolved for the trainer — absolute dataset path, the full
+// model config, the model to start from, hyperparameters with defaults applied. Torch-free and
+// proto-free: the server converts and validates a tandem.v1.TrainJobSpec into this
+// (server/train_spec.h), tests build it directly.
+#ifndef TANDEM_TRAINER_TRAIN_OPTIONS_H_
+#define TANDEM_TRAINER_TRAIN_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "models/diffusion_config.h"
+#include "models/llama_config.h"
+#include "models/model_dir.h"
+
+namespace tandem {
+
+struct Hyperparams {
+  int64_t steps = 1000;      // optimizer steps in all
+  int batch_size = 16;       // sequences or images per micro-step
+  int grad_accum = 1;        // micro-steps per optimizer step
+  double lr = 1e-3;          // peak learning rate
+  double min_lr = 1e-4;      // cosine floor
+  int64_t warmup_steps = 100;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double grad_clip = 1.0;    // global-norm clip; 0 = none
+  // Decay norms' gains, biases and embeddings too (normally they are exempt).
+  bool decay_norms_and_embeddings = false;
+  int64_t eval_every = 200;        // 0 = only at the end
+  int64_t checkpoint_every = 200;  // 0 = only at the end and on pause
+  uint64_t seed = 1;
+  double caption_dropout = 0.1;    // image: probability a caption is replaced by the empty one
+  // Text: every round(1 / holdout_fraction)-th document is held out (0.1: every 10th).
+  // Image: the fraction of a folder dataset held out (Fashion-MNIST uses its test split).
+  double holdout_fraction = 0.1;
+};
+
+struct TrainOptions {
+  std::string job_id;        // for provenance and logs
+  ModelKind kind = ModelKind::kText;
+  std::string dataset_path;  // absolute, inside --data_dir
+  LlamaConfig llama;         // kText: the model to train (from the spec or init_from)
+  DiffusionConfig diffusion; // kImage
+  // Model directory to fine-tune from (its weights and tokenizer); empty = fresh weights.
+  std::string init_from_dir;
+  Hyperparams hyper;
+  std::string device = "cpu";
+  int keep_checkpoints = 3;  // newest checkpoints kept on disk
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_TRAINER_TRAIN_OPTIONS_H_
