@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -37,6 +38,9 @@ ABSL_FLAG(int64_t, warmup_steps, 100, "Warmup steps");
 ABSL_FLAG(double, weight_decay, 0.1, "AdamW decoupled weight decay");
 ABSL_FLAG(int64_t, eval_every, 0, "Evaluate every N steps as well (0: only at the end)");
 ABSL_FLAG(std::string, export_dir, "", "Write the trained model here");
+ABSL_FLAG(std::string, sample_png, "", "image: write the final evaluation's sample grid here");
+ABSL_FLAG(std::vector<std::string>, unet_widths, {}, "image: U-Net widths (default 32,64,128)");
+ABSL_FLAG(std::vector<std::string>, attention_levels, {}, "image: levels with attention (default 1,2)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Trains in-process for a time budget; reports speed and quality");
@@ -54,6 +58,14 @@ int main(int argc, char** argv) {
   o.llama.n_kv_heads = absl::GetFlag(FLAGS_kv_heads);
   o.llama.seq_len = absl::GetFlag(FLAGS_seq_len);
   o.llama.vocab_size = absl::GetFlag(FLAGS_vocab_size);
+  if (!absl::GetFlag(FLAGS_unet_widths).empty()) {
+    o.diffusion.unet_widths.clear();
+    for (const std::string& w : absl::GetFlag(FLAGS_unet_widths)) o.diffusion.unet_widths.push_back(std::stoi(w));
+  }
+  if (!absl::GetFlag(FLAGS_attention_levels).empty()) {
+    o.diffusion.attention_levels.clear();
+    for (const std::string& l : absl::GetFlag(FLAGS_attention_levels)) o.diffusion.attention_levels.push_back(std::stoi(l));
+  }
   o.hyper.steps = absl::GetFlag(FLAGS_steps);
   o.hyper.batch_size = absl::GetFlag(FLAGS_batch_size);
   o.hyper.lr = absl::GetFlag(FLAGS_lr);
@@ -115,6 +127,10 @@ int main(int argc, char** argv) {
   std::printf("held-out: loss %.4f, bits/byte %.4f (evaluation %.1f s)\n", e->loss,
               e->bits_per_byte, eval_time);
   if (!e->text_sample.empty()) std::printf("sample: %s\n", e->text_sample.c_str());
+  const std::string png = absl::GetFlag(FLAGS_sample_png);
+  if (!png.empty() && !e->image_png.empty()) {
+    if (tandem::WriteFileAtomically(png, e->image_png).ok()) std::printf("samples: %s\n", png.c_str());
+  }
   const std::string out = absl::GetFlag(FLAGS_export_dir);
   if (!out.empty()) {
     auto s = (*trainer)->ExportModel(out, {"tandem-train-bench", "", (*trainer)->step()});

@@ -40,6 +40,16 @@ absl::Status IntFromJson(const nlohmann::json& v, const std::string& field, int*
 
 }  // namespace
 
+absl::Status ParseObject(const std::string& json, nlohmann::json* out) {
+  *out = nlohmann::json::parse(json, /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (out->is_discarded()) return absl::InvalidArgumentError("config is not valid JSON");
+  if (!out->is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config must be a JSON object, got ", out->type_name()));
+  }
+  return absl::OkStatus();
+}
+
 double ShortestDouble(float value) {
   char buf[64];
   auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);

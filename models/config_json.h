@@ -12,6 +12,9 @@
 
 namespace tandem::config_json {
 
+// Parses `json` into *out: INVALID_ARGUMENT when it is not valid JSON or not a JSON object.
+absl::Status ParseObject(const std::string& json, nlohmann::json* out);
+
 // The float as the shortest decimal that reads back to it (1e-05, not 9.99999974e-06).
 double ShortestDouble(float value);
 

@@ -28,6 +28,7 @@ using config_json::GetFloat;
 using config_json::GetInt;
 using config_json::GetIntList;
 using config_json::GetString;
+using config_json::ParseObject;
 using config_json::ShortestDouble;
 
 // Upper bounds that catch corrupt or mistyped configs long before they turn into absurd
@@ -231,12 +232,8 @@ std::string DiffusionConfig::ToJson() const {
 }
 
 absl::StatusOr<DiffusionConfig> DiffusionConfig::FromJson(const std::string& json) {
-  nlohmann::json j = nlohmann::json::parse(json, /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError("config is not valid JSON");
-  if (!j.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config must be a JSON object, got ", j.type_name()));
-  }
+  nlohmann::json j;
+  if (auto s = ParseObject(json, &j); !s.ok()) return s;
   if (auto s = CheckString(j, "kind", "image"); !s.ok()) return s;
   if (auto s = CheckString(j, "architecture", "unet-cross-attention"); !s.ok()) return s;
 

@@ -11,8 +11,6 @@
 
 namespace tandem::diffusion_net {
 
-using torch_util::ShapeString;
-
 absl::StatusOr<DiffusionConfig> CheckedConfig(const DiffusionConfig& config) {
   DiffusionConfig c = config;
   if (absl::Status s = c.Normalize(); !s.ok()) return s;
@@ -159,30 +157,7 @@ std::vector<NamedShape> ExpectedTensors(const DiffusionConfig& c) {
 }
 
 absl::Status CheckWeights(const DiffusionConfig& c, const TensorMap& weights) {
-  const std::vector<NamedShape> expected = ExpectedTensors(c);
-  for (const NamedShape& e : expected) {
-    auto it = weights.find(e.name);
-    if (it == weights.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("missing tensor ", e.name, " (expected shape ", ShapeString(e.shape), ")"));
-    }
-    if (it->second.shape != e.shape) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", e.name, ": expected shape ",
-                                                     ShapeString(e.shape), ", got ",
-                                                     ShapeString(it->second.shape)));
-    }
-  }
-  if (weights.size() != expected.size()) {
-    for (const auto& [name, t] : weights) {
-      const bool known = std::any_of(expected.begin(), expected.end(),
-                                     [&](const NamedShape& e) { return e.name == name; });
-      if (!known) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("unexpected tensor ", name, " ", ShapeString(t.shape)));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return torch_util::CheckTensorShapes(ExpectedTensors(c), weights);
 }
 
 absl::StatusOr<Weights> LoadWeights(

@@ -72,7 +72,6 @@ namespace {
 using torch_util::FromFloatTensor;
 using torch_util::Numel;
 using torch_util::RunTorch;
-using torch_util::ShapeString;
 using torch_util::ToFloatTensor;
 
 // CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
@@ -799,30 +798,13 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
   }
   // Shapes and names first: cheap, and the most likely mistakes.
   const std::vector<NamedShape> expected = ExpectedTensors(c);
-  for (const NamedShape& e : expected) {
-    auto it = weights.find(e.name);
-    if (it == weights.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("missing tensor ", e.name, " (expected shape ", ShapeString(e.shape), ")"));
-    }
-    if (it->second.shape != e.shape) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", e.name, ": expected shape ",
-                                                     ShapeString(e.shape), ", got ",
-                                                     ShapeString(it->second.shape)));
-    }
-  }
-  if (weights.size() != expected.size()) {
-    for (const auto& entry : weights) {
-      const std::string& name = entry.first;
-      const bool known = std::any_of(expected.begin(), expected.end(),
-                                     [&](const NamedShape& e) { return e.name == name; });
-      if (!known) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "unexpected tensor ", name, " ", ShapeString(entry.second.shape),
-            name == "output.weight" ? " (the config ties the output to tok_embeddings)" : ""));
-      }
-    }
-  }
+  absl::Status shapes =
+      torch_util::CheckTensorShapes(expected, weights, [](const std::string& name) {
+        return std::string(name == "output.weight"
+                               ? " (the config ties the output to tok_embeddings)"
+                               : "");
+      });
+  if (!shapes.ok()) return shapes;
   return RunTorch("CreateLlamaModel", [&]() -> absl::StatusOr<std::unique_ptr<TextModel>> {
     absl::StatusOr<torch::Device> device = torch_util::ParseDevice(options.device);
     if (!device.ok()) return device.status();

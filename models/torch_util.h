@@ -6,7 +6,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <new>
 #include <string>
 
@@ -77,6 +80,41 @@ inline int64_t Numel(absl::Span<const int64_t> shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
+}
+
+// Checks `weights` against the tensors a config needs: `expected` is a vector of elements with
+// a `name` and a `shape` (LlamaTensorShape, diffusion_net::NamedShape). INVALID_ARGUMENT naming
+// the first missing or misshapen tensor, else the first unexpected one, followed by
+// unexpected_note(name) where given (why that tensor does not belong).
+template <typename NamedShapes>
+absl::Status CheckTensorShapes(
+    const NamedShapes& expected, const std::map<std::string, TensorData>& weights,
+    const std::function<std::string(const std::string& name)>& unexpected_note = nullptr) {
+  for (const auto& e : expected) {
+    auto it = weights.find(e.name);
+    if (it == weights.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("missing tensor ", e.name, " (expected shape ", ShapeString(e.shape), ")"));
+    }
+    if (it->second.shape != e.shape) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", e.name, ": expected shape ",
+                                                     ShapeString(e.shape), ", got ",
+                                                     ShapeString(it->second.shape)));
+    }
+  }
+  // Every expected name is present, so more weights than expected means an unexpected one.
+  if (weights.size() != expected.size()) {
+    for (const auto& [name, t] : weights) {
+      const bool known = std::any_of(expected.begin(), expected.end(),
+                                     [&](const auto& e) { return e.name == name; });
+      if (!known) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unexpected tensor ", name, " ", ShapeString(t.shape),
+                         unexpected_note ? unexpected_note(name) : std::string()));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 // A TensorData's bytes as a float32 CPU tensor (a copy). F32, F16 and BF16 are accepted.

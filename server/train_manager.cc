@@ -551,15 +551,21 @@ absl::StatusOr<std::vector<TrainJob>> TrainManager::List(
   return out;
 }
 
-absl::StatusOr<TrainJob> TrainManager::Cancel(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+absl::StatusOr<TrainJob*> TrainManager::UnfinishedJobLocked(const std::string& id) {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no training job \"", id, "\""));
-  TrainJob& job = it->second;
-  if (IsFinal(job.state())) {
+  if (IsFinal(it->second.state())) {
     return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " has already ended (", StateName(job.state()), ")"));
+        absl::StrCat("job ", id, " has already ended (", StateName(it->second.state()), ")"));
   }
+  return &it->second;
+}
+
+absl::StatusOr<TrainJob> TrainManager::Cancel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<TrainJob*> found = UnfinishedJobLocked(id);
+  if (!found.ok()) return found.status();
+  TrainJob& job = **found;
   auto run = running_.find(id);
   if (run != running_.end()) {
     run->second->request.store(Running::kCancel);
@@ -572,13 +578,9 @@ absl::StatusOr<TrainJob> TrainManager::Cancel(const std::string& id) {
 
 absl::StatusOr<TrainJob> TrainManager::Pause(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no training job \"", id, "\""));
-  TrainJob& job = it->second;
-  if (IsFinal(job.state())) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " has already ended (", StateName(job.state()), ")"));
-  }
+  absl::StatusOr<TrainJob*> found = UnfinishedJobLocked(id);
+  if (!found.ok()) return found.status();
+  TrainJob& job = **found;
   auto run = running_.find(id);
   if (run != running_.end()) {
     run->second->request.store(Running::kPause);
@@ -591,13 +593,9 @@ absl::StatusOr<TrainJob> TrainManager::Pause(const std::string& id) {
 
 absl::StatusOr<TrainJob> TrainManager::Resume(const std::string& id) {
   absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no training job \"", id, "\""));
-  TrainJob& job = it->second;
-  if (IsFinal(job.state())) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("job ", id, " has already ended (", StateName(job.state()), ")"));
-  }
+  absl::StatusOr<TrainJob*> found = UnfinishedJobLocked(id);
+  if (!found.ok()) return found.status();
+  TrainJob& job = **found;
   auto run = running_.find(id);
   if (run != running_.end()) {
     // Still running: withdraw a pause that has not taken effect yet.

@@ -101,6 +101,10 @@ class TrainManager {
                               const std::string& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LogLocked(const std::string& id, const std::string& text) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateJobGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job `id` while it may still change: NOT_FOUND for an unknown id, FAILED_PRECONDITION for
+  // a job that has ended.
+  absl::StatusOr<tandem::v1::TrainJob*> UnfinishedJobLocked(const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string JobDir(const std::string& id) const;
 
   const TrainManagerOptions options_;

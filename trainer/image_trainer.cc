@@ -400,10 +400,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateImageTrainer(const TrainOptions& 
   if (!tokenizer.ok()) return tokenizer.status();
   if (init_weights.empty()) {
     config.vocab_size = (*tokenizer)->vocab_size();  // the embedding matches the tokenizer
-  } else if ((*tokenizer)->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", (*tokenizer)->vocab_size(),
-                                                   " pieces, more than the model's vocab_size ",
-                                                   config.vocab_size));
+  } else if (absl::Status s = CheckTokenizerFits(**tokenizer, config.vocab_size); !s.ok()) {
+    return s;
   }
   if (absl::Status s = config.Normalize(); !s.ok()) return s;
   const ImageDataset& set = *data->train_set;
@@ -429,29 +427,21 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateImageTrainer(const TrainOptions& 
                        " was written for another model (kind or config differ)"));
     }
   }
-  TensorMap weights;
-  if (ckpt) {
-    weights = std::move(ckpt->model);
-  } else if (!init_weights.empty()) {
-    weights = std::move(init_weights);
-  } else {
-    absl::StatusOr<TensorMap> fresh = RandomDiffusionWeights(config, options.hyper.seed);
-    if (!fresh.ok()) return fresh.status();
-    weights = *std::move(fresh);
-  }
+  absl::StatusOr<TensorMap> weights = StartingWeights(
+      &ckpt, &init_weights, [&] { return RandomDiffusionWeights(config, options.hyper.seed); });
+  if (!weights.ok()) return weights.status();
   absl::StatusOr<std::unique_ptr<DiffusionTrainNet>> net =
-      DiffusionTrainNet::Create(config, weights, options.device);
+      DiffusionTrainNet::Create(config, *weights, options.device);
   if (!net.ok()) return net.status();
-  weights.clear();
+  weights->clear();
 
   return CatchTorch("CreateImageTrainer", [&]() -> absl::StatusOr<std::unique_ptr<Trainer>> {
-    std::unique_ptr<AdamW> optimizer = MakeOptimizer((*net)->parameters(), options.hyper);
-    if (ckpt) {
-      if (absl::Status s = optimizer->LoadState(ckpt->optimizer, ckpt->step); !s.ok()) return s;
-    }
+    absl::StatusOr<std::unique_ptr<AdamW>> optimizer =
+        RestoreOptimizer((*net)->parameters(), options.hyper, ckpt);
+    if (!optimizer.ok()) return optimizer.status();
     return std::unique_ptr<Trainer>(new ImageTrainer(options, config, *std::move(tokenizer),
                                                      *std::move(data), *std::move(net),
-                                                     std::move(optimizer), ckpt ? ckpt->step : 0));
+                                                     *std::move(optimizer), ckpt ? ckpt->step : 0));
   });
 }
 

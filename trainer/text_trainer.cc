@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "models/llama.h"
 #include "models/llama_train_net.h"
 #include "models/model_dir.h"
@@ -17,9 +16,9 @@
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/job_tokenizer.h"
-#include "trainer/lr_schedule.h"
 #include "trainer/seeds.h"
 #include "trainer/text_dataset.h"
+#include "trainer/train_common.h"
 #include "trainer/trainer.h"
 
 namespace tandem {
@@ -55,7 +54,7 @@ class TextTrainer : public Trainer {
   int64_t step() const override { return step_; }
   int64_t total_steps() const override { return options_.hyper.steps; }
   const TrainOptions& options() const override { return options_; }
-  bool at_step_boundary() const override { return micro_ == 0; }
+  bool at_step_boundary() const override { return accumulator_.at_step_boundary(); }
   int64_t parameter_count() const override { return config_.ParameterCount(); }
 
   absl::StatusOr<std::optional<StepMetrics>> MicroStep() override {
@@ -66,7 +65,7 @@ class TextTrainer : public Trainer {
       const Hyperparams& h = options_.hyper;
       const int64_t b = h.batch_size, t = window_;
       // [B, T+1] windows at seeded random offsets of the packed training stream.
-      SeededRandom rng(DeriveSeed(h.seed, kDataStream, step_, micro_));
+      SeededRandom rng(DeriveSeed(h.seed, kDataStream, step_, accumulator_.micro()));
       torch::Tensor batch = torch::empty({b, t + 1}, torch::kInt64);  // [B, T+1]
       int64_t* p = batch.data_ptr<int64_t>();
       const int64_t starts = static_cast<int64_t>(train_tokens_.size()) - t;
@@ -80,25 +79,10 @@ class TextTrainer : public Trainer {
       torch::Tensor logits = net_->Forward(inputs);   // [B, T, V]
       torch::Tensor loss = torch::cross_entropy_loss(logits.reshape({b * t, config_.vocab_size}),
                                                      targets.reshape({b * t}));
-      const double value = loss.item<double>();
-      if (!std::isfinite(value)) {
-        return absl::InternalError(absl::StrCat("the training loss became ", value, " at step ",
-                                                step_ + 1, "; lower the learning rate"));
-      }
-      (loss / static_cast<double>(h.grad_accum)).backward();
-      loss_sum_ += value;
-      tokens_ += b * t;
-      if (++micro_ < h.grad_accum) return std::optional<StepMetrics>();
-      StepMetrics m;
-      m.lr = LearningRate(h, step_);
-      m.grad_norm = optimizer_->Step(m.lr, h.grad_clip);
-      m.step = ++step_;
-      m.loss = loss_sum_ / h.grad_accum;
-      m.tokens = tokens_;
-      micro_ = 0;
-      loss_sum_ = 0;
-      tokens_ = 0;
-      return std::optional<StepMetrics>(m);
+      absl::StatusOr<std::optional<StepMetrics>> m =
+          accumulator_.Backward(loss, h, *optimizer_, &step_);
+      if (m.ok() && m->has_value()) (*m)->tokens = b * t * h.grad_accum;
+      return m;
     });
   }
 
@@ -146,23 +130,16 @@ class TextTrainer : public Trainer {
     if (!at_step_boundary()) {
       return absl::FailedPreconditionError("a checkpoint needs a step boundary");
     }
-    Checkpoint ckpt;
-    ckpt.step = step_;
-    absl::Status s = CatchTorch("text checkpoint", [&]() -> absl::Status {
-      ckpt.model = net_->ExportWeights();
-      ckpt.optimizer = optimizer_->State();
-      return absl::OkStatus();
-    });
-    if (!s.ok()) return s;
-    ckpt.state = {{"kind", "text"},
-                  {"seed", absl::StrCat(options_.hyper.seed)},
-                  {"step", absl::StrCat(step_)},
-                  // The data position and every random draw are functions of (seed, step).
-                  {"data_position", absl::StrCat("step ", step_, " of a counter-based stream")},
-                  {"tokens_seen", absl::StrCat(step_ * options_.hyper.grad_accum *
-                                               options_.hyper.batch_size * window_)}};
-    if (s = WriteCheckpoint(checkpoints_dir, ckpt); !s.ok()) return s;
-    return PruneCheckpoints(checkpoints_dir, options_.keep_checkpoints);
+    const Hyperparams& h = options_.hyper;
+    return SaveTrainingCheckpoint(
+        checkpoints_dir, step_, [&] { return net_->ExportWeights(); }, *optimizer_,
+        {{"kind", "text"},
+         {"seed", absl::StrCat(h.seed)},
+         {"step", absl::StrCat(step_)},
+         // The data position and every random draw are functions of (seed, step).
+         {"data_position", absl::StrCat("step ", step_, " of a counter-based stream")},
+         {"tokens_seen", absl::StrCat(step_ * h.grad_accum * h.batch_size * window_)}},
+        options_.keep_checkpoints);
   }
 
   absl::Status ExportModel(const std::string& dir, const ModelProvenance& provenance) override {
@@ -216,9 +193,7 @@ class TextTrainer : public Trainer {
   std::unique_ptr<LlamaTrainNet> net_;
   std::unique_ptr<AdamW> optimizer_;
   int64_t step_ = 0;
-  int micro_ = 0;       // micro-steps accumulated into the current step
-  double loss_sum_ = 0;
-  int64_t tokens_ = 0;
+  GradientAccumulator accumulator_;
   const int64_t window_;  // tokens per training sequence (seq_len, or less for a tiny corpus)
 };
 
@@ -234,15 +209,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateTextTrainer(const TrainOptions& o
   LlamaConfig config = options.llama;
   TensorMap init_weights;
   if (!options.init_from_dir.empty()) {
-    absl::StatusOr<ModelDir> dir = ReadModelDir(options.init_from_dir);
+    absl::StatusOr<ModelDir> dir =
+        ReadInitModel(options.init_from_dir, ModelKind::kText, &init_weights);
     if (!dir.ok()) return dir.status();
-    if (dir->kind != ModelKind::kText) {
-      return absl::InvalidArgumentError("init_from names an image model; a text job needs a text model");
-    }
     config = dir->llama;
-    absl::StatusOr<SafetensorsFile> w = ReadSafetensors(dir->weights_path());
-    if (!w.ok()) return w.status();
-    init_weights = std::move(w->tensors);
   }
   TokenizerTrainOptions topts;
   topts.vocab_size = options.llama.vocab_size;
@@ -252,11 +222,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateTextTrainer(const TrainOptions& o
         return WriteTokenizerCorpus(*corpus, path);
       });
   if (!tokenizer.ok()) return tokenizer.status();
-  if ((*tokenizer)->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", (*tokenizer)->vocab_size(),
-                                                   " pieces, more than the model's vocab_size ",
-                                                   config.vocab_size));
-  }
+  if (absl::Status s = CheckTokenizerFits(**tokenizer, config.vocab_size); !s.ok()) return s;
   if (absl::Status s = config.Normalize(); !s.ok()) return s;
   std::vector<int32_t> train_tokens = TokenizeDocuments(**tokenizer, corpus->train);
   std::vector<int32_t> heldout_tokens = TokenizeDocuments(**tokenizer, corpus->heldout);
@@ -264,53 +230,26 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateTextTrainer(const TrainOptions& o
     return absl::InvalidArgumentError("the dataset is too small to train on");
   }
 
-  int64_t step = 0;
-  Checkpoint ckpt;
-  bool restored = false;
-  std::vector<std::string> skipped;
-  if (!checkpoints_dir.empty()) {
-    absl::StatusOr<Checkpoint> latest = LoadLatestCheckpoint(checkpoints_dir, &skipped);
-    if (latest.ok()) {
-      ckpt = *std::move(latest);
-      restored = true;
-      step = ckpt.step;
-    }
-  }
-  TensorMap weights;
-  if (restored) {
-    weights = std::move(ckpt.model);
-  } else if (!init_weights.empty()) {
-    weights = std::move(init_weights);
-  } else {
-    absl::StatusOr<TensorMap> fresh = RandomLlamaWeights(config, options.hyper.seed);
-    if (!fresh.ok()) return fresh.status();
-    weights = *std::move(fresh);
-  }
+  absl::StatusOr<std::optional<Checkpoint>> restored =
+      RestoreLatestCheckpoint(checkpoints_dir, restored_note);
+  if (!restored.ok()) return restored.status();
+  std::optional<Checkpoint>& ckpt = *restored;
+  absl::StatusOr<TensorMap> weights = StartingWeights(
+      &ckpt, &init_weights, [&] { return RandomLlamaWeights(config, options.hyper.seed); });
+  if (!weights.ok()) return weights.status();
   absl::StatusOr<std::unique_ptr<LlamaTrainNet>> net =
-      LlamaTrainNet::Create(config, weights, options.device);
+      LlamaTrainNet::Create(config, *weights, options.device);
   if (!net.ok()) return net.status();
-  weights.clear();
+  weights->clear();
 
   return CatchTorch("CreateTextTrainer", [&]() -> absl::StatusOr<std::unique_ptr<Trainer>> {
-    const Hyperparams& h = options.hyper;
-    std::vector<AdamW::Param> params;
-    for (const auto& [name, p] : (*net)->parameters()) {
-      params.push_back({name, p, DecayByDefault(name, p, h.decay_norms_and_embeddings)});
-    }
-    auto optimizer = std::make_unique<AdamW>(
-        std::move(params), AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
-    if (restored) {
-      if (absl::Status s = optimizer->LoadState(ckpt.optimizer, ckpt.step); !s.ok()) return s;
-    }
-    if (restored_note) {
-      *restored_note = restored ? absl::StrCat("resumed from the checkpoint of step ", step)
-                                : std::string();
-      for (const std::string& s : skipped) absl::StrAppend(restored_note, "; skipped ", s);
-    }
-    int64_t heldout_bytes = corpus->heldout_bytes;
+    absl::StatusOr<std::unique_ptr<AdamW>> optimizer =
+        RestoreOptimizer((*net)->parameters(), options.hyper, ckpt);
+    if (!optimizer.ok()) return optimizer.status();
     return std::unique_ptr<Trainer>(new TextTrainer(
         options, config, *std::move(tokenizer), std::move(train_tokens),
-        std::move(heldout_tokens), heldout_bytes, *std::move(net), std::move(optimizer), step));
+        std::move(heldout_tokens), corpus->heldout_bytes, *std::move(net), *std::move(optimizer),
+        ckpt ? ckpt->step : 0));
   });
 }
 

@@ -26,6 +26,13 @@ absl::StatusOr<ModelDir> ReadInitModel(const std::string& dir, ModelKind kind, T
   return model;
 }
 
+absl::Status CheckTokenizerFits(const Tokenizer& tokenizer, int vocab_size) {
+  if (tokenizer.vocab_size() <= vocab_size) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer.vocab_size(),
+                                                 " pieces, more than the model's vocab_size ",
+                                                 vocab_size));
+}
+
 std::unique_ptr<AdamW> MakeOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h) {
   std::vector<AdamW::Param> params;
@@ -34,6 +41,16 @@ std::unique_ptr<AdamW> MakeOptimizer(
   }
   return std::make_unique<AdamW>(std::move(params),
                                  AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
+}
+
+absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
+    const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h,
+    const std::optional<Checkpoint>& ckpt) {
+  std::unique_ptr<AdamW> optimizer = MakeOptimizer(parameters, h);
+  if (ckpt) {
+    if (absl::Status s = optimizer->LoadState(ckpt->optimizer, ckpt->step); !s.ok()) return s;
+  }
+  return optimizer;
 }
 
 absl::StatusOr<std::optional<StepMetrics>> GradientAccumulator::Backward(const torch::Tensor& loss,
@@ -94,6 +111,13 @@ absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::str
     *note = absl::StrJoin(parts, "; ");
   }
   return out;
+}
+
+absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, TensorMap* init_weights,
+                                         const std::function<absl::StatusOr<TensorMap>()>& fresh) {
+  if (ckpt->has_value()) return std::move((*ckpt)->model);
+  if (!init_weights->empty()) return std::move(*init_weights);
+  return fresh();
 }
 
 }  // namespace tandem

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "models/model_dir.h"
+#include "models/tokenizer.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/train_options.h"
@@ -31,10 +32,18 @@ namespace tandem {
 // its weights into *weights. INVALID_ARGUMENT when it holds the other kind of model.
 absl::StatusOr<ModelDir> ReadInitModel(const std::string& dir, ModelKind kind, TensorMap* weights);
 
+// INVALID_ARGUMENT when the tokenizer has more pieces than the model's vocab_size.
+absl::Status CheckTokenizerFits(const Tokenizer& tokenizer, int vocab_size);
+
 // AdamW over a net's (name, leaf tensor) parameters with the job's betas and weight decay;
 // DecayByDefault decides which decay.
 std::unique_ptr<AdamW> MakeOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h);
+// MakeOptimizer, then the state (moments, step count) of the restored checkpoint `ckpt` when
+// there is one.
+absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
+    const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h,
+    const std::optional<Checkpoint>& ckpt);
 
 // Gradient accumulation: every micro-step's loss is backpropagated divided by grad_accum; every
 // grad_accum-th completes an optimizer step at LearningRate(h, step) with h.grad_clip.
@@ -68,6 +77,11 @@ absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
 // skipped as corrupt. Other errors (an unreadable folder) are returned.
 absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::string& dir,
                                                                   std::string* note);
+
+// The weights a run starts from: the restored checkpoint's (moved out of *ckpt), else
+// init_from's (moved out of *init_weights, when not empty), else what `fresh` draws.
+absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, TensorMap* init_weights,
+                                         const std::function<absl::StatusOr<TensorMap>()>& fresh);
 
 }  // namespace tandem
 

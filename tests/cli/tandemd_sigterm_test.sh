@@ -16,7 +16,7 @@ for i in $(seq 1 400); do echo "the quick brown fox $i jumps over the lazy dog n
 
 PORT=$((20000 + RANDOM % 20000))
 "$BIN/tandemd" --listen="127.0.0.1:$PORT" --metrics_listen= --models_dir="$WORK/models" \
-  --threads=1 --shutdown_grace_seconds=30 > "$WORK/tandemd.log" 2>&1 &
+  --state_dir="$WORK/state" --data_dir="$WORK/data" --threads=1 --shutdown_grace_seconds=30 > "$WORK/tandemd.log" 2>&1 &
 PID=$!
 export TANDEM_SERVER="127.0.0.1:$PORT"
 for _ in $(seq 1 100); do "$BIN/tandem" models >/dev/null 2>&1 && break; sleep 0.1; done

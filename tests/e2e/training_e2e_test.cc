@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "models/png.h"
 #include "server/server.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
@@ -44,6 +45,30 @@ void WriteFortunes(const std::string& path) {
   }
 }
 
+// An image folder (metadata.jsonl beside the PNGs) of 24 grey 16x16 squares: bright ones on a
+// dark ground and dark ones on a bright ground, captioned accordingly.
+void WriteSquares(const std::string& dir) {
+  fs::create_directories(dir);
+  std::ofstream meta(dir + "/metadata.jsonl");
+  for (int i = 0; i < 24; ++i) {
+    const bool bright = i % 2 == 0;
+    RawImage im;
+    im.width = im.height = 16;
+    im.channels = 1;
+    im.pixels.assign(16 * 16, bright ? 30 : 220);
+    const int x0 = 2 + i % 5, y0 = 2 + (i / 5) % 5, side = 6 + i % 3;
+    for (int y = y0; y < y0 + side; ++y) {
+      for (int x = x0; x < x0 + side; ++x) im.pixels[y * 16 + x] = bright ? 240 : 15;
+    }
+    absl::StatusOr<std::string> png = EncodePng(im);
+    ASSERT_TRUE(png.ok()) << png.status();
+    const std::string name = absl::StrCat("square", i, ".png");
+    std::ofstream(dir + "/" + name, std::ios::binary) << *png;
+    meta << "{\"file_name\": \"" << name << "\", \"text\": \"a " << (bright ? "bright" : "dark")
+         << " square\"}\n";
+  }
+}
+
 class TrainingE2ETest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -54,6 +79,10 @@ class TrainingE2ETest : public ::testing::Test {
     WriteFortunes(*root_ + "/data/texts/a.txt");
     std::ofstream(*root_ + "/data/empty.txt").close();
     fs::create_directories(*root_ + "/data/nothing");
+    WriteSquares(*root_ + "/data/squares");
+    // Images without metadata.jsonl or Fashion-MNIST IDX files: no image dataset.
+    fs::create_directories(*root_ + "/data/loose-pngs");
+    fs::copy_file(*root_ + "/data/squares/square0.png", *root_ + "/data/loose-pngs/square0.png");
     std::ofstream(*root_ + "/outside.txt") << "secret\n%\nsecret\n";
     fs::create_symlink(*root_ + "/outside.txt", *root_ + "/data/escape.txt");
   }
@@ -108,6 +137,37 @@ class TrainingE2ETest : public ::testing::Test {
     return spec;
   }
 
+  // A tiny text-conditioned U-Net for the squares: two levels (16x16, 8x8), attention at the
+  // second, a one-layer text encoder; groups (8) and attention heads (4) divide every width.
+  static TrainJobSpec ImageSpec(int64_t steps) {
+    TrainJobSpec spec;
+    spec.set_name("tiny-squares");
+    spec.set_kind(tandem::v1::TRAIN_KIND_IMAGE);
+    spec.set_dataset("squares");
+    auto* m = spec.mutable_image_model();
+    m->set_image_size(16);
+    m->set_channels(1);
+    m->add_unet_widths(8);
+    m->add_unet_widths(16);
+    m->set_res_blocks(1);
+    m->add_attention_levels(1);
+    m->set_text_dim(16);
+    m->set_text_layers(1);
+    m->set_text_heads(2);
+    m->set_text_seq_len(8);
+    m->set_vocab_size(300);
+    m->set_diffusion_steps(100);
+    auto* h = spec.mutable_hyperparameters();
+    h->set_steps(steps);
+    h->set_batch_size(4);
+    h->set_lr(3e-3);
+    h->set_warmup_steps(2);
+    h->set_eval_every(5);
+    h->set_checkpoint_every(5);
+    h->set_seed(5);
+    return spec;
+  }
+
   grpc::Status Submit(const TrainJobSpec& spec, TrainJob* job) {
     grpc::ClientContext ctx;
     tandem::v1::SubmitTrainJobRequest req;
@@ -148,6 +208,29 @@ class TrainingE2ETest : public ::testing::Test {
     while (reader->Read(&e)) events.push_back(e);
     *status = reader->Finish();
     return events;
+  }
+
+  // A spec edited from a valid one, and the status its submission must fail with.
+  struct BadSpec {
+    const char* what;
+    std::function<void(TrainJobSpec*)> edit;
+    grpc::StatusCode code;
+  };
+  // Submits each case (applied to `valid`); each must fail with its code and a message, and no
+  // job may be created.
+  void ExpectRejected(const TrainJobSpec& valid, const std::vector<BadSpec>& cases) {
+    for (const BadSpec& c : cases) {
+      TrainJobSpec spec = valid;
+      c.edit(&spec);
+      TrainJob job;
+      grpc::Status s = Submit(spec, &job);
+      EXPECT_EQ(s.error_code(), c.code) << c.what << ": " << s.error_message();
+      EXPECT_FALSE(s.error_message().empty()) << c.what;
+    }
+    grpc::ClientContext ctx;
+    tandem::v1::ListTrainJobsResponse list;
+    ASSERT_TRUE(training_->ListTrainJobs(&ctx, {}, &list).ok());
+    EXPECT_EQ(list.jobs_size(), 0);
   }
 
   static std::string* root_;
@@ -225,12 +308,7 @@ TEST_F(TrainingE2ETest, TextJobTrainsWatchedToTheEndAndDeploysAServableModel) {
 
 TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
   StartServer("state-bad");
-  struct Case {
-    const char* what;
-    std::function<void(TrainJobSpec*)> edit;
-    grpc::StatusCode code;
-  };
-  const std::vector<Case> cases = {
+  ExpectRejected(TextSpec(10), {
       {"absolute dataset", [](TrainJobSpec* s) { s->set_dataset("/etc/passwd"); },
        grpc::StatusCode::INVALID_ARGUMENT},
       {"dot-dot", [](TrainJobSpec* s) { s->set_dataset("../outside.txt"); },
@@ -278,19 +356,7 @@ TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
        grpc::StatusCode::INVALID_ARGUMENT},
       {"bad deploy name", [](TrainJobSpec* s) { s->set_deploy_as("a/b"); },
        grpc::StatusCode::INVALID_ARGUMENT},
-  };
-  for (const Case& c : cases) {
-    TrainJobSpec spec = TextSpec(10);
-    c.edit(&spec);
-    TrainJob job;
-    grpc::Status s = Submit(spec, &job);
-    EXPECT_EQ(s.error_code(), c.code) << c.what << ": " << s.error_message();
-    EXPECT_FALSE(s.error_message().empty()) << c.what;
-  }
-  grpc::ClientContext ctx;
-  tandem::v1::ListTrainJobsResponse list;
-  ASSERT_TRUE(training_->ListTrainJobs(&ctx, {}, &list).ok());
-  EXPECT_EQ(list.jobs_size(), 0);
+  });
   // A folder of .txt files is a valid dataset.
   TrainJobSpec spec = TextSpec(4);
   spec.set_dataset("texts");
@@ -298,6 +364,138 @@ TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
   grpc::Status folder = Submit(spec, &job);
   ASSERT_TRUE(folder.ok()) << folder.error_message();
   WaitFor(job.id(), [](const TrainJob& j) { return j.state() == tandem::v1::SUCCEEDED; });
+}
+
+TEST_F(TrainingE2ETest, ImageJobTrainsWatchedToTheEndAndDeploysAServableModel) {
+  StartServer("state-image");
+  TrainJobSpec spec = ImageSpec(10);
+  spec.set_deploy_as("squares");
+  TrainJob job;
+  grpc::Status submitted = Submit(spec, &job);
+  ASSERT_TRUE(submitted.ok()) << submitted.error_message();
+  grpc::Status status;
+  std::vector<TrainJobEvent> events = Watch(job.id(), &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(events.front().has_snapshot());
+  // The job takes far longer to start (tokenizer, weights) than Watch to attach.
+  ASSERT_NE(events.front().snapshot().state(), tandem::v1::SUCCEEDED)
+      << "the job ended before Watch attached";
+  std::vector<int64_t> eval_steps;
+  int metrics = 0;
+  std::string logs;
+  for (const auto& e : events) {
+    if (e.has_log()) absl::StrAppend(&logs, "\n  ", e.log());
+    if (e.has_metrics()) {
+      ++metrics;
+      EXPECT_GT(e.metrics().images_per_second(), 0);
+      EXPECT_EQ(e.metrics().tokens_per_second(), 0);
+    }
+    if (!e.has_eval()) continue;
+    eval_steps.push_back(e.eval().step());
+    EXPECT_GT(e.eval().loss(), 0);
+    EXPECT_EQ(e.eval().bits_per_byte(), 0);  // text jobs only
+    EXPECT_TRUE(e.eval().text_sample().empty());
+    // A grid of samples for the held-out captions (images 9 and 19: two 16x16 tiles).
+    absl::StatusOr<RawImage> grid = DecodePng(e.eval().image_sample_png());
+    ASSERT_TRUE(grid.ok()) << "eval at step " << e.eval().step() << ": " << grid.status();
+    EXPECT_EQ(grid->width, 32);
+    EXPECT_EQ(grid->height, 16);
+    EXPECT_EQ(grid->channels, 1);
+  }
+  EXPECT_GE(metrics, 1);
+  EXPECT_EQ(eval_steps, (std::vector<int64_t>{5, 10})) << logs;
+  ASSERT_TRUE(events.back().has_state());
+  EXPECT_EQ(events.back().state(), tandem::v1::SUCCEEDED) << logs;
+
+  TrainJob done = Get(job.id(), /*history=*/true);
+  EXPECT_EQ(done.state(), tandem::v1::SUCCEEDED) << done.error();
+  EXPECT_EQ(done.latest().step(), 10);
+  ASSERT_EQ(done.history_size(), 10);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(done.history(i).step(), i + 1);
+    EXPECT_GT(done.history(i).loss(), 0);
+    EXPECT_EQ(done.history(i).total_steps(), 10);
+  }
+  EXPECT_EQ(done.checkpoint_step(), 10);
+  EXPECT_EQ(done.deployed_as(), "squares");
+  EXPECT_EQ(done.deployed_step(), 10);
+  EXPECT_FALSE(done.best_eval().image_sample_png().empty());
+  // The effective config was written back into the stored spec.
+  EXPECT_EQ(done.spec().image_model().unet_widths_size(), 2);
+  EXPECT_EQ(done.spec().image_model().diffusion_steps(), 100);
+
+  grpc::ClientContext lctx;
+  tandem::v1::ListModelsResponse models;
+  ASSERT_TRUE(inference_->ListModels(&lctx, {}, &models).ok());
+  bool found = false;
+  for (const auto& m : models.models()) {
+    if (m.name() != "squares") continue;
+    found = true;
+    EXPECT_EQ(m.train_job_id(), job.id());
+    EXPECT_EQ(m.train_step(), 10);
+  }
+  EXPECT_TRUE(found);
+
+  // The deployed model serves images over the Inference API.
+  grpc::ClientContext gctx;
+  gctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  tandem::v1::GenerateRequest req;
+  req.set_model("squares");
+  req.set_prompt("a bright square");
+  req.mutable_image()->set_steps(4);
+  req.mutable_image()->set_seed(9);
+  req.mutable_image()->set_guidance_scale(2.0f);
+  auto reader = inference_->Generate(&gctx, req);
+  tandem::v1::GenerateResponse resp;
+  std::vector<tandem::v1::Image> images;
+  bool finished = false;
+  while (reader->Read(&resp)) {
+    if (resp.has_image()) images.push_back(resp.image());
+    if (resp.has_finished()) finished = true;
+  }
+  grpc::Status generated = reader->Finish();
+  ASSERT_TRUE(generated.ok()) << generated.error_message();
+  EXPECT_TRUE(finished);
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_EQ(images[0].width(), 16);
+  EXPECT_EQ(images[0].height(), 16);
+  EXPECT_EQ(images[0].seed(), 9u);
+  absl::StatusOr<RawImage> image = DecodePng(images[0].png());
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->width, 16);
+  EXPECT_EQ(image->height, 16);
+  EXPECT_EQ(image->channels, 1);
+}
+
+TEST_F(TrainingE2ETest, BadImageSpecsAreRejectedBeforeAnythingRuns) {
+  StartServer("state-image-bad");
+  ExpectRejected(ImageSpec(4), {
+      {"folder without metadata.jsonl or IDX files",
+       [](TrainJobSpec* s) { s->set_dataset("loose-pngs"); }, grpc::StatusCode::INVALID_ARGUMENT},
+      {"missing dataset", [](TrainJobSpec* s) { s->set_dataset("no-such-images"); },
+       grpc::StatusCode::NOT_FOUND},
+      {"groups not dividing a width",
+       [](TrainJobSpec* s) { s->mutable_image_model()->set_unet_widths(0, 12); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"attention level out of range",
+       [](TrainJobSpec* s) { s->mutable_image_model()->set_attention_levels(0, 2); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"two channels", [](TrainJobSpec* s) { s->mutable_image_model()->set_channels(2); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"text_model on an image job",
+       [](TrainJobSpec* s) { s->mutable_text_model()->set_dim(32); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+  });
+  // Images of another size than the model's pass the spec checks but fail the job when its
+  // trainer loads them, with a message saying why.
+  TrainJobSpec spec = ImageSpec(4);
+  spec.mutable_image_model()->set_image_size(8);
+  TrainJob job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  TrainJob failed =
+      WaitFor(job.id(), [](const TrainJob& j) { return j.state() == tandem::v1::FAILED; });
+  EXPECT_NE(failed.error().find("16x16"), std::string::npos) << failed.error();
 }
 
 TEST_F(TrainingE2ETest, PauseCheckpointsResumeContinuesAndCancelEnds) {
