@@ -54,8 +54,9 @@ TEXT_JOB=$("$BIN/tandem" train submit --name=fortunes-llm --kind=text --dataset=
 echo "== training: a diffusion model on Fashion-MNIST (queued behind the LLM job)"
 IMAGE_JOB=$("$BIN/tandem" train submit --name=fashion-diffusion --kind=image \
   --dataset=fashion-mnist --image_size=28 --channels=1 --unet_widths=32,64,128 \
-  --attention_levels=1,2 --steps="${IMAGE_STEPS:-400}" --batch_size=32 --lr=0.001 \
-  --warmup_steps=50 --eval_every=200 --checkpoint_every=100 --caption_dropout=0.1 --seed=1 \
+  --attention_levels=1,2 --steps="${IMAGE_STEPS:-200}" --batch_size=32 --lr=0.002 \
+  --min_lr=0.0002 --warmup_steps=30 --eval_every=100 --checkpoint_every=100 \
+  --caption_dropout=0.1 --seed=1 \
   --deploy_as=fashion | head -n1)
 "$BIN/tandem" train list
 # While the LLM trains, the server keeps serving: a stream from the (still random) image model.
