@@ -57,6 +57,7 @@ int ListModels(const ConnectOptions& connect);
 
 struct TrainWatchOptions {
   std::string samples_dir = ".";  // eval image samples: <dir>/<job>-step<N>.png
+  bool replay = false;            // first print the job's past events (evals, logs...)
 };
 
 struct TrainSubmitOptions {

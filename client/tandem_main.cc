@@ -44,6 +44,7 @@ ABSL_FLAG(bool, usage, true, "Print a summary line (reason, tokens, speed) on st
 ABSL_FLAG(std::string, spec, "", "train submit: a TrainJobSpec in protobuf JSON");
 ABSL_FLAG(bool, watch, false, "train submit: then watch the job");
 ABSL_FLAG(std::string, samples_dir, ".", "train watch: folder for eval image samples");
+ABSL_FLAG(bool, replay, false, "train watch: first show the job's past events (evals, logs)");
 ABSL_FLAG(std::string, state, "", "train list: only these states, e.g. running,queued");
 ABSL_FLAG(bool, history, false, "train get: also the loss history of every step");
 ABSL_FLAG(bool, json, false, "train get: print the job as protobuf JSON");
@@ -102,7 +103,7 @@ constexpr char kUsage[] =
     "  models                                          list the served models\n"
     "  train submit [--spec=FILE.json] [--name=N --kind=text|image --dataset=D --steps=N\n"
     "               --lr=X ... model flags] [--watch]  submit a training job; prints its id\n"
-    "  train watch ID [--samples_dir=DIR]              follow a job (exit 0: SUCCEEDED)\n"
+    "  train watch ID [--samples_dir=DIR] [--replay]   follow a job (exit 0: SUCCEEDED)\n"
     "  train list [--state=running,queued,...]         list training jobs\n"
     "  train get ID [--history] [--json]               a job's details\n"
     "  train cancel|pause|resume ID                    change a job's state\n";
@@ -234,6 +235,7 @@ int Train(const tandem::client::ConnectOptions& connect, const std::vector<char*
     if (!need_id()) return 2;
     tc::TrainWatchOptions o;
     o.samples_dir = absl::GetFlag(FLAGS_samples_dir);
+    o.replay = absl::GetFlag(FLAGS_replay);
     return tc::TrainWatch(connect, args[3], o);
   }
   if (sub == "list") {

@@ -256,6 +256,7 @@ int WatchWith(Training::Stub* stub, const ConnectOptions& connect, const std::st
   grpc::ClientContext ctx;  // no deadline: a watch lasts as long as the job
   tandem::v1::WatchTrainJobRequest req;
   req.set_id(id);
+  req.set_replay(options.replay);
   WatchPrinter out;
   TrainJobState state = tandem::v1::TRAIN_JOB_STATE_UNSPECIFIED;
   TrainKind kind = tandem::v1::TRAIN_KIND_UNSPECIFIED;

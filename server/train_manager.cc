@@ -36,17 +36,8 @@ bool IsFinal(TrainJobState s) {
   return s == tandem::v1::SUCCEEDED || s == tandem::v1::FAILED || s == tandem::v1::CANCELLED;
 }
 
-const char* StateName(TrainJobState s) {
-  switch (s) {
-    case tandem::v1::QUEUED: return "QUEUED";
-    case tandem::v1::RUNNING: return "RUNNING";
-    case tandem::v1::PAUSED: return "PAUSED";
-    case tandem::v1::SUCCEEDED: return "SUCCEEDED";
-    case tandem::v1::FAILED: return "FAILED";
-    case tandem::v1::CANCELLED: return "CANCELLED";
-    default: return "UNSPECIFIED";
-  }
-}
+// "RUNNING", "PAUSED"... as in the .proto.
+const std::string& StateName(TrainJobState s) { return tandem::v1::TrainJobState_Name(s); }
 
 TrainJobEvent Event() {
   TrainJobEvent e;
@@ -610,13 +601,22 @@ absl::StatusOr<TrainJob> TrainManager::Resume(const std::string& id) {
   return jobs_[id];
 }
 
-absl::Status TrainManager::Watch(const std::string& id, EventSink sink) {
+absl::Status TrainManager::Watch(const std::string& id, bool replay, EventSink sink) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no training job \"", id, "\""));
+  // Under mu_, which every event's write and fan-out holds too: nothing is missed or repeated
+  // between the stored events and the live ones.
+  std::vector<TrainJobEvent> past;
+  if (replay) {
+    absl::StatusOr<std::vector<TrainJobEvent>> events = store_->Events(id);
+    if (!events.ok()) return events.status();
+    past = *std::move(events);
+  }
   TrainJobEvent e = Event();
   *e.mutable_snapshot() = it->second;
   sink->Send(std::move(e));
+  for (TrainJobEvent& p : past) sink->Send(std::move(p));
   if (IsFinal(it->second.state())) {
     sink->Finish(absl::OkStatus());
   } else if (stopping_) {

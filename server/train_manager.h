@@ -74,9 +74,10 @@ class TrainManager {
   absl::StatusOr<tandem::v1::TrainJob> Cancel(const std::string& id);
   absl::StatusOr<tandem::v1::TrainJob> Pause(const std::string& id);
   absl::StatusOr<tandem::v1::TrainJob> Resume(const std::string& id);
-  // Sends a snapshot of the job, then its events until it reaches a final state (then the sink
-  // is finished OK) or the sink is cancelled. NOT_FOUND for an unknown id (nothing sent).
-  absl::Status Watch(const std::string& id, EventSink sink);
+  // Sends a snapshot of the job, its stored events when `replay`, then its events until it
+  // reaches a final state (then the sink is finished OK) or the sink is cancelled. NOT_FOUND for
+  // an unknown id (nothing sent).
+  absl::Status Watch(const std::string& id, bool replay, EventSink sink);
 
   // Running jobs stop at their next micro-step, writing a checkpoint when at a step boundary;
   // they stay RUNNING in the store, so the next start resumes them. Watchers are finished

@@ -83,7 +83,7 @@ grpc::ServerUnaryReactor* TrainingService::ListTrainJobs(
 grpc::ServerWriteReactor<TrainJobEvent>* TrainingService::WatchTrainJob(
     grpc::CallbackServerContext* /*context*/, const tandem::v1::WatchTrainJobRequest* request) {
   auto* reactor = new WatchReactor();
-  absl::Status s = manager_ ? manager_->Watch(request->id(), reactor->outbox()) : NoStateDir();
+  absl::Status s = manager_ ? manager_->Watch(request->id(), request->replay(), reactor->outbox()) : NoStateDir();
   if (!s.ok()) reactor->outbox()->Finish(s);
   return reactor;
 }
