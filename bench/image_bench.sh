@@ -15,6 +15,7 @@ if [ ! -f "$RUN/image-models/bench-unet/config.json" ]; then
     --channels=1 --widths=32,64,128 --attention_levels=1,2 --text_dim=128 --text_layers=2 --seed=3
 fi
 "$BIN/tandemd" --listen="127.0.0.1:$PORT" --metrics_listen= --models_dir="$RUN/image-models" \
+  --state_dir="$RUN/state" --data_dir="$RUN/data" \
   --max_images=16 --threads="${THREADS:-0}" > "$RUN/tandemd-image.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT

@@ -15,7 +15,7 @@ if [ ! -f "$RUN/models/bench7m/config.json" ]; then
   "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/models/bench7m" \
     --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=3
 fi
-"$BIN/tandemd" --listen="127.0.0.1:$PORT" --metrics_listen= --models_dir="$RUN/models" \
+"$BIN/tandemd" --listen="127.0.0.1:$PORT" --metrics_listen= --models_dir="$RUN/models" --state_dir="$RUN/state" --data_dir="$RUN/data" \
   --max_sequences=32 --threads="${THREADS:-0}" > "$RUN/tandemd.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
