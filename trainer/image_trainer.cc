@@ -417,15 +417,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateImageTrainer(const TrainOptions& 
       RestoreLatestCheckpoint(checkpoints_dir, restored_note);
   if (!restored.ok()) return restored.status();
   std::optional<Checkpoint>& ckpt = *restored;
-  if (ckpt) {
-    auto kind = ckpt->state.find("kind");
-    auto saved = ckpt->state.find("config");
-    if ((kind != ckpt->state.end() && kind->second != "image") ||
-        (saved != ckpt->state.end() && saved->second != config.ToJson())) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the checkpoint of step ", ckpt->step, " in ", checkpoints_dir,
-                       " was written for another model (kind or config differ)"));
-    }
+  if (absl::Status s = CheckCheckpointModel(ckpt, "image", config.ToJson(), checkpoints_dir);
+      !s.ok()) {
+    return s;
   }
   absl::StatusOr<TensorMap> weights = StartingWeights(
       &ckpt, &init_weights, [&] { return RandomDiffusionWeights(config, options.hyper.seed); });

@@ -138,7 +138,8 @@ class TextTrainer : public Trainer {
          {"step", absl::StrCat(step_)},
          // The data position and every random draw are functions of (seed, step).
          {"data_position", absl::StrCat("step ", step_, " of a counter-based stream")},
-         {"tokens_seen", absl::StrCat(step_ * h.grad_accum * h.batch_size * window_)}},
+         {"tokens_seen", absl::StrCat(step_ * h.grad_accum * h.batch_size * window_)},
+         {"config", config_.ToJson()}},
         options_.keep_checkpoints);
   }
 
@@ -234,6 +235,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> CreateTextTrainer(const TrainOptions& o
       RestoreLatestCheckpoint(checkpoints_dir, restored_note);
   if (!restored.ok()) return restored.status();
   std::optional<Checkpoint>& ckpt = *restored;
+  if (absl::Status s = CheckCheckpointModel(ckpt, "text", config.ToJson(), checkpoints_dir);
+      !s.ok()) {
+    return s;
+  }
   absl::StatusOr<TensorMap> weights = StartingWeights(
       &ckpt, &init_weights, [&] { return RandomLlamaWeights(config, options.hyper.seed); });
   if (!weights.ok()) return weights.status();

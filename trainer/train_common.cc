@@ -120,4 +120,18 @@ absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, Tenso
   return fresh();
 }
 
+absl::Status CheckCheckpointModel(const std::optional<Checkpoint>& ckpt, const std::string& kind,
+                                  const std::string& config_json, const std::string& dir) {
+  if (!ckpt) return absl::OkStatus();
+  auto saved_kind = ckpt->state.find("kind");
+  auto saved_config = ckpt->state.find("config");
+  if ((saved_kind != ckpt->state.end() && saved_kind->second != kind) ||
+      (saved_config != ckpt->state.end() && saved_config->second != config_json)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the checkpoint of step ", ckpt->step, " in ", dir,
+                     " was written for another model (kind or config differ)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tandem

@@ -78,6 +78,12 @@ absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
 absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::string& dir,
                                                                   std::string* note);
 
+// FAILED_PRECONDITION when `ckpt` (if any) was written for another kind of model or another
+// config (its state's "kind" / "config" differ from these): restoring it would fail on shapes or,
+// worse, succeed with different meaning.
+absl::Status CheckCheckpointModel(const std::optional<Checkpoint>& ckpt, const std::string& kind,
+                                  const std::string& config_json, const std::string& dir);
+
 // The weights a run starts from: the restored checkpoint's (moved out of *ckpt), else
 // init_from's (moved out of *init_weights, when not empty), else what `fresh` draws.
 absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, TensorMap* init_weights,

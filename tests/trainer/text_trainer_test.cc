@@ -215,6 +215,23 @@ TEST(TextTrainerTest, CorruptNewestCheckpointFallsBackToThePreviousOne) {
   fs::remove_all(dir);
 }
 
+TEST(TextTrainerTest, CheckpointOfAnotherConfigIsRefused) {
+  const std::string dir = MakeTempDir();
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.steps = 2;
+  const std::string ckpts = dir + "/checkpoints";
+  {
+    auto t = CreateTextTrainer(o, dir + "/work", ckpts, nullptr);
+    ASSERT_TRUE(t.ok()) << t.status();
+    Train(t->get(), 1);
+    ASSERT_TRUE((*t)->SaveCheckpoint(ckpts).ok());
+  }
+  o.llama.dim = 64;
+  auto t = CreateTextTrainer(o, dir + "/work", ckpts, nullptr);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition) << t.status();
+  fs::remove_all(dir);
+}
+
 TEST(TextTrainerTest, ExportedModelServesWithTheTrainedWeights) {
   const std::string dir = MakeTempDir();
   TrainOptions o = TinyOptions(WriteCorpus(dir));
