@@ -312,6 +312,18 @@ TEST_F(TrainingE2ETest, TextJobTrainsWatchedToTheEndAndDeploysAServableModel) {
   while (reader->Read(&resp)) finished |= resp.has_finished();
   EXPECT_TRUE(reader->Finish().ok());
   EXPECT_TRUE(finished);
+
+  // The deployment outlives a restart: the trained model is served again from the job's export.
+  StopServer();
+  StartServer("state-deploy");
+  grpc::ClientContext rctx;
+  tandem::v1::ListModelsResponse after;
+  ASSERT_TRUE(inference_->ListModels(&rctx, {}, &after).ok());
+  bool redeployed = false;
+  for (const auto& m : after.models()) {
+    if (m.name() == "fortune-bot") redeployed = m.train_job_id() == job.id() && m.train_step() == 20;
+  }
+  EXPECT_TRUE(redeployed);
 }
 
 TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
