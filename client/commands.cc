@@ -13,6 +13,13 @@
 #include "tandem/v1/inference.grpc.pb.h"
 
 namespace tandem::client {
+std::shared_ptr<grpc::Channel> OpenChannel(const ConnectOptions& connect) {
+  grpc::ChannelArguments args;
+  // Images, and training snapshots carrying eval image samples, can be large.
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(connect.server, grpc::InsecureChannelCredentials(), args);
+}
+
 namespace {
 
 const char* CodeName(grpc::StatusCode code) {
@@ -38,11 +45,7 @@ int ReportError(const ConnectOptions& connect, const grpc::Status& status) {
 }
 
 std::unique_ptr<tandem::v1::Inference::Stub> Connect(const ConnectOptions& connect) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);  // images can be large
-  auto channel =
-      grpc::CreateCustomChannel(connect.server, grpc::InsecureChannelCredentials(), args);
-  return tandem::v1::Inference::NewStub(channel);
+  return tandem::v1::Inference::NewStub(OpenChannel(connect));
 }
 
 void SetDeadline(const ConnectOptions& connect, grpc::ClientContext* ctx) {

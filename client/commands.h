@@ -4,7 +4,10 @@
 #ifndef TANDEM_CLIENT_COMMANDS_H_
 #define TANDEM_CLIENT_COMMANDS_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +20,9 @@ struct ConnectOptions {
   std::string server = "localhost:50051";
   double timeout_seconds = 0;  // 0: no deadline
 };
+
+// The channel every command's stub uses (insecure; 64 MiB messages for images).
+std::shared_ptr<grpc::Channel> OpenChannel(const ConnectOptions& connect);
 
 struct GenerateOptions {
   std::string model;

@@ -59,11 +59,7 @@ int BadArgument(const absl::Status& status) {
 }
 
 std::unique_ptr<Training::Stub> Connect(const ConnectOptions& connect) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);  // snapshots carry eval image samples
-  auto channel =
-      grpc::CreateCustomChannel(connect.server, grpc::InsecureChannelCredentials(), args);
-  return Training::NewStub(channel);
+  return Training::NewStub(OpenChannel(connect));
 }
 
 void SetDeadline(const ConnectOptions& connect, grpc::ClientContext* ctx) {
