@@ -14,7 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "models/device.h"
+#include "models/torch/device.h"
 #include "models/model_dir.h"
 #include "trainer/trainer.h"
 

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "models/png.h"
+#include "models/formats/png.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
 namespace tandem::client {

@@ -19,8 +19,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "models/diffusion_config.h"
-#include "models/safetensors.h"
+#include "models/diffusion/diffusion_config.h"
+#include "models/formats/safetensors.h"
 
 namespace tandem {
 

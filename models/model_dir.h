@@ -13,9 +13,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "models/diffusion_config.h"
-#include "models/llama_config.h"
-#include "models/safetensors.h"
+#include "models/diffusion/diffusion_config.h"
+#include "models/llama/llama_config.h"
+#include "models/formats/safetensors.h"
 
 namespace tandem {
 

@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "models/llama_config.h"
+#include "models/llama/llama_config.h"
 
 namespace tandem {
 

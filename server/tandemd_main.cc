@@ -13,8 +13,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_join.h"
-#include "models/device.h"
-#include "server/server.h"
+#include "models/torch/device.h"
+#include "server/api/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address HOST:PORT");
 ABSL_FLAG(std::string, models_dir, "models",

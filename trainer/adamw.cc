@@ -5,7 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "models/torch_util.h"
+#include "models/torch/torch_util.h"
 
 namespace tandem {
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "models/safetensors.h"
+#include "models/formats/safetensors.h"
 
 namespace tandem {
 

@@ -17,7 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "models/safetensors.h"
+#include "models/formats/safetensors.h"
 
 namespace tandem {
 

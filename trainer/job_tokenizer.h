@@ -8,7 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "models/tokenizer.h"
+#include "models/text/tokenizer.h"
 
 namespace tandem {
 

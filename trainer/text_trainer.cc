@@ -8,16 +8,16 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "models/llama.h"
-#include "models/llama_train_net.h"
+#include "models/llama/llama.h"
+#include "models/llama/llama_train_net.h"
 #include "models/model_dir.h"
-#include "models/tokenizer.h"
-#include "models/torch_util.h"
+#include "models/text/tokenizer.h"
+#include "models/torch/torch_util.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/job_tokenizer.h"
 #include "trainer/seeds.h"
-#include "trainer/text_dataset.h"
+#include "trainer/data/text_dataset.h"
 #include "trainer/train_common.h"
 #include "trainer/trainer.h"
 

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "models/torch_util.h"
+#include "models/torch/torch_util.h"
 #include "trainer/lr_schedule.h"
 
 namespace tandem {

@@ -20,7 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "models/model_dir.h"
-#include "models/tokenizer.h"
+#include "models/text/tokenizer.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/train_options.h"

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <string>
 
-#include "models/diffusion_config.h"
-#include "models/llama_config.h"
+#include "models/diffusion/diffusion_config.h"
+#include "models/llama/llama_config.h"
 #include "models/model_dir.h"
 
 namespace tandem {

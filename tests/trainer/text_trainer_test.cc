@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "models/llama.h"
-#include "models/llama_train_net.h"
+#include "models/llama/llama.h"
+#include "models/llama/llama_train_net.h"
 #include "models/model_dir.h"
-#include "models/safetensors.h"
+#include "models/formats/safetensors.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"

@@ -1,0 +1,32 @@
+// Reading and writing the fields of a model's config.json (nlohmann::json), shared by
+// LlamaConfig and DiffusionConfig so both report bad fields the same way: INVALID_ARGUMENT naming
+// the field and what was found. Absent or null optional fields leave *out untouched. Torch-free.
+#ifndef TANDEM_MODELS_FORMATS_CONFIG_JSON_H_
+#define TANDEM_MODELS_FORMATS_CONFIG_JSON_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "nlohmann/json.hpp"
+
+namespace tandem::config_json {
+
+// Parses `json` into *out: INVALID_ARGUMENT when it is not valid JSON or not a JSON object.
+absl::Status ParseObject(const std::string& json, nlohmann::json* out);
+
+// The float as the shortest decimal that reads back to it (1e-05, not 9.99999974e-06).
+double ShortestDouble(float value);
+
+absl::Status GetInt(const nlohmann::json& j, const char* field, bool required, int* out);
+absl::Status GetIntList(const nlohmann::json& j, const char* field, bool required,
+                        std::vector<int>* out);
+absl::Status GetFloat(const nlohmann::json& j, const char* field, float* out);
+absl::Status GetBool(const nlohmann::json& j, const char* field, bool* out);
+absl::Status GetString(const nlohmann::json& j, const char* field, std::string* out);
+// OK when the field is absent or equals `expected`.
+absl::Status CheckString(const nlohmann::json& j, const char* field, const char* expected);
+
+}  // namespace tandem::config_json
+
+#endif  // TANDEM_MODELS_FORMATS_CONFIG_JSON_H_

@@ -1,0 +1,943 @@
+// The LibTorch Llama decoder behind TextModel, in llama2.c's layout: the configuration
+// (LlamaConfig), the weights (Weights: plain tensors, fused and folded once at load time) and the
+// run state (RunState: the preallocated KV cache and the slot bookkeeping) are kept apart, and one
+// function runs the layers for both a decode batch and a whole sequence.
+//
+// Architecture (Meta's / llama2.c's model.py): token embedding; per layer
+//   x += wo(attention(rope(wq h), rope(wk h), wv h)),  h = rmsnorm(x) * attention_norm
+//   x += w2(silu(w1 h) * w3 h),                        h = rmsnorm(x) * ffn_norm
+// then rmsnorm(x) * norm and the output projection. RoPE rotates the interleaved pairs
+// (2i, 2i+1) of every head by pos * theta^(-2i/head_dim); attention is causal, grouped-query
+// (query head h reads kv head h / (n_heads / n_kv_heads)) and scaled by 1/sqrt(head_dim).
+//
+// Speed. The models this serves are small enough that eager-mode op dispatch, not arithmetic,
+// bounds much of a step, so a layer is as few ATen ops as it can be: 18 that compute on the CPU
+// decode path (4 per RMSNorm, qkv, RoPE, 3 for attention, wo, w13, silu, mul, w2; see RunLayers)
+// plus a dozen views. To get there:
+//   * wq|wk|wv are fused into one matrix, ordered per kv head j as [the G query heads of group j,
+//     k_j, v_j], so that one matmul gives qkv [N, KV, G+2, hd] in which the queries of a group
+//     are a [N*KV, G, hd] view (grouped-query attention without repeating K/V) and RoPE rotates
+//     q and k together with one complex multiply;
+//   * w1|w3 are fused into one [2*hidden, dim] matrix;
+//   * the RMSNorm gains of attention_norm and ffn_norm are folded into the columns of the matrix
+//     that follows them (W (x*g) == (W diag(g)) x), and mean(x^2) + eps is one addmv;
+//   * residual adds are fused into the projections (addmm / addmv);
+//   * the rotary table is built once; the step's indices (and mask) once per step;
+//   * OpenBLAS's sgemm packs its whole right-hand side, several times the cost of a gemv when
+//     only a row or two multiply it, so on the CPU a step of fewer than kGemvRows rows uses mv;
+//   * Prefill computes the output projection for the last position only.
+//
+// The KV cache is one tensor per layer, [2, max_slots, KV, seq_len, hd] (K then V). Active
+// sequences occupy the physical rows [0, n_active) and a map turns logical slots into rows;
+// ReleaseSlot moves the last active row into the hole. Rows hold different lengths: each writes
+// its new K/V at its own position and attends over its own prefix only. On the CPU, decode
+// attention is two small loops over the cache rows in place (DecodeScoresCpu, DecodeValuesCpu:
+// one BLAS call per (row, kv head) would cost more than the arithmetic); elsewhere it is ATen's
+// batched matmul, over views of rows [0, B) when the step covers every active slot and a gather of
+// the rows otherwise, with an additive mask hiding each row's positions past its own.
+#include "models/llama/llama.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <torch/torch.h>
+
+#include "models/torch/torch_util.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/types/span.h"
+
+namespace tandem {
+namespace {
+
+using torch_util::FromFloatTensor;
+using torch_util::Numel;
+using torch_util::RunTorch;
+using torch_util::ToFloatTensor;
+
+// CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
+constexpr int64_t kGemvRows = 4;
+// Prefill runs at most this many tokens through one forward.
+constexpr size_t kPrefillChunk = 512;
+
+// ---------------------------------------------------------------------------------------------
+// Errors: no torch exception leaves this file.
+
+
+// ---------------------------------------------------------------------------------------------
+// Tensor names and shapes.
+
+std::string LayerName(int layer, const char* suffix) {
+  return absl::StrCat("layers.", layer, ".", suffix);
+}
+
+using NamedShape = LlamaTensorShape;
+
+}  // namespace
+
+// Every tensor the config needs, in a fixed order (RandomLlamaWeights draws them in this order).
+std::vector<LlamaTensorShape> LlamaTensorShapes(const LlamaConfig& c) {
+  const int64_t dim = c.dim, hd = c.head_dim(), hidden = c.hidden_dim;
+  const int64_t q_dim = int64_t{c.n_heads} * hd, kv_dim = int64_t{c.n_kv_heads} * hd;
+  std::vector<NamedShape> out;
+  out.push_back({"tok_embeddings.weight", {c.vocab_size, dim}});
+  for (int i = 0; i < c.n_layers; ++i) {
+    out.push_back({LayerName(i, "attention_norm.weight"), {dim}});
+    out.push_back({LayerName(i, "attention.wq.weight"), {q_dim, dim}});
+    out.push_back({LayerName(i, "attention.wk.weight"), {kv_dim, dim}});
+    out.push_back({LayerName(i, "attention.wv.weight"), {kv_dim, dim}});
+    out.push_back({LayerName(i, "attention.wo.weight"), {dim, q_dim}});
+    out.push_back({LayerName(i, "ffn_norm.weight"), {dim}});
+    out.push_back({LayerName(i, "feed_forward.w1.weight"), {hidden, dim}});
+    out.push_back({LayerName(i, "feed_forward.w2.weight"), {dim, hidden}});
+    out.push_back({LayerName(i, "feed_forward.w3.weight"), {hidden, dim}});
+  }
+  out.push_back({"norm.weight", {dim}});
+  if (!c.tie_embeddings) out.push_back({"output.weight", {c.vocab_size, dim}});
+  return out;
+}
+
+namespace {
+
+std::vector<NamedShape> ExpectedTensors(const LlamaConfig& c) { return LlamaTensorShapes(c); }
+
+// The checks of LlamaConfig::Normalize plus what this implementation needs.
+absl::StatusOr<LlamaConfig> CheckedConfig(const LlamaConfig& config) {
+  LlamaConfig c = config;
+  if (absl::Status s = c.Normalize(); !s.ok()) return s;
+  if (c.dim <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_layers <= 0 || c.hidden_dim <= 0 ||
+      c.vocab_size <= 0 || c.seq_len <= 0) {
+    return absl::InvalidArgumentError("llama config: every size must be positive");
+  }
+  if (c.dim % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "llama config: need dim % n_heads == 0 and n_heads % n_kv_heads == 0, got dim ", c.dim,
+        ", n_heads ", c.n_heads, ", n_kv_heads ", c.n_kv_heads));
+  }
+  if (c.head_dim() % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("llama config: rotary embedding needs an even head_dim, got ", c.head_dim()));
+  }
+  return c;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Weights and run state.
+
+struct LayerWeights {
+  // [KV*(G+2)*hd, dim]: per kv head j, its G query heads, k_j, v_j; attention_norm folded in
+  torch::Tensor wqkv;
+  torch::Tensor wo;   // [dim, H*hd]
+  torch::Tensor w13;  // [2*hidden, dim]: w1 rows then w3 rows; ffn_norm folded
+  torch::Tensor w2;   // [dim, hidden]
+};
+
+struct Weights {
+  torch::Tensor tok_embeddings;  // [vocab, dim]
+  std::vector<LayerWeights> layers;
+  torch::Tensor norm;     // [dim] final RMSNorm gain
+  torch::Tensor output;   // [vocab, dim]; the tok_embeddings tensor itself when tied
+  torch::Tensor rope;     // [seq_len, hd/2] complex64: cos + i sin of pos * theta^(-2i/hd)
+  torch::Tensor eps;      // [1] norm_eps, for RmsNorm
+  torch::Tensor inv_dim;  // [dim] 1/dim, for RmsNorm
+};
+
+struct RunState {
+  std::vector<torch::Tensor> kv;  // per layer [2, max_slots, KV, seq_len, hd]: K, V by physical row
+  std::vector<int> slot_row;      // [max_slots] logical slot -> physical row, -1 when free
+  std::vector<int> row_slot;      // [max_slots] physical row -> logical slot (rows < n_active)
+  std::vector<int> row_length;    // [max_slots] positions held by each physical row
+  int n_active = 0;               // rows [0, n_active) are in use
+};
+
+// x: [N, dim] -> x * rsqrt(mean(x^2) + eps): [N, dim]. The gain is applied by the caller (or
+// folded into the next matrix). mean(x^2) + eps is one gemv, eps + x^2 . (1/dim): ATen's
+// mean is several times slower than addmv on rows this short. 4 ops.
+torch::Tensor RmsNorm(const torch::Tensor& x, const Weights& w) {
+  return x * at::addmv(w.eps, x.square(), w.inv_dim).rsqrt_().unsqueeze(1);
+}
+
+// x: [N, in], w: [out, in] -> x w^T (+ residual [N, out]): [N, out].
+torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w,
+                     const torch::Tensor* residual = nullptr) {
+  const int64_t n = x.size(0);
+  if (x.is_cpu() && n < kGemvRows) {
+    if (n == 1) {
+      return (residual ? at::addmv(residual->select(0, 0), w, x.select(0, 0))
+                       : at::mv(w, x.select(0, 0)))
+          .unsqueeze(0);  // [1, out]
+    }
+    torch::Tensor y = at::empty({n, w.size(0)}, x.options());  // [N, out]
+    for (int64_t i = 0; i < n; ++i) {
+      torch::Tensor yi = y.select(0, i);  // [out]
+      if (residual) {
+        at::addmv_out(yi, residual->select(0, i), w, x.select(0, i));
+      } else {
+        at::mv_out(yi, w, x.select(0, i));
+      }
+    }
+    return y;
+  }
+  return residual ? at::addmm(*residual, x, w.t()) : at::mm(x, w.t());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode attention on the CPU. ATen's bmm makes one BLAS call per (row, kv head) pair, and that
+// fixed cost exceeds the G x hd x length arithmetic of a decode step many times over. These loops
+// walk the cache rows in place instead (no mask, no gather), streaming each row's K and V prefix
+// once; ATen's softmax runs between them. Each row's arithmetic is the same whatever else is in
+// the batch.
+
+// Raw view of one decode step for the loops below.
+struct DecodeStepView {
+  const float* qkv;          // [b, KV, G+2, hd]: queries of group j, then k_j, v_j (after RoPE)
+  float* kv;                 // cache [2, S, KV, T, hd]
+  float* scores;             // [b*KV, G, L]: scores, then probabilities
+  float* out;                // [b, KV, G, hd]
+  const int64_t* rows;       // [b] physical rows
+  const int64_t* positions;  // [b] position of each row's new token
+  int64_t slots, kv_heads, g, hd, seq_len;
+  int64_t length;  // L: the step's longest row
+  float scale;
+
+  // The [T, hd] K (which = 0) or V (which = 1) of step row i's kv head j.
+  float* Cache(int64_t which, int64_t i, int64_t j) const {
+    return kv + ((which * slots + rows[i]) * kv_heads + j) * seq_len * hd;
+  }
+};
+
+// v = the sizeof(V) bytes at p, unaligned; V is a GCC/Clang vector of floats. (An out parameter:
+// returning a 32-byte vector from a template also compiled without AVX draws -Wpsabi.)
+template <typename V>
+inline __attribute__((always_inline)) void Load(V& v, const float* p) {
+  std::memcpy(&v, p, sizeof(V));
+}
+
+// sum_d a[d] * b[d]
+template <typename V>
+inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int64_t n) {
+  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+  V acc0 = {}, acc1 = {}, a0, b0, a1, b1;
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
+    Load(a0, a + d), Load(b0, b + d), Load(a1, a + d + kLanes), Load(b1, b + d + kLanes);
+    acc0 += a0 * b0;
+    acc1 += a1 * b1;
+  }
+  if (d + kLanes <= n) {
+    Load(a0, a + d), Load(b0, b + d);
+    acc0 += a0 * b0;
+    d += kLanes;
+  }
+  acc0 += acc1;
+  float sum = 0.0f;
+  for (int64_t i = 0; i < kLanes; ++i) sum += acc0[i];
+  for (; d < n; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+// y[0:n] += a * x[0:n]
+template <typename V>
+inline __attribute__((always_inline)) void Axpy(float a, const float* x, float* y, int64_t n) {
+  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+  V xv, yv;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    Load(xv, x + i), Load(yv, y + i);
+    yv += a * xv;
+    std::memcpy(y + i, &yv, sizeof(V));
+  }
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// Tasks [begin, end) of (row i, kv head j) = (task / KV, task % KV): store the new k, v at the
+// row's position, then scores[task, h, t] = scale * q_h . K[t] for t <= position, -inf after.
+template <typename V>
+inline __attribute__((always_inline)) void DecodeScoresTasks(const DecodeStepView& s, int64_t begin,
+                                                             int64_t end) {
+  const int64_t g = s.g, hd = s.hd, L = s.length;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t i = task / s.kv_heads, j = task % s.kv_heads, pos = s.positions[i];
+    const float* q = s.qkv + task * (g + 2) * hd;  // [G+2, hd]
+    float* k = s.Cache(0, i, j);                   // [T, hd]
+    std::memcpy(k + pos * hd, q + g * hd, hd * sizeof(float));
+    std::memcpy(s.Cache(1, i, j) + pos * hd, q + (g + 1) * hd, hd * sizeof(float));
+    float* scores = s.scores + task * g * L;  // [G, L]
+    for (int64_t t = 0; t <= pos; ++t) {
+      for (int64_t h = 0; h < g; ++h) {
+        scores[h * L + t] = s.scale * Dot<V>(q + h * hd, k + t * hd, hd);
+      }
+    }
+    for (int64_t h = 0; h < g; ++h) {
+      std::fill(scores + h * L + pos + 1, scores + (h + 1) * L,
+                -std::numeric_limits<float>::infinity());
+    }
+  }
+}
+
+// out[task, h, :] = sum over t <= position of probs[task, h, t] * V[t, :].
+template <typename V>
+inline __attribute__((always_inline)) void DecodeValuesTasks(const DecodeStepView& s, int64_t begin,
+                                                             int64_t end) {
+  const int64_t g = s.g, hd = s.hd, L = s.length;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t i = task / s.kv_heads, j = task % s.kv_heads, n = s.positions[i] + 1;
+    const float* v = s.Cache(1, i, j);  // [T, hd]
+    for (int64_t h = 0; h < g; ++h) {
+      const float* p = s.scores + (task * g + h) * L;  // [L]
+      float* out = s.out + (task * g + h) * hd;        // [hd]
+      std::fill(out, out + hd, 0.0f);
+      for (int64_t t = 0; t < n; ++t) Axpy<V>(p[t], v + t * hd, out, hd);
+    }
+  }
+}
+
+typedef float Float4 __attribute__((vector_size(16)));  // SSE / NEON width, every 64-bit CPU
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// 8-wide copies for AVX2 machines, chosen at run time (the build targets baseline x86-64).
+typedef float Float8 __attribute__((vector_size(32)));
+__attribute__((target("avx2"))) void DecodeScoresAvx2(const DecodeStepView& s, int64_t begin,
+                                                      int64_t end) {
+  DecodeScoresTasks<Float8>(s, begin, end);
+}
+__attribute__((target("avx2"))) void DecodeValuesAvx2(const DecodeStepView& s, int64_t begin,
+                                                      int64_t end) {
+  DecodeValuesTasks<Float8>(s, begin, end);
+}
+bool CpuHasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#else
+void DecodeScoresAvx2(const DecodeStepView&, int64_t, int64_t) {}
+void DecodeValuesAvx2(const DecodeStepView&, int64_t, int64_t) {}
+bool CpuHasAvx2() { return false; }
+#endif
+
+// How a decode step attends: the loops above, 8 or 4 lanes wide (CPU only), or ATen's batched
+// matmul over the cache (any device). TANDEM_DECODE_ATTENTION=aten|vec4 overrides the choice on
+// the CPU, so that tests and comparisons can run every path on any machine.
+enum class DecodeAttention { kAten, kVec4, kVec8 };
+
+DecodeAttention ChooseDecodeAttention(const torch::Device& device) {
+  if (!device.is_cpu()) return DecodeAttention::kAten;
+  const char* forced = std::getenv("TANDEM_DECODE_ATTENTION");
+  if (forced != nullptr && std::strcmp(forced, "aten") == 0) return DecodeAttention::kAten;
+  if (forced != nullptr && std::strcmp(forced, "vec4") == 0) return DecodeAttention::kVec4;
+  return CpuHasAvx2() ? DecodeAttention::kVec8 : DecodeAttention::kVec4;
+}
+
+// Tasks per parallel chunk: about 32K multiply-adds each, so that short steps stay serial.
+int64_t DecodeGrain(const DecodeStepView& s) {
+  return std::max<int64_t>(1, (int64_t{1} << 15) / (s.g * s.hd * s.length));
+}
+
+// The parts of a DecodeStepView that both loops share.
+DecodeStepView StepView(const torch::Tensor& kv, const int64_t* rows, const int64_t* positions,
+                        int64_t g, int64_t length) {
+  DecodeStepView s{};
+  s.kv = kv.data_ptr<float>();
+  s.rows = rows;
+  s.positions = positions;
+  s.slots = kv.size(1);
+  s.kv_heads = kv.size(2);
+  s.g = g;
+  s.hd = kv.size(4);
+  s.seq_len = kv.size(3);
+  s.length = length;
+  return s;
+}
+
+// Stores every row's new k, v and returns the scores [b*KV, G, L] (-inf past each position).
+// qkv: [b, KV, G+2, hd] contiguous; kv: [2, S, KV, T, hd]; rows, positions: [b] (host).
+torch::Tensor DecodeScoresCpu(const torch::Tensor& qkv, const torch::Tensor& kv,
+                              const int64_t* rows, const int64_t* positions, int64_t length,
+                              double scale, bool avx2) {
+  RECORD_FUNCTION("tandem::DecodeScoresCpu", std::vector<c10::IValue>());
+  TORCH_CHECK(qkv.is_contiguous() && kv.is_contiguous() && qkv.scalar_type() == torch::kFloat);
+  const int64_t b = qkv.size(0), kv_heads = qkv.size(1), g = qkv.size(2) - 2;
+  torch::Tensor scores = at::empty({b * kv_heads, g, length}, qkv.options());  // [b*KV, G, L]
+  DecodeStepView s = StepView(kv, rows, positions, g, length);
+  s.qkv = qkv.data_ptr<float>();
+  s.scores = scores.data_ptr<float>();
+  s.scale = static_cast<float>(scale);
+  at::parallel_for(0, b * kv_heads, DecodeGrain(s), [&](int64_t begin, int64_t end) {
+    avx2 ? DecodeScoresAvx2(s, begin, end) : DecodeScoresTasks<Float4>(s, begin, end);
+  });
+  return scores;
+}
+
+// probs [b*KV, G, L] @ V over each row's positions -> [b, KV, G, hd].
+torch::Tensor DecodeValuesCpu(const torch::Tensor& probs, const torch::Tensor& kv,
+                              const int64_t* rows, const int64_t* positions, bool avx2) {
+  RECORD_FUNCTION("tandem::DecodeValuesCpu", std::vector<c10::IValue>());
+  TORCH_CHECK(probs.is_contiguous() && kv.is_contiguous());
+  const int64_t kv_heads = kv.size(2), g = probs.size(1), b = probs.size(0) / kv_heads;
+  torch::Tensor out = at::empty({b, kv_heads, g, kv.size(4)}, probs.options());  // [b, KV, G, hd]
+  DecodeStepView s = StepView(kv, rows, positions, g, probs.size(2));
+  s.scores = probs.data_ptr<float>();
+  s.out = out.data_ptr<float>();
+  at::parallel_for(0, b * kv_heads, DecodeGrain(s), [&](int64_t begin, int64_t end) {
+    avx2 ? DecodeValuesAvx2(s, begin, end) : DecodeValuesTasks<Float4>(s, begin, end);
+  });
+  return out;
+}
+
+class LlamaModel final : public TextModel {
+ public:
+  LlamaModel(LlamaConfig config, torch::Device device, int max_slots, int64_t parameter_count)
+      : config_(std::move(config)),
+        device_(device),
+        device_string_(device.str()),
+        max_slots_(max_slots),
+        parameter_count_(parameter_count),
+        kv_heads_(config_.n_kv_heads),
+        group_(config_.n_heads / config_.n_kv_heads),
+        head_dim_(config_.head_dim()),
+        scale_(1.0 / std::sqrt(static_cast<double>(config_.head_dim()))) {}
+
+  // Fuses and moves the weights (float32 CPU tensors by name) and allocates the run state.
+  void Load(const std::map<std::string, torch::Tensor>& w);
+
+  const LlamaConfig& config() const override { return config_; }
+  const std::string& device() const override { return device_string_; }
+  int max_slots() const override { return max_slots_; }
+  int free_slots() const override { return max_slots_ - state_.n_active; }
+  int64_t parameter_count() const override { return parameter_count_; }
+
+  absl::StatusOr<int> AcquireSlot() override;
+  void ReleaseSlot(int slot) override;
+  int SlotLength(int slot) const override;
+  absl::Status Prefill(int slot, absl::Span<const int32_t> tokens, float* logits) override;
+  absl::Status Decode(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                      float* logits) override;
+  absl::Status Forward(absl::Span<const int32_t> tokens, std::vector<float>* logits) override;
+
+ private:
+  // Runs every layer over x [N, dim] in place of the residual stream and returns it. qkv after
+  // RoPE is handed to attend(layer, qkv [N, KV, G+2, hd]) which returns [N, H*hd].
+  template <typename Attend>
+  torch::Tensor RunLayers(torch::Tensor x, const torch::Tensor& rope, Attend&& attend) const;
+  // Final RMSNorm and output projection: [N, dim] -> [N, vocab].
+  torch::Tensor Logits(const torch::Tensor& x) const;
+  // Causal forward over n tokens at positions [start, start+n) of physical row `row`, storing
+  // their K/V there (row < 0: no cache, start must be 0). Returns the final hidden states [n, dim].
+  torch::Tensor SequenceForward(absl::Span<const int32_t> tokens, int row, int start);
+  torch::Tensor TokensTensor(absl::Span<const int32_t> tokens) const;
+  absl::Status CheckTokens(absl::Span<const int32_t> tokens) const;
+  absl::Status CheckSlot(int slot) const;
+
+  const LlamaConfig config_;
+  const torch::Device device_;
+  const std::string device_string_;
+  const int max_slots_;
+  const int64_t parameter_count_;
+  const int64_t kv_heads_, group_, head_dim_;
+  const double scale_;
+  Weights weights_;
+  RunState state_;
+};
+
+void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
+  const int64_t kv = kv_heads_, g = group_, hd = head_dim_, dim = config_.dim;
+  auto to_device = [&](const torch::Tensor& t) { return t.to(device_).contiguous(); };
+  weights_.tok_embeddings = to_device(w.at("tok_embeddings.weight"));  // [vocab, dim]
+  weights_.norm = to_device(w.at("norm.weight"));                      // [dim]
+  weights_.output = config_.tie_embeddings ? weights_.tok_embeddings
+                                           : to_device(w.at("output.weight"));  // [vocab, dim]
+  for (int i = 0; i < config_.n_layers; ++i) {
+    auto get = [&](const char* suffix) { return w.at(LayerName(i, suffix)); };
+    LayerWeights layer;
+    const torch::Tensor attention_norm = get("attention_norm.weight");  // [dim]
+    const torch::Tensor ffn_norm = get("ffn_norm.weight");              // [dim]
+    // [KV, G*hd, dim] | [KV, hd, dim] | [KV, hd, dim] -> [KV, (G+2)*hd, dim] -> [KV*(G+2)*hd, dim]
+    const torch::Tensor wqkv = torch::cat({get("attention.wq.weight").view({kv, g * hd, dim}),
+                                           get("attention.wk.weight").view({kv, hd, dim}),
+                                           get("attention.wv.weight").view({kv, hd, dim})},
+                                          1)
+                                   .view({kv * (g + 2) * hd, dim});
+    layer.wqkv = to_device(wqkv * attention_norm);     // [KV*(G+2)*hd, dim]
+    layer.wo = to_device(get("attention.wo.weight"));  // [dim, H*hd]
+    const torch::Tensor w13 =
+        torch::cat({get("feed_forward.w1.weight"), get("feed_forward.w3.weight")}, 0);
+    layer.w13 = to_device(w13 * ffn_norm);                // [2*hidden, dim]
+    layer.w2 = to_device(get("feed_forward.w2.weight"));  // [dim, hidden]
+    weights_.layers.push_back(std::move(layer));
+  }
+  // Rotary table, computed in double: angle(pos, i) = pos * theta^(-2i/hd).
+  const torch::Tensor inv_freq =
+      torch::pow(config_.rope_theta,
+                 -torch::arange(0, hd, 2, torch::kFloat64) / static_cast<double>(hd));  // [hd/2]
+  const torch::Tensor angle =
+      torch::outer(torch::arange(config_.seq_len, torch::kFloat64), inv_freq);  // [seq_len, hd/2]
+  weights_.rope = torch::polar(torch::ones_like(angle), angle).to(torch::kComplexFloat).to(device_);
+  weights_.eps = torch::full({1}, config_.norm_eps, torch::TensorOptions().device(device_));
+  weights_.inv_dim = torch::full({dim}, 1.0 / dim, torch::TensorOptions().device(device_));
+
+  // Run state: the whole cache up front, zero so that masked-out positions are finite.
+  for (int i = 0; i < config_.n_layers; ++i) {
+    state_.kv.push_back(torch::zeros({2, max_slots_, kv, config_.seq_len, hd},
+                                     torch::TensorOptions().device(device_)));
+  }
+  state_.slot_row.assign(max_slots_, -1);
+  state_.row_slot.assign(max_slots_, -1);
+  state_.row_length.assign(max_slots_, 0);
+}
+
+template <typename Attend>
+torch::Tensor LlamaModel::RunLayers(torch::Tensor x, const torch::Tensor& rope,
+                                    Attend&& attend) const {
+  const int64_t n = x.size(0), kv = kv_heads_, g = group_, hd = head_dim_;
+  const int64_t hidden = config_.hidden_dim;
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    // Attention: 4 (norm) + 1 (qkv) + 1 (rope) + attend + 1 (wo + residual) ops.
+    torch::Tensor qkv =
+        Linear(RmsNorm(x, weights_), w.wqkv).view({n, kv, g + 2, hd});  // [N, KV, G+2, hd]
+    // q and k heads as complex pairs: [N, KV, G+1, hd/2] *= rope [N, 1, 1, hd/2].
+    at::view_as_complex(qkv.narrow(2, 0, g + 1).view({n, kv, g + 1, hd / 2, 2})).mul_(rope);
+    const torch::Tensor attn = attend(l, qkv);  // [N, H*hd]
+    x = Linear(attn, w.wo, &x);                 // [N, dim]
+    // SwiGLU: 4 (norm) + 1 (w13) + 2 (silu, mul) + 1 (w2 + residual) ops.
+    const torch::Tensor h13 = Linear(RmsNorm(x, weights_), w.w13);  // [N, 2*hidden]
+    const torch::Tensor act =
+        at::silu(h13.narrow(1, 0, hidden)).mul_(h13.narrow(1, hidden, hidden));  // [N, hidden]
+    x = Linear(act, w.w2, &x);                                                   // [N, dim]
+  }
+  return x;
+}
+
+torch::Tensor LlamaModel::Logits(const torch::Tensor& x) const {
+  return Linear(RmsNorm(x, weights_) * weights_.norm, weights_.output);  // [N, vocab]
+}
+
+torch::Tensor LlamaModel::TokensTensor(absl::Span<const int32_t> tokens) const {
+  torch::Tensor t = torch::empty({static_cast<int64_t>(tokens.size())}, torch::kInt64);  // [n]
+  int64_t* p = t.data_ptr<int64_t>();
+  for (size_t i = 0; i < tokens.size(); ++i) p[i] = tokens[i];
+  return t.to(device_);
+}
+
+torch::Tensor LlamaModel::SequenceForward(absl::Span<const int32_t> tokens, int row, int start) {
+  const int64_t n = tokens.size(), kv = kv_heads_, g = group_, hd = head_dim_;
+  const int64_t length = start + n;  // positions attended: [0, length)
+  // Causal mask over [0, length) for query rows ordered (position i, head g): [1, n*G, length].
+  torch::Tensor mask = torch::zeros({1, n * g, length});
+  {
+    float* m = mask.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t r = i * g; r < (i + 1) * g; ++r) {
+        std::fill(m + r * length + start + i + 1, m + (r + 1) * length,
+                  -std::numeric_limits<float>::infinity());
+      }
+    }
+  }
+  mask = mask.to(device_);
+  const torch::Tensor rope = weights_.rope.narrow(0, start, n).view({n, 1, 1, hd / 2});
+  torch::Tensor x = at::embedding(weights_.tok_embeddings, TokensTensor(tokens));  // [n, dim]
+  return RunLayers(x, rope, [&](size_t l, const torch::Tensor& qkv) {
+    torch::Tensor k, v;  // [KV, length, hd]
+    if (row >= 0) {
+      const torch::Tensor cache = state_.kv[l].select(1, row);  // [2, KV, seq_len, hd]
+      // Store the new k|v: [n, KV, 2, hd] -> [2, KV, n, hd].
+      cache.narrow(2, start, n).copy_(qkv.narrow(2, g, 2).permute({2, 1, 0, 3}));
+      k = cache[0].narrow(1, 0, length);
+      v = cache[1].narrow(1, 0, length);
+    } else {
+      k = qkv.select(2, g).transpose(0, 1);      // [KV, n, hd]
+      v = qkv.select(2, g + 1).transpose(0, 1);  // [KV, n, hd]
+    }
+    // [n, KV, G, hd] -> [KV, n*G, hd]
+    const torch::Tensor q = qkv.narrow(2, 0, g).permute({1, 0, 2, 3}).reshape({kv, n * g, hd});
+    const torch::Tensor scores =
+        at::baddbmm(mask, q, k.transpose(1, 2), 1.0, scale_);       // [KV, n*G, length]
+    const torch::Tensor out = at::bmm(at::softmax(scores, -1), v);  // [KV, n*G, hd]
+    return out.view({kv, n, g, hd}).permute({1, 0, 2, 3}).reshape({n, kv * g * hd});  // [n, H*hd]
+  });
+}
+
+absl::Status LlamaModel::CheckTokens(absl::Span<const int32_t> tokens) const {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at index ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::CheckSlot(int slot) const {
+  if (slot < 0 || slot >= max_slots_ || state_.slot_row[slot] < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slot ", slot, " is not an acquired slot (max_slots ", max_slots_, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> LlamaModel::AcquireSlot() {
+  if (state_.n_active >= max_slots_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", max_slots_, " KV-cache slots are in use"));
+  }
+  int slot = 0;
+  while (state_.slot_row[slot] >= 0) ++slot;
+  const int row = state_.n_active++;
+  state_.slot_row[slot] = row;
+  state_.row_slot[row] = slot;
+  state_.row_length[row] = 0;
+  return slot;
+}
+
+void LlamaModel::ReleaseSlot(int slot) {
+  if (!CheckSlot(slot).ok()) return;
+  const int row = state_.slot_row[slot];
+  const int last = state_.n_active - 1;
+  if (row != last) {
+    // Keep rows [0, n_active) dense: move the last row's K/V prefix into the hole.
+    const int length = state_.row_length[last];
+    absl::Status moved = RunTorch("ReleaseSlot", [&]() -> absl::Status {
+      for (const torch::Tensor& kv : state_.kv) {  // [2, S, KV, seq_len, hd]
+        kv.select(1, row).narrow(2, 0, length).copy_(kv.select(1, last).narrow(2, 0, length));
+      }
+      return absl::OkStatus();
+    });
+    if (!moved.ok()) {
+      // The cache rows would be inconsistent with the map: nothing sensible is left to serve.
+      std::fprintf(stderr, "tandem: %s\n", moved.ToString().c_str());
+      std::abort();
+    }
+    state_.row_slot[row] = state_.row_slot[last];
+    state_.slot_row[state_.row_slot[row]] = row;
+    state_.row_length[row] = length;
+  }
+  state_.slot_row[slot] = -1;
+  state_.row_slot[last] = -1;
+  state_.row_length[last] = 0;
+  --state_.n_active;
+}
+
+int LlamaModel::SlotLength(int slot) const {
+  if (!CheckSlot(slot).ok()) return 0;
+  return state_.row_length[state_.slot_row[slot]];
+}
+
+absl::Status LlamaModel::Prefill(int slot, absl::Span<const int32_t> tokens, float* logits) {
+  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+  if (tokens.empty()) return absl::InvalidArgumentError("Prefill: no tokens");
+  if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
+  const int row = state_.slot_row[slot];
+  const int start = state_.row_length[row];
+  if (start + static_cast<int64_t>(tokens.size()) > config_.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("context overflow: slot ", slot, " holds ",
+                                                   start, " positions, ", tokens.size(),
+                                                   " more would exceed seq_len ", config_.seq_len));
+  }
+  return RunTorch("Prefill", [&]() -> absl::Status {
+    // Long prompts go in chunks, which bounds the scores tensor to [KV, chunk*G, seq_len].
+    torch::Tensor x;  // [chunk, dim]
+    for (size_t done = 0; done < tokens.size(); done += kPrefillChunk) {
+      const absl::Span<const int32_t> chunk = tokens.subspan(done, kPrefillChunk);
+      x = SequenceForward(chunk, row, start + static_cast<int>(done));
+    }
+    const torch::Tensor out =
+        Logits(x.narrow(0, x.size(0) - 1, 1)).to(torch::kCPU).contiguous();  // [1, vocab]
+    std::memcpy(logits, out.data_ptr<float>(), sizeof(float) * config_.vocab_size);
+    state_.row_length[row] = start + static_cast<int>(tokens.size());
+    return absl::OkStatus();
+  });
+}
+
+absl::Status LlamaModel::Forward(absl::Span<const int32_t> tokens, std::vector<float>* logits) {
+  if (tokens.empty()) return absl::InvalidArgumentError("Forward: no tokens");
+  if (static_cast<int64_t>(tokens.size()) > config_.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("context overflow: ", tokens.size(),
+                                                   " tokens exceed seq_len ", config_.seq_len));
+  }
+  if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
+  return RunTorch("Forward", [&]() -> absl::Status {
+    const torch::Tensor out =
+        Logits(SequenceForward(tokens, /*row=*/-1, 0)).to(torch::kCPU).contiguous();  // [n, vocab]
+    const float* p = out.data_ptr<float>();
+    logits->assign(p, p + out.numel());
+    return absl::OkStatus();
+  });
+}
+
+absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                                float* logits) {
+  if (slots.size() != tokens.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Decode: ", slots.size(), " slots but ", tokens.size(), " tokens"));
+  }
+  if (slots.empty()) return absl::OkStatus();
+  if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
+  const int64_t b = slots.size(), kv = kv_heads_, g = group_, hd = head_dim_;
+  std::vector<bool> seen(max_slots_, false);
+  int max_row = 0, max_length = 0;
+  for (int slot : slots) {
+    if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+    if (seen[slot]) {
+      return absl::InvalidArgumentError(absl::StrCat("Decode: slot ", slot, " appears twice"));
+    }
+    seen[slot] = true;
+    const int row = state_.slot_row[slot], length = state_.row_length[row];
+    if (length + 1 > config_.seq_len) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("context overflow: slot ", slot, " holds ", length,
+                       " positions, one more would exceed seq_len ", config_.seq_len));
+    }
+    max_row = std::max(max_row, row);
+    max_length = std::max(max_length, length + 1);
+  }
+  // Distinct rows all below b are exactly the rows [0, b): compute in physical-row order, so that
+  // the ATen path attends over views of the cache. Otherwise (a subset of the active rows)
+  // compute in caller order, gathering the rows.
+  const bool dense = max_row == b - 1;
+  const int64_t length = max_length;  // attention span of the step: [0, length)
+  const DecodeAttention attention = ChooseDecodeAttention(device_);
+  const bool loops = attention != DecodeAttention::kAten;
+  const bool avx2 = attention == DecodeAttention::kVec8;
+  return RunTorch("Decode", [&]() -> absl::Status {
+    // Step inputs, host side: tokens, positions and rows in the computed order: [3, b].
+    torch::Tensor index = torch::empty({3, b}, torch::kInt64);
+    std::vector<int> order(b);  // computed row i belongs to caller index order[i]
+    int64_t* host = index.data_ptr<int64_t>();
+    for (int64_t i = 0; i < b; ++i) {
+      const int row = state_.slot_row[slots[i]];
+      const int64_t at = dense ? row : i;
+      order[at] = static_cast<int>(i);
+      host[at] = tokens[i];
+      host[b + at] = state_.row_length[row];
+      host[2 * b + at] = row;
+    }
+    // Additive mask for the ATen path: computed row i sees positions <= its own: [b*KV, 1, L].
+    torch::Tensor dev_mask;
+    if (!loops) {
+      torch::Tensor mask = torch::zeros({b * kv, 1, length});
+      float* m = mask.data_ptr<float>();
+      for (int64_t r = 0; r < b * kv; ++r) {
+        std::fill(m + r * length + host[b + r / kv] + 1, m + (r + 1) * length,
+                  -std::numeric_limits<float>::infinity());
+      }
+      dev_mask = mask.to(device_);
+    }
+    const torch::Tensor dev_index = index.to(device_);  // [3, b]
+    const torch::Tensor token_ids = dev_index[0], positions = dev_index[1], rows = dev_index[2];
+    const torch::Tensor rope =
+        weights_.rope.index_select(0, positions).view({b, 1, 1, hd / 2});  // [b, 1, 1, hd/2]
+    // Where row i's new k|v go: (:, rows[i], :, positions[i], :) of the layer's cache.
+    const c10::List<c10::optional<at::Tensor>> put_index(
+        {c10::nullopt, rows, c10::nullopt, positions});
+    torch::Tensor x = at::embedding(weights_.tok_embeddings, token_ids);  // [b, dim]
+    x = RunLayers(x, rope, [&](size_t l, const torch::Tensor& qkv) {
+      torch::Tensor cache = state_.kv[l];  // [2, S, KV, seq_len, hd]
+      if (loops) {                         // 3 ops: scores (storing k, v), softmax, values
+        const int64_t* rows_p = host + 2 * b;
+        const int64_t* positions_p = host + b;
+        const torch::Tensor scores =
+            DecodeScoresCpu(qkv, cache, rows_p, positions_p, length, scale_, avx2);  // [b*KV, G, L]
+        return DecodeValuesCpu(at::softmax(scores, -1), cache, rows_p, positions_p, avx2)
+            .view({b, kv * g * hd});  // [b, H*hd]
+      }
+      // 1 + (dense ? 0 : 1) + 3 ops. New k|v: [b, KV, 2, hd] -> [b, 2, KV, hd].
+      at::index_put_(cache, put_index, qkv.narrow(2, g, 2).permute({0, 2, 1, 3}));
+      const torch::Tensor kv_rows =
+          dense ? cache.narrow(1, 0, b).narrow(3, 0, length)              // [2, b, KV, L, hd] view
+                : cache.narrow(3, 0, length).index_select(1, rows);       // [2, b, KV, L, hd] copy
+      const torch::Tensor k = kv_rows[0].view({b * kv, length, hd});      // [b*KV, L, hd]
+      const torch::Tensor v = kv_rows[1].view({b * kv, length, hd});      // [b*KV, L, hd]
+      const torch::Tensor q = qkv.narrow(2, 0, g).view({b * kv, g, hd});  // [b*KV, G, hd]
+      const torch::Tensor scores =
+          at::baddbmm(dev_mask, q, k.transpose(1, 2), 1.0, scale_);       // [b*KV, G, L]
+      return at::bmm(at::softmax(scores, -1), v).view({b, kv * g * hd});  // [b, H*hd]
+    });
+    const torch::Tensor out = Logits(x).to(torch::kCPU).contiguous();  // [b, vocab]
+    const float* p = out.data_ptr<float>();
+    const int64_t vocab = config_.vocab_size;
+    for (int64_t i = 0; i < b; ++i) {
+      std::memcpy(logits + order[i] * vocab, p + i * vocab, sizeof(float) * vocab);
+    }
+    for (int slot : slots) ++state_.row_length[state_.slot_row[slot]];
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& config,
+                                                            const TensorMap& weights,
+                                                            const TextModelOptions& options) {
+  absl::StatusOr<LlamaConfig> checked = CheckedConfig(config);
+  if (!checked.ok()) return checked.status();
+  const LlamaConfig& c = *checked;
+  if (options.max_slots < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_slots must be at least 1, got ", options.max_slots));
+  }
+  // Shapes and names first: cheap, and the most likely mistakes.
+  const std::vector<NamedShape> expected = ExpectedTensors(c);
+  absl::Status shapes =
+      torch_util::CheckTensorShapes(expected, weights, [](const std::string& name) {
+        return std::string(name == "output.weight"
+                               ? " (the config ties the output to tok_embeddings)"
+                               : "");
+      });
+  if (!shapes.ok()) return shapes;
+  return RunTorch("CreateLlamaModel", [&]() -> absl::StatusOr<std::unique_ptr<TextModel>> {
+    absl::StatusOr<torch::Device> device = torch_util::ParseDevice(options.device);
+    if (!device.ok()) return device.status();
+    std::map<std::string, torch::Tensor> tensors;
+    int64_t parameters = 0;
+    for (const NamedShape& e : expected) {
+      absl::StatusOr<torch::Tensor> t = ToFloatTensor(e.name, weights.at(e.name));
+      if (!t.ok()) return t.status();
+      parameters += t->numel();
+      tensors.emplace(e.name, *std::move(t));
+    }
+    auto model = std::make_unique<LlamaModel>(c, *device, options.max_slots, parameters);
+    model->Load(tensors);
+    return std::unique_ptr<TextModel>(std::move(model));
+  });
+}
+
+absl::StatusOr<TensorMap> RandomLlamaWeights(const LlamaConfig& config, uint64_t seed) {
+  absl::StatusOr<LlamaConfig> checked = CheckedConfig(config);
+  if (!checked.ok()) return checked.status();
+  return RunTorch("RandomLlamaWeights", [&]() -> absl::StatusOr<TensorMap> {
+    // A private generator: the process-wide RNG is neither read nor advanced.
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    const double out_std = 0.02 / std::sqrt(2.0 * checked->n_layers);
+    TensorMap out;
+    for (const NamedShape& e : ExpectedTensors(*checked)) {
+      const bool is_norm = e.shape.size() == 1;
+      const bool is_out_proj =
+          absl::EndsWith(e.name, "wo.weight") || absl::EndsWith(e.name, "w2.weight");
+      const torch::Tensor t = is_norm ? torch::ones(e.shape)
+                                      : at::normal(0.0, is_out_proj ? out_std : 0.02, e.shape, gen);
+      out.emplace(e.name, FromFloatTensor(t));
+    }
+    return out;
+  });
+}
+
+absl::StatusOr<TensorMap> ReadLlama2cCheckpoint(const std::string& path, LlamaConfig* config) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat("no llama2.c checkpoint at ", path));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::PermissionDeniedError(absl::StrCat("cannot open ", path));
+  in.seekg(0, std::ios::end);
+  const int64_t file_size = static_cast<int64_t>(in.tellg());
+  in.seekg(0, std::ios::beg);
+  int32_t raw[7];
+  if (file_size < static_cast<int64_t>(sizeof(raw)) ||
+      !in.read(reinterpret_cast<char*>(raw), sizeof(raw))) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": ", file_size, " bytes, shorter than a llama2.c header"));
+  }
+  const std::vector<int32_t> header(raw, raw + 7);
+  const int64_t dim = header[0], hidden = header[1], n_layers = header[2], n_heads = header[3],
+                n_kv_heads = header[4], seq_len = header[6];
+  const bool shared = header[5] > 0;  // a negative vocab_size: an untied classifier follows
+  const int64_t vocab = std::abs(static_cast<int64_t>(header[5]));
+  constexpr int64_t kMax = int64_t{1} << 20;  // keeps every size product below 2^63
+  for (int64_t v : {dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len}) {
+    if (v <= 0 || v > kMax) {
+      return absl::DataLossError(
+          absl::StrCat(path, ": implausible llama2.c header [", absl::StrJoin(header, ", "), "]"));
+    }
+  }
+  if (dim % n_heads != 0 || n_heads % n_kv_heads != 0 || (dim / n_heads) % 2 != 0) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": inconsistent llama2.c header [", absl::StrJoin(header, ", "), "]"));
+  }
+  const int64_t hd = dim / n_heads, kv_dim = n_kv_heads * hd;
+  // Floats in run.c's order (memory_map_weights), counted in 128 bits.
+  const __int128 layer_floats =
+      dim + dim * dim + 2 * kv_dim * dim + dim * dim + dim + 3 * hidden * dim;  // one layer, < 2^44
+  const __int128 floats =
+      vocab * dim + layer_floats * n_layers + dim + seq_len * hd + (shared ? 0 : vocab * dim);
+  const __int128 expected_size = static_cast<__int128>(sizeof(raw)) + 4 * floats;
+  if (file_size != expected_size) {
+    return absl::DataLossError(absl::StrCat(path, ": ", file_size,
+                                            " bytes, but a llama2.c checkpoint with header [",
+                                            absl::StrJoin(header, ", "), "] has ",
+                                            expected_size <= std::numeric_limits<int64_t>::max()
+                                                ? absl::StrCat(static_cast<int64_t>(expected_size))
+                                                : std::string("over 2^63"),
+                                            " (truncated, or not a llama2.c legacy checkpoint)"));
+  }
+
+  TensorMap out;
+  // Reads count floats into one tensor of the given shape.
+  auto read = [&](std::vector<int64_t> shape) -> TensorData {
+    TensorData t;
+    t.dtype = DType::kF32;
+    t.bytes.resize(Numel(shape) * sizeof(float));
+    in.read(t.bytes.data(), t.bytes.size());
+    t.shape = std::move(shape);
+    return t;
+  };
+  // Reads one [n_layers, rows, cols] block into per-layer tensors.
+  auto read_layers = [&](const char* suffix, std::vector<int64_t> shape) {
+    for (int64_t l = 0; l < n_layers; ++l) out[LayerName(l, suffix)] = read(shape);
+  };
+  out["tok_embeddings.weight"] = read({vocab, dim});
+  read_layers("attention_norm.weight", {dim});
+  read_layers("attention.wq.weight", {dim, dim});
+  read_layers("attention.wk.weight", {kv_dim, dim});
+  read_layers("attention.wv.weight", {kv_dim, dim});
+  read_layers("attention.wo.weight", {dim, dim});
+  read_layers("ffn_norm.weight", {dim});
+  read_layers("feed_forward.w1.weight", {hidden, dim});
+  read_layers("feed_forward.w2.weight", {dim, hidden});
+  read_layers("feed_forward.w3.weight", {hidden, dim});
+  out["norm.weight"] = read({dim});
+  in.seekg(static_cast<std::streamoff>(seq_len * hd * sizeof(float)), std::ios::cur);  // freq_cis
+  if (!shared) out["output.weight"] = read({vocab, dim});
+  if (!in) return absl::DataLossError(absl::StrCat(path, ": read failed"));
+
+  LlamaConfig c;
+  c.dim = static_cast<int>(dim);
+  c.hidden_dim = static_cast<int>(hidden);
+  c.n_layers = static_cast<int>(n_layers);
+  c.n_heads = static_cast<int>(n_heads);
+  c.n_kv_heads = static_cast<int>(n_kv_heads);
+  c.vocab_size = static_cast<int>(vocab);
+  c.seq_len = static_cast<int>(seq_len);
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  c.tie_embeddings = shared;
+  c.bos_id = 1;
+  c.eos_id = 2;
+  if (absl::Status s = c.Normalize(); !s.ok()) {
+    return absl::DataLossError(absl::StrCat(path, ": ", s.message()));
+  }
+  *config = c;
+  return out;
+}
+
+}  // namespace tandem

@@ -1,0 +1,124 @@
+#include "models/llama/llama_train_net.h"
+
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "models/llama/llama.h"
+#include "models/torch/torch_util.h"
+
+namespace tandem {
+
+using torch_util::ShapeString;
+
+absl::StatusOr<std::unique_ptr<LlamaTrainNet>> LlamaTrainNet::Create(const LlamaConfig& config,
+                                                                     const TensorMap& weights,
+                                                                     const std::string& device) {
+  LlamaConfig c = config;
+  if (absl::Status s = c.Normalize(); !s.ok()) return s;
+  return torch_util::CatchTorch(
+      "LlamaTrainNet::Create", [&]() -> absl::StatusOr<std::unique_ptr<LlamaTrainNet>> {
+        absl::StatusOr<torch::Device> dev = torch_util::ParseDevice(device);
+        if (!dev.ok()) return dev.status();
+        std::unique_ptr<LlamaTrainNet> net(new LlamaTrainNet(c, *dev));
+        for (const LlamaTensorShape& e : LlamaTensorShapes(c)) {
+          auto it = weights.find(e.name);
+          if (it == weights.end()) {
+            return absl::InvalidArgumentError(absl::StrCat("missing tensor ", e.name));
+          }
+          if (it->second.shape != e.shape) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("tensor ", e.name, " has shape ", ShapeString(it->second.shape),
+                             ", the config needs ", ShapeString(e.shape)));
+          }
+          absl::StatusOr<torch::Tensor> t = torch_util::ToFloatTensor(e.name, it->second);
+          if (!t.ok()) return t.status();
+          torch::Tensor p = t->to(*dev).set_requires_grad(true);
+          net->params_.emplace_back(e.name, p);
+          net->by_name_.emplace(e.name, p);
+        }
+        std::sort(net->params_.begin(), net->params_.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        // Rotary tables, in double as in llama.cc: angle(pos, i) = pos * theta^(-2i/hd).
+        const int64_t hd = c.head_dim();
+        const torch::Tensor inv_freq = torch::pow(
+            c.rope_theta, -torch::arange(0, hd, 2, torch::kFloat64) / static_cast<double>(hd));
+        const torch::Tensor angle =
+            torch::outer(torch::arange(c.seq_len, torch::kFloat64), inv_freq);  // [S, hd/2]
+        net->cos_ = angle.cos().to(torch::kFloat32).to(*dev);
+        net->sin_ = angle.sin().to(torch::kFloat32).to(*dev);
+        return net;
+      });
+}
+
+const torch::Tensor& LlamaTrainNet::P(const std::string& name) const { return by_name_.at(name); }
+
+namespace {
+
+// x: [..., dim] -> x * rsqrt(mean(x^2) + eps) * gain.
+torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& gain, double eps) {
+  return x * torch::rsqrt(x.square().mean(-1, /*keepdim=*/true) + eps) * gain;
+}
+
+// Rotates the interleaved pairs (2i, 2i+1) of every head. x: [B, T, H, hd]; cos/sin [T, hd/2].
+torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const auto b = x.size(0), t = x.size(1), h = x.size(2), hd = x.size(3);
+  torch::Tensor pairs = x.reshape({b, t, h, hd / 2, 2});  // [B, T, H, hd/2, 2]
+  torch::Tensor x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);  // [B, T, H, hd/2]
+  torch::Tensor c = cos.view({1, t, 1, hd / 2}), s = sin.view({1, t, 1, hd / 2});
+  return torch::stack({x0 * c - x1 * s, x0 * s + x1 * c}, -1).reshape({b, t, h, hd});
+}
+
+}  // namespace
+
+torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens) const {
+  const LlamaConfig& c = config_;
+  const int64_t b = tokens.size(0), t = tokens.size(1);
+  const int64_t hd = c.head_dim(), h = c.n_heads, kv = c.n_kv_heads, g = h / kv;
+  TORCH_CHECK(t <= c.seq_len, "sequence of ", t, " tokens exceeds seq_len ", c.seq_len);
+  const torch::Tensor cos = cos_.narrow(0, 0, t), sin = sin_.narrow(0, 0, t);  // [T, hd/2]
+  // Additive causal mask: 0 on and below the diagonal, -inf above.
+  const torch::Tensor mask =
+      torch::full({t, t}, -INFINITY, torch::TensorOptions().device(device_)).triu(1);  // [T, T]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  torch::Tensor x = torch::embedding(P("tok_embeddings.weight"), tokens);  // [B, T, dim]
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    torch::Tensor hn = RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps);  // [B, T, dim]
+    torch::Tensor q = torch::linear(hn, P(p + "attention.wq.weight")).view({b, t, h, hd});
+    torch::Tensor k = torch::linear(hn, P(p + "attention.wk.weight")).view({b, t, kv, hd});
+    torch::Tensor v = torch::linear(hn, P(p + "attention.wv.weight")).view({b, t, kv, hd});
+    q = Rope(q, cos, sin);
+    k = Rope(k, cos, sin);
+    // Grouped-query attention: query head j attends with kv head j / g, so the g query heads of
+    // a group are stacked as extra rows instead of repeating K and V.
+    torch::Tensor qg = q.view({b, t, kv, g, hd}).permute({0, 2, 3, 1, 4})
+                           .reshape({b, kv, g * t, hd});     // [B, KV, G*T, hd]
+    torch::Tensor kt = k.permute({0, 2, 3, 1});               // [B, KV, hd, T]
+    torch::Tensor vt = v.permute({0, 2, 1, 3});               // [B, KV, T, hd]
+    torch::Tensor scores = torch::matmul(qg, kt).mul(scale)   // [B, KV, G*T, T]
+                               .view({b, kv, g, t, t}).add(mask);
+    torch::Tensor probs = torch::softmax(scores, -1).view({b, kv, g * t, t});
+    torch::Tensor att = torch::matmul(probs, vt)              // [B, KV, G*T, hd]
+                            .view({b, kv, g, t, hd}).permute({0, 3, 1, 2, 4})
+                            .reshape({b, t, h * hd});         // [B, T, H*hd]
+    x = x + torch::linear(att, P(p + "attention.wo.weight"));
+    hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps);
+    torch::Tensor gate = torch::silu(torch::linear(hn, P(p + "feed_forward.w1.weight")));
+    torch::Tensor up = torch::linear(hn, P(p + "feed_forward.w3.weight"));  // [B, T, hidden]
+    x = x + torch::linear(gate * up, P(p + "feed_forward.w2.weight"));
+  }
+  x = RmsNorm(x, P("norm.weight"), c.norm_eps);
+  const torch::Tensor& out = c.tie_embeddings ? P("tok_embeddings.weight") : P("output.weight");
+  return torch::linear(x, out);  // [B, T, vocab]
+}
+
+LlamaTrainNet::TensorMap LlamaTrainNet::ExportWeights() const {
+  TensorMap out;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, p] : params_) out[name] = torch_util::FromFloatTensor(p.detach());
+  return out;
+}
+
+}  // namespace tandem

@@ -1,0 +1,60 @@
+// LlamaTrainNet: the Llama decoder of llama.cc as differentiable LibTorch parameters, for
+// training. Same math and the same safetensors weight names (see models/llama.h); plain autograd
+// ops instead of the serving path's fused, cache-based kernels. The forward is causal over whole
+// packed sequences (no KV cache).
+//
+// This header includes <torch/torch.h>: include it only from the trainer's LibTorch translation
+// units and tests. Methods may throw c10::Error; callers catch at their torch boundary
+// (torch_util::CatchTorch). Not thread-safe.
+#ifndef TANDEM_MODELS_LLAMA_LLAMA_TRAIN_NET_H_
+#define TANDEM_MODELS_LLAMA_LLAMA_TRAIN_NET_H_
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/llama/llama_config.h"
+#include "models/formats/safetensors.h"
+
+namespace tandem {
+
+class LlamaTrainNet {
+ public:
+  using TensorMap = std::map<std::string, TensorData>;
+
+  // Parameters on `device` from `weights` (every tensor of the config, with its shape:
+  // INVALID_ARGUMENT naming the first wrong one).
+  static absl::StatusOr<std::unique_ptr<LlamaTrainNet>> Create(const LlamaConfig& config,
+                                                               const TensorMap& weights,
+                                                               const std::string& device);
+
+  const LlamaConfig& config() const { return config_; }
+  const torch::Device& device() const { return device_; }
+  // (safetensors name, leaf tensor with requires_grad), in name order.
+  const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }
+
+  // tokens: [B, T] int64 (T <= seq_len), positions 0..T-1 -> logits [B, T, vocab] float32.
+  torch::Tensor Forward(const torch::Tensor& tokens) const;
+
+  // The parameters as float32 CPU tensors (for checkpoints and model export).
+  TensorMap ExportWeights() const;
+
+ private:
+  LlamaTrainNet(LlamaConfig config, torch::Device device) : config_(config), device_(device) {}
+  const torch::Tensor& P(const std::string& name) const;
+
+  LlamaConfig config_;
+  torch::Device device_;
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::map<std::string, torch::Tensor> by_name_;
+  torch::Tensor cos_, sin_;  // [seq_len, head_dim/2] rotary tables (no gradient)
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_MODELS_LLAMA_LLAMA_TRAIN_NET_H_

@@ -1,0 +1,24 @@
+// Compute devices as LibTorch sees them, behind a torch-free header.
+#ifndef TANDEM_MODELS_TORCH_DEVICE_H_
+#define TANDEM_MODELS_TORCH_DEVICE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace tandem {
+
+// Number of CUDA devices LibTorch can use (0 on a CPU-only build or machine).
+int CudaDeviceCount();
+
+// Parses --devices: "auto" (every CUDA device, else "cpu"), "cpu", or "cuda:0,cuda:1,...".
+// INVALID_ARGUMENT for a malformed name, FAILED_PRECONDITION for a CUDA device that is absent.
+absl::StatusOr<std::vector<std::string>> ResolveDevices(const std::string& flag);
+
+// Sets LibTorch's intra-op threads (<= 0: all cores) and returns the number in effect.
+int SetComputeThreads(int threads);
+
+}  // namespace tandem
+
+#endif  // TANDEM_MODELS_TORCH_DEVICE_H_

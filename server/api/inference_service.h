@@ -1,0 +1,42 @@
+// InferenceService: the tandem.v1.Inference gRPC front end. A thin adapter (gRPC callback API):
+// each Generate validates the request, tokenizes the prompt, and hands a TextRequest with a
+// per-RPC outbox to the worker pool; it never blocks and never touches a model. The device loop
+// fills the outbox; the reactor drains it with one write in flight.
+#ifndef TANDEM_SERVER_API_INFERENCE_SERVICE_H_
+#define TANDEM_SERVER_API_INFERENCE_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "server/metrics/metrics.h"
+#include "server/core/model_registry.h"
+#include "server/api/stream_outbox.h"
+#include "server/api/validation.h"
+#include "server/core/worker_pool.h"
+#include "tandem/v1/inference.grpc.pb.h"
+
+namespace tandem {
+
+class InferenceService final : public tandem::v1::Inference::CallbackService {
+ public:
+  // Does not own its arguments; they must outlive the service. metrics may be null.
+  InferenceService(ModelRegistry* registry, WorkerPool* pool, Metrics* metrics,
+                   RequestLimits limits);
+
+  grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const tandem::v1::ListModelsRequest* request,
+                                       tandem::v1::ListModelsResponse* response) override;
+
+ private:
+  ModelRegistry* registry_;
+  WorkerPool* pool_;
+  Metrics* metrics_;
+  RequestLimits limits_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_SERVER_API_INFERENCE_SERVICE_H_

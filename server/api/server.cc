@@ -1,0 +1,111 @@
+#include "server/api/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/api/inference_service.h"
+#include "server/metrics/metrics.h"
+#include "server/core/model_registry.h"
+#include "server/jobs/train_spec.h"
+#include "server/jobs/train_manager.h"
+#include "server/api/training_service.h"
+#include "server/core/worker_pool.h"
+
+namespace tandem {
+Server::Server() = default;
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
+  std::unique_ptr<Server> server(new Server());
+  server->metrics_ = std::make_unique<Metrics>();
+
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> registry =
+      ModelRegistry::Create(options.models_dir, options.default_model);
+  if (!registry.ok()) return registry.status();
+  server->registry_ = *std::move(registry);
+  for (const auto& e : server->registry_->List()) {
+    server->metrics_->model_info
+        .Add({{"name", e->name},
+              {"kind", e->dir.kind == ModelKind::kText ? "text" : "image"},
+              {"version", absl::StrCat(e->version)}})
+        .Set(static_cast<double>(e->parameters));
+  }
+
+  WorkerPoolOptions pool_options;
+  pool_options.devices = options.devices;
+  pool_options.max_sequences_per_device = options.max_sequences_per_device;
+  pool_options.max_images_per_device = options.max_images_per_device;
+  pool_options.max_pending = options.max_pending;
+  pool_options.prefill_token_budget = options.prefill_token_budget;
+  absl::StatusOr<std::unique_ptr<WorkerPool>> pool =
+      WorkerPool::Create(pool_options, server->registry_.get(), server->metrics_.get());
+  if (!pool.ok()) return pool.status();
+  server->pool_ = *std::move(pool);
+
+  server->inference_ = std::make_unique<InferenceService>(
+      server->registry_.get(), server->pool_.get(), server->metrics_.get(), options.limits);
+  if (!options.state_dir.empty()) {
+    TrainManagerOptions topts;
+    topts.state_dir = options.state_dir;
+    topts.data_dir = options.data_dir;
+    topts.keep_checkpoints = options.keep_checkpoints;
+    topts.memory_budget_bytes = options.train_memory_limit_mb > 0
+                                    ? options.train_memory_limit_mb * (int64_t{1} << 20)
+                                    : DefaultTrainingMemoryBudget();
+    absl::StatusOr<std::unique_ptr<TrainManager>> manager = TrainManager::Create(
+        topts, server->registry_.get(), server->pool_.get(), server->metrics_.get());
+    if (!manager.ok()) {
+      server->pool_->Stop();
+      return manager.status();
+    }
+    server->train_manager_ = *std::move(manager);
+  }
+  server->training_ = std::make_unique<TrainingService>(server->train_manager_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->inference_.get());
+  builder.RegisterService(server->training_.get());
+  server->grpc_server_ = builder.BuildAndStart();
+  if (!server->grpc_server_ || server->port_ == 0) {
+    if (server->train_manager_) server->train_manager_->Stop();
+    server->pool_->Stop();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
+                                               " (address in use or not local?)"));
+  }
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+
+  if (!options.metrics_listen.empty()) {
+    absl::StatusOr<int> mport = server->metrics_->StartHttp(options.metrics_listen);
+    if (!mport.ok()) {
+      server->Shutdown(absl::ZeroDuration());
+      return mport.status();
+    }
+    server->metrics_port_ = *mport;
+  }
+  return server;
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc_server_) grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  // Training jobs stop at their next micro-step (checkpointing at a step boundary) while the
+  // loops still run; they resume at the next start. Watch calls end UNAVAILABLE.
+  if (train_manager_) train_manager_->Stop();
+  if (grpc_server_) {
+    // New calls are refused at once; in-flight streams get `grace` to finish, then are
+    // cancelled, which the device loops notice before their next step.
+    grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                           absl::ToChronoSeconds(grace));
+  }
+  if (pool_) pool_->Stop();
+  if (metrics_) metrics_->StopHttp();
+}
+
+}  // namespace tandem

@@ -1,0 +1,76 @@
+// Server: tandemd's parts wired together — model registry, worker pool (device loops), the gRPC
+// services (Inference, Training, health, reflection) and the metrics endpoint. Tests create one
+// in-process on port 0. Create starts everything; Shutdown stops it gracefully.
+#ifndef TANDEM_SERVER_API_SERVER_H_
+#define TANDEM_SERVER_API_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/api/validation.h"
+
+namespace grpc {
+class Server;
+class Service;
+}
+
+namespace tandem {
+
+class InferenceService;
+class Metrics;
+class ModelRegistry;
+class TrainManager;
+class WorkerPool;
+
+struct ServerOptions {
+  std::string listen = "0.0.0.0:50051";  // port 0 picks a free port (see Server::port)
+  std::string models_dir;
+  std::string default_model;
+  std::string data_dir;   // training datasets: a job's dataset is a path under it
+  std::string state_dir;  // job database, checkpoints, trained models; empty disables training
+  int keep_checkpoints = 3;          // newest checkpoints kept per job
+  int64_t train_memory_limit_mb = 0; // estimated training memory allowed per job; 0: half the RAM
+  std::string metrics_listen = "0.0.0.0:9090";  // empty disables the HTTP endpoint
+  std::vector<std::string> devices = {"cpu"};
+  int max_sequences_per_device = 32;
+  int max_images_per_device = 16;
+  int max_pending = 256;
+  int prefill_token_budget = 1024;
+  RequestLimits limits;
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Create(const ServerOptions& options);
+  ~Server();
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
+  ModelRegistry* registry() { return registry_.get(); }
+  Metrics* metrics() { return metrics_.get(); }
+
+  // Stops accepting calls (health turns NOT_SERVING), lets in-flight streams finish for at most
+  // `grace`, cancels the rest, then stops the device loops. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  Server();
+
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ModelRegistry> registry_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<TrainManager> train_manager_;
+  std::unique_ptr<grpc::Service> training_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  int port_ = 0;
+  int metrics_port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_SERVER_API_SERVER_H_

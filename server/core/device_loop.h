@@ -1,0 +1,100 @@
+// DeviceLoop: the single thread that owns one device (the CPU, or one CUDA GPU) and every model
+// instance on it. All model work for that device runs here, so models need no locks: other
+// threads hand work in through Submit/Post, which never block on model work.
+//
+// Each pass of the loop runs the posted closures (among them at most one training micro-step per
+// running job, see TrainManager), then one iteration of each workload that has work (an LLM
+// decode iteration, a batched denoising step), and sleeps only when there is nothing to do.
+#ifndef TANDEM_SERVER_CORE_DEVICE_LOOP_H_
+#define TANDEM_SERVER_CORE_DEVICE_LOOP_H_
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/metrics/metrics.h"
+#include "server/core/image_workload.h"
+#include "server/core/model_registry.h"
+#include "server/core/text_workload.h"
+
+namespace tandem {
+
+struct DeviceLoopOptions {
+  std::string device = "cpu";
+  int max_sequences = 32;  // KV slots per text model on this device
+  int max_images = 16;     // images denoised at once per image model on this device
+  int prefill_token_budget = 1024;
+};
+
+class DeviceLoop {
+ public:
+  // Instantiates every model of `registry` on the device (so the first request pays no load),
+  // then starts the thread. The registry must outlive the loop; metrics may be null.
+  static absl::StatusOr<std::unique_ptr<DeviceLoop>> Create(DeviceLoopOptions options,
+                                                            ModelRegistry* registry,
+                                                            Metrics* metrics);
+  ~DeviceLoop();  // Stop()s
+
+  // Hands a request to the loop. Its stream is finished by the loop, whatever happens.
+  void Submit(std::unique_ptr<TextRequest> request);
+  void Submit(std::unique_ptr<ImageRequest> request);
+  // Runs `fn` on the loop thread before the next iteration.
+  void Post(absl::AnyInvocable<void()> fn);
+  // Like Post, but refuses (returns false, `fn` not run) once the loop is stopping. Training
+  // runs each micro-step through this: one posted micro-step per pass of the loop, between
+  // inference iterations, so a stream waits at most one micro-step.
+  bool TryPost(absl::AnyInvocable<void()>& fn);
+  // Requests submitted and not yet finished (for load balancing).
+  int load() const { return load_.load(std::memory_order_relaxed); }
+  const std::string& device() const { return options_.device; }
+
+  // Ends every request still here with UNAVAILABLE and joins the thread. Idempotent.
+  void Stop();
+
+ private:
+  DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metrics* metrics);
+  void Run();
+  // The device's instance of `entry` (loaded on first use or when the entry is newer).
+  absl::StatusOr<std::shared_ptr<TextModel>> TextInstance(const ModelEntry& entry);
+  absl::StatusOr<std::shared_ptr<ImageModel>> ImageInstance(const ModelEntry& entry);
+  // Counts the request in load_ and wraps its on_done to count it out.
+  template <typename Request>
+  void Track(Request& request);
+  // Hands the request to `workload` on the loop thread (or finishes it if the loop is stopping).
+  template <typename Request, typename Workload>
+  void Enqueue(std::unique_ptr<Request> request, Workload* workload);
+
+  const DeviceLoopOptions options_;
+  ModelRegistry* const registry_;
+  Metrics* const metrics_;
+  std::atomic<int> load_{0};
+
+  absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void()>> inbox_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Loop-thread state.
+  template <typename Model>
+  struct Instance {
+    int64_t version = 0;
+    std::shared_ptr<Model> model;
+  };
+  std::map<std::string, Instance<TextModel>> text_instances_;
+  std::map<std::string, Instance<ImageModel>> image_instances_;
+  std::unique_ptr<TextWorkload> text_;
+  std::unique_ptr<ImageWorkload> image_;
+  prometheus::Counter* busy_text_ = nullptr;
+  prometheus::Counter* busy_image_ = nullptr;
+  std::thread thread_;
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_SERVER_CORE_DEVICE_LOOP_H_

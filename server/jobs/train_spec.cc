@@ -1,0 +1,361 @@
+#include "server/jobs/train_spec.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace tandem {
+namespace {
+
+namespace fs = std::filesystem;
+using tandem::v1::TrainJobSpec;
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+// True when `path` (canonical) is `root` (canonical) or inside it.
+bool Within(const fs::path& root, const fs::path& path) {
+  auto r = root.begin(), p = path.begin();
+  for (; r != root.end(); ++r, ++p) {
+    if (p == path.end() || *r != *p) return false;
+  }
+  return true;
+}
+
+// The dataset's absolute path, confined to data_dir; every file of a folder is checked too (a
+// symlinked file inside could lead out).
+absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std::string& data_dir,
+                                           bool text) {
+  if (data_dir.empty()) {
+    return absl::FailedPreconditionError(
+        "this server has no --data_dir: training datasets must live under it");
+  }
+  if (dataset.empty()) return Invalid("dataset is required: a path relative to --data_dir");
+  const fs::path rel(dataset);
+  if (rel.is_absolute()) {
+    return Invalid(absl::StrCat("dataset \"", dataset,
+                                "\" must be a path relative to --data_dir, not absolute"));
+  }
+  for (const auto& part : rel) {
+    if (part == "..") {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\" must not contain \"..\""));
+    }
+  }
+  std::error_code ec;
+  const fs::path root = fs::canonical(data_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat("--data_dir ", data_dir, ": ", ec.message()));
+  }
+  const fs::path joined = root / rel;
+  if (!fs::exists(joined, ec)) {
+    return absl::NotFoundError(absl::StrCat("dataset \"", dataset, "\" does not exist under --data_dir"));
+  }
+  const fs::path real = fs::canonical(joined, ec);
+  if (ec || !Within(root, real)) {
+    return Invalid(absl::StrCat("dataset \"", dataset,
+                                "\" leads outside --data_dir (through a symlink)"));
+  }
+  if (fs::is_regular_file(real)) {
+    if (!text) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\" is a file; an image dataset is a "
+                                  "Fashion-MNIST folder or an image folder with metadata.jsonl"));
+    }
+    if (fs::file_size(real, ec) == 0) return Invalid(absl::StrCat("dataset \"", dataset, "\" is empty"));
+    return real.string();
+  }
+  if (!fs::is_directory(real)) return Invalid(absl::StrCat("dataset \"", dataset, "\" is not a file or folder"));
+  int64_t usable = 0;
+  for (auto it = fs::recursive_directory_iterator(real, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    const fs::path target = fs::canonical(it->path(), ec);
+    if (ec) break;
+    if (!Within(root, target)) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\": ",
+                                  fs::relative(it->path(), root).string(),
+                                  " leads outside --data_dir (through a symlink)"));
+    }
+    if (fs::is_regular_file(target) && fs::file_size(target, ec) > 0 &&
+        (!text || it->path().extension() == ".txt")) {
+      ++usable;
+    }
+  }
+  if (ec) return Invalid(absl::StrCat("dataset \"", dataset, "\": ", ec.message()));
+  if (text && usable == 0) {
+    return Invalid(absl::StrCat("dataset folder \"", dataset, "\" has no non-empty .txt files"));
+  }
+  if (!text) {
+    const bool mnist = fs::exists(real / "train-images-idx3-ubyte.gz") &&
+                       fs::exists(real / "train-labels-idx1-ubyte.gz");
+    const bool folder = fs::exists(real / "metadata.jsonl");
+    if (!mnist && !folder) {
+      return Invalid(absl::StrCat(
+          "dataset folder \"", dataset,
+          "\" is neither Fashion-MNIST ({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz) nor an "
+          "image folder with metadata.jsonl"));
+    }
+    if (folder && fs::file_size(real / "metadata.jsonl", ec) == 0) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\": metadata.jsonl is empty"));
+    }
+  }
+  return real.string();
+}
+
+absl::Status Hyper(tandem::v1::Hyperparameters* h, Hyperparams* out) {
+  if (h->steps() <= 0 || h->steps() > 100000000) {
+    return Invalid(absl::StrCat("hyperparameters.steps (", h->steps(), ") must be in [1, 1e8]"));
+  }
+  if (h->batch_size() == 0) h->set_batch_size(16);
+  if (h->batch_size() < 0 || h->batch_size() > 4096) {
+    return Invalid(absl::StrCat("batch_size (", h->batch_size(), ") must be in [1, 4096]"));
+  }
+  if (h->grad_accum() == 0) h->set_grad_accum(1);
+  if (h->grad_accum() < 0 || h->grad_accum() > 1024) {
+    return Invalid(absl::StrCat("grad_accum (", h->grad_accum(), ") must be in [1, 1024]"));
+  }
+  if (h->lr() == 0) h->set_lr(1e-3);
+  if (!(h->lr() > 0 && h->lr() <= 1)) {
+    return Invalid(absl::StrCat("lr (", h->lr(), ") must be in (0, 1]"));
+  }
+  if (h->min_lr() == 0) h->set_min_lr(h->lr() / 10);
+  if (!(h->min_lr() > 0 && h->min_lr() <= h->lr())) {
+    return Invalid(absl::StrCat("min_lr (", h->min_lr(), ") must be in (0, lr]"));
+  }
+  if (h->warmup_steps() == 0) h->set_warmup_steps(std::min<int64_t>(100, h->steps() / 20));
+  if (h->warmup_steps() < 0 || h->warmup_steps() >= h->steps()) {
+    return Invalid(absl::StrCat("warmup_steps (", h->warmup_steps(), ") must be in [0, steps)"));
+  }
+  if (!(h->weight_decay() >= 0 && h->weight_decay() < 1)) {
+    return Invalid(absl::StrCat("weight_decay (", h->weight_decay(), ") must be in [0, 1)"));
+  }
+  if (h->beta1() == 0) h->set_beta1(0.9);
+  if (h->beta2() == 0) h->set_beta2(0.95);
+  if (!(h->beta1() > 0 && h->beta1() < 1) || !(h->beta2() > 0 && h->beta2() < 1)) {
+    return Invalid("beta1 and beta2 must be in (0, 1)");
+  }
+  if (h->grad_clip() == 0) h->set_grad_clip(1.0);
+  if (!(h->grad_clip() > 0) || !std::isfinite(h->grad_clip())) {
+    return Invalid(absl::StrCat("grad_clip (", h->grad_clip(), ") must be positive"));
+  }
+  if (h->eval_every() == 0) h->set_eval_every(std::max<int64_t>(1, h->steps() / 10));
+  if (h->checkpoint_every() == 0) h->set_checkpoint_every(h->eval_every());
+  if (h->eval_every() < 0 || h->checkpoint_every() < 0) {
+    return Invalid("eval_every and checkpoint_every must be positive (0: the default)");
+  }
+  if (h->seed() == 0) h->set_seed(1);
+  if (h->caption_dropout() == 0) h->set_caption_dropout(0.1);
+  if (!(h->caption_dropout() >= 0 && h->caption_dropout() < 1)) {
+    return Invalid(absl::StrCat("caption_dropout (", h->caption_dropout(), ") must be in [0, 1)"));
+  }
+  if (h->holdout_fraction() == 0) h->set_holdout_fraction(0.1);
+  if (!(h->holdout_fraction() > 0 && h->holdout_fraction() <= 0.5)) {
+    return Invalid(absl::StrCat("holdout_fraction (", h->holdout_fraction(), ") must be in (0, 0.5]"));
+  }
+  out->steps = h->steps();
+  out->batch_size = h->batch_size();
+  out->grad_accum = h->grad_accum();
+  out->lr = h->lr();
+  out->min_lr = h->min_lr();
+  out->warmup_steps = h->warmup_steps();
+  out->weight_decay = h->weight_decay();
+  out->beta1 = h->beta1();
+  out->beta2 = h->beta2();
+  out->grad_clip = h->grad_clip();
+  out->decay_norms_and_embeddings = h->decay_norms_and_embeddings();
+  out->eval_every = h->eval_every();
+  out->checkpoint_every = h->checkpoint_every();
+  out->seed = h->seed();
+  out->caption_dropout = h->caption_dropout();
+  out->holdout_fraction = h->holdout_fraction();
+  return absl::OkStatus();
+}
+
+absl::Status TextConfig(tandem::v1::TextModelConfig* m, LlamaConfig* c) {
+  if (m->vocab_size() == 0) m->set_vocab_size(1024);
+  if (m->dim() == 0) m->set_dim(256);
+  if (m->layers() == 0) m->set_layers(4);
+  if (m->heads() == 0) m->set_heads(8);
+  if (m->kv_heads() == 0) m->set_kv_heads(m->heads());
+  if (m->seq_len() == 0) m->set_seq_len(256);
+  c->vocab_size = m->vocab_size();
+  c->dim = m->dim();
+  c->n_layers = m->layers();
+  c->n_heads = m->heads();
+  c->n_kv_heads = m->kv_heads();
+  c->seq_len = m->seq_len();
+  c->hidden_dim = m->hidden_dim();
+  c->tie_embeddings = m->tie_embeddings();
+  if (m->vocab_size() < 260) {
+    return Invalid(absl::StrCat("text_model.vocab_size (", m->vocab_size(),
+                                ") must be at least 260: 3 control pieces and 256 byte pieces "
+                                "come first"));
+  }
+  if (m->heads() > 0 && m->dim() % m->heads() != 0) {
+    return Invalid(absl::StrCat("text_model.heads (", m->heads(), ") must divide dim (", m->dim(), ")"));
+  }
+  if (absl::Status s = c->Normalize(); !s.ok()) {
+    return Invalid(absl::StrCat("text_model: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ImageConfig(tandem::v1::ImageModelConfig* m, DiffusionConfig* c) {
+  if (m->image_size() != 0) c->image_size = m->image_size();
+  if (m->channels() != 0) c->channels = m->channels();
+  if (m->unet_widths_size() > 0) c->unet_widths.assign(m->unet_widths().begin(), m->unet_widths().end());
+  if (m->res_blocks() != 0) c->res_blocks = m->res_blocks();
+  if (m->attention_levels_size() > 0) {
+    c->attention_levels.assign(m->attention_levels().begin(), m->attention_levels().end());
+  }
+  if (m->text_dim() != 0) c->text_dim = m->text_dim();
+  if (m->text_layers() != 0) c->text_layers = m->text_layers();
+  if (m->text_heads() != 0) c->text_heads = m->text_heads();
+  if (m->text_seq_len() != 0) c->text_seq_len = m->text_seq_len();
+  if (m->vocab_size() != 0) c->vocab_size = m->vocab_size();
+  if (m->diffusion_steps() != 0) c->diffusion_steps = m->diffusion_steps();
+  if (m->v_prediction()) c->prediction = "v";
+  if (absl::Status s = c->Normalize(); !s.ok()) {
+    return Invalid(absl::StrCat("image_model: ", s.message()));
+  }
+  // Write the effective config back so the stored spec says what runs.
+  m->set_image_size(c->image_size);
+  m->set_channels(c->channels);
+  m->mutable_unet_widths()->Assign(c->unet_widths.begin(), c->unet_widths.end());
+  m->set_res_blocks(c->res_blocks);
+  m->mutable_attention_levels()->Assign(c->attention_levels.begin(), c->attention_levels.end());
+  m->set_text_dim(c->text_dim);
+  m->set_text_layers(c->text_layers);
+  m->set_text_heads(c->text_heads);
+  m->set_text_seq_len(c->text_seq_len);
+  m->set_vocab_size(c->vocab_size);
+  m->set_diffusion_steps(c->diffusion_steps);
+  return absl::OkStatus();
+}
+
+bool ValidName(const std::string& name) {
+  if (name.empty() || name.size() > 128) return false;
+  for (char ch : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.')) {
+      return false;
+    }
+  }
+  return name != "." && name != "..";
+}
+
+std::string MiB(int64_t bytes) { return absl::StrFormat("%.0f MiB", bytes / 1048576.0); }
+
+}  // namespace
+
+int64_t EstimateTrainingBytes(const TrainOptions& o) {
+  const double b = o.hyper.batch_size;
+  double params, activations;
+  if (o.kind == ModelKind::kText) {
+    const LlamaConfig& c = o.llama;
+    params = static_cast<double>(c.ParameterCount());
+    const double t = c.seq_len, d = c.dim, h = c.hidden_dim, heads = c.n_heads;
+    // Per token: saved activations of every layer (norms, q/k/v, rotary, scores and
+    // probabilities, SwiGLU) plus logits, their softmax and gradient.
+    activations = b * t * (c.n_layers * (12 * d + 4 * h + 2 * heads * t) + 3.0 * c.vocab_size);
+  } else {
+    const DiffusionConfig& c = o.diffusion;
+    params = static_cast<double>(c.ParameterCount());
+    activations = 0;
+    for (size_t l = 0; l < c.unet_widths.size(); ++l) {
+      const double side = c.image_size / std::pow(2.0, static_cast<double>(l));
+      const double pixels = side * side;
+      const bool attn = std::find(c.attention_levels.begin(), c.attention_levels.end(),
+                                  static_cast<int>(l)) != c.attention_levels.end();
+      // Encoder and decoder blocks, ~12 saved tensors each; attention maps where attended.
+      double per_image = (2.0 * c.res_blocks + 1) * 12 * c.unet_widths[l] * pixels;
+      if (attn) per_image += (2.0 * c.res_blocks + 1) * 2 * c.attention_heads * pixels * pixels;
+      activations += b * per_image;
+    }
+  }
+  // Weights, gradients and two AdamW moments; float32 throughout.
+  return static_cast<int64_t>(4.0 * (4.0 * params + activations));
+}
+
+int64_t DefaultTrainingMemoryBudget() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  return static_cast<int64_t>(pages) * page / 2;
+}
+
+absl::StatusOr<TrainOptions> ResolveTrainSpec(TrainJobSpec* spec, const TrainSpecContext& ctx) {
+  TrainOptions o;
+  if (spec->name().empty()) spec->set_name("job");
+  if (spec->name().size() > 200) return Invalid("name must be at most 200 bytes");
+  if (spec->kind() != tandem::v1::TRAIN_KIND_TEXT && spec->kind() != tandem::v1::TRAIN_KIND_IMAGE) {
+    return Invalid("kind must be TRAIN_KIND_TEXT or TRAIN_KIND_IMAGE");
+  }
+  const bool text = spec->kind() == tandem::v1::TRAIN_KIND_TEXT;
+  o.kind = text ? ModelKind::kText : ModelKind::kImage;
+  if (text && spec->has_image_model()) return Invalid("a text job takes text_model, not image_model");
+  if (!text && spec->has_text_model()) return Invalid("an image job takes image_model, not text_model");
+  if (!spec->has_hyperparameters()) return Invalid("hyperparameters.steps is required");
+  if (absl::Status s = Hyper(spec->mutable_hyperparameters(), &o.hyper); !s.ok()) return s;
+
+  if (!spec->init_from().empty()) {
+    if (ctx.registry == nullptr) return absl::FailedPreconditionError("no model registry");
+    absl::StatusOr<std::shared_ptr<const ModelEntry>> init =
+        ctx.registry->Lookup(spec->init_from(), o.kind);
+    if (!init.ok()) return init.status();
+    if ((*init)->dir.kind != o.kind) {
+      return Invalid(absl::StrCat("init_from \"", spec->init_from(), "\" is ",
+                                  text ? "an image" : "a text", " model; this is a ",
+                                  text ? "text" : "image", " job"));
+    }
+    if (spec->has_text_model() || spec->has_image_model()) {
+      return Invalid("init_from reuses that model's config: leave text_model / image_model unset");
+    }
+    o.init_from_dir = (*init)->dir.path;
+    o.llama = (*init)->dir.llama;
+    o.diffusion = (*init)->dir.diffusion;
+  } else if (text) {
+    if (absl::Status s = TextConfig(spec->mutable_text_model(), &o.llama); !s.ok()) return s;
+  } else {
+    if (absl::Status s = ImageConfig(spec->mutable_image_model(), &o.diffusion); !s.ok()) return s;
+  }
+
+  if (!spec->deploy_as().empty()) {
+    if (!ValidName(spec->deploy_as())) {
+      return Invalid(absl::StrCat("deploy_as \"", spec->deploy_as(),
+                                  "\" must be 1-128 letters, digits, '-', '_' or '.'"));
+    }
+    if (ctx.registry) {
+      absl::StatusOr<std::shared_ptr<const ModelEntry>> existing =
+          ctx.registry->Lookup(spec->deploy_as(), o.kind);
+      if (existing.ok() && (*existing)->dir.kind != o.kind) {
+        return Invalid(absl::StrCat("deploy_as \"", spec->deploy_as(), "\" is already ",
+                                    text ? "an image" : "a text", " model"));
+      }
+    }
+  } else if (spec->deploy_on_improvement()) {
+    return Invalid("deploy_on_improvement needs deploy_as");
+  }
+
+  absl::StatusOr<std::string> dataset = ResolveDataset(spec->dataset(), ctx.data_dir, text);
+  if (!dataset.ok()) return dataset.status();
+  o.dataset_path = *dataset;
+  o.keep_checkpoints = ctx.keep_checkpoints;
+
+  if (ctx.memory_budget_bytes > 0) {
+    const int64_t need = EstimateTrainingBytes(o);
+    if (need > ctx.memory_budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this job would need about ", MiB(need), " of training memory (weights, gradients, "
+          "AdamW state, activations at batch_size ", o.hyper.batch_size, "); the budget is ",
+          MiB(ctx.memory_budget_bytes), " (--train_memory_limit_mb): lower batch_size or the "
+          "model size"));
+    }
+  }
+  return o;
+}
+
+}  // namespace tandem

@@ -1,0 +1,43 @@
+// Training-job specs: checks a tandem.v1.TrainJobSpec and resolves it into the trainer's
+// TrainOptions before anything is allocated — the dataset confined to --data_dir (no absolute
+// paths, no "..", no symlink leading out), the model config's invariants, hyperparameter ranges
+// with defaults for unset (zero) fields, init_from / deploy_as against the registry, and an
+// estimate of the training memory against the budget. Torch-free.
+//
+// Status codes: INVALID_ARGUMENT for a malformed spec or an unusable dataset, NOT_FOUND for a
+// dataset or init_from model that does not exist, RESOURCE_EXHAUSTED when the estimate exceeds
+// the budget, FAILED_PRECONDITION when the server has no --data_dir.
+#ifndef TANDEM_SERVER_JOBS_TRAIN_SPEC_H_
+#define TANDEM_SERVER_JOBS_TRAIN_SPEC_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/core/model_registry.h"
+#include "tandem/v1/training.pb.h"
+#include "trainer/train_options.h"
+
+namespace tandem {
+
+struct TrainSpecContext {
+  std::string data_dir;            // --data_dir
+  const ModelRegistry* registry = nullptr;
+  int64_t memory_budget_bytes = 0; // training memory allowed per job (<= 0: no check)
+  int keep_checkpoints = 3;
+};
+
+// Fills the defaults of unset fields into `spec` (so the stored spec says what runs) and returns
+// the resolved options. options.job_id and options.device are left for the caller.
+absl::StatusOr<TrainOptions> ResolveTrainSpec(tandem::v1::TrainJobSpec* spec,
+                                              const TrainSpecContext& context);
+
+// Bytes a training step needs (weights, gradients, AdamW moments, activations), estimated.
+int64_t EstimateTrainingBytes(const TrainOptions& options);
+
+// Half of the machine's physical memory: the default --train_memory_limit_mb.
+int64_t DefaultTrainingMemoryBudget();
+
+}  // namespace tandem
+
+#endif  // TANDEM_SERVER_JOBS_TRAIN_SPEC_H_

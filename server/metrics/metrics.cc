@@ -1,0 +1,158 @@
+#include "server/metrics/metrics.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "prometheus/text_serializer.h"
+
+namespace tandem {
+namespace {
+
+prometheus::Family<prometheus::Counter>& CounterFamily(prometheus::Registry& r,
+                                                       const std::string& name,
+                                                       const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r);
+}
+prometheus::Family<prometheus::Histogram>& HistogramFamily(prometheus::Registry& r,
+                                                           const std::string& name,
+                                                           const std::string& help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r);
+}
+prometheus::Family<prometheus::Gauge>& GaugeFamily(prometheus::Registry& r,
+                                                   const std::string& name,
+                                                   const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r);
+}
+
+}  // namespace
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      requests(CounterFamily(*registry_,
+                             "tandem_generate_requests_total",
+                             "Generate calls by model, kind and final gRPC status code.")),
+      prompt_tokens(CounterFamily(*registry_, "tandem_prompt_tokens_total",
+                                  "Prompt tokens prefilled, by model.")),
+      generated_tokens(CounterFamily(*registry_, "tandem_generated_tokens_total",
+                                     "Tokens generated, by model.")),
+      queue_seconds(HistogramFamily(*registry_, "tandem_queue_seconds",
+                                    "Time from accepting a request to the device starting it.")),
+      ttft_seconds(HistogramFamily(*registry_, "tandem_time_to_first_token_seconds",
+                                   "Time from accepting a request to its first token or step.")),
+      request_seconds(HistogramFamily(*registry_, "tandem_request_seconds",
+                                      "Time from accepting a request to its end.")),
+      inter_token_seconds(HistogramFamily(*registry_, "tandem_inter_token_seconds",
+                                          "Time between consecutive tokens of one stream.")),
+      decode_step_seconds(HistogramFamily(*registry_, "tandem_decode_step_seconds",
+                                          "Wall time of one batched decode step, by device.")),
+      decode_batch_size(HistogramFamily(*registry_, "tandem_decode_batch_size",
+                                        "Sequences in one batched decode step, by device.")),
+      prefill_seconds(HistogramFamily(*registry_, "tandem_prefill_seconds",
+                                      "Wall time of one prompt prefill, by device.")),
+      denoise_step_seconds(HistogramFamily(*registry_, "tandem_denoise_step_seconds",
+                                           "Wall time of one batched denoising step, by device.")),
+      denoise_batch_size(HistogramFamily(*registry_, "tandem_denoise_batch_size",
+                                         "Images in one batched denoising step, by device.")),
+      generated_images(CounterFamily(*registry_, "tandem_generated_images_total",
+                                     "Images generated, by model.")),
+      active_sequences(GaugeFamily(*registry_, "tandem_active_sequences",
+                                   "Sequences decoding now, by device.")),
+      waiting_requests(GaugeFamily(*registry_, "tandem_waiting_requests",
+                                   "Requests accepted but not yet started, by device.")),
+      device_busy_seconds(CounterFamily(*registry_, "tandem_device_busy_seconds_total",
+                                        "Seconds the device loop spent working, by device and "
+                                        "work (text, image, train).")),
+      model_info(GaugeFamily(*registry_, "tandem_model_parameters",
+                             "Servable models (value: parameter count), by name, kind and "
+                             "version.")),
+      train_jobs(GaugeFamily(*registry_, "tandem_train_jobs",
+                             "Training jobs by state (queued, running, paused, succeeded, "
+                             "failed, cancelled).")),
+      train_steps(CounterFamily(*registry_, "tandem_train_steps_total",
+                                "Optimizer steps completed, by job and kind.")),
+      train_items(CounterFamily(*registry_, "tandem_train_items_total",
+                                "Tokens (text) or images (image) trained on, by job and unit.")),
+      train_loss(GaugeFamily(*registry_, "tandem_train_loss",
+                             "Training loss of the latest step, by job.")),
+      train_learning_rate(GaugeFamily(*registry_, "tandem_train_learning_rate",
+                                      "Learning rate of the latest step, by job.")),
+      train_eval_loss(GaugeFamily(*registry_, "tandem_train_eval_loss",
+                                  "Held-out loss of the latest evaluation, by job.")),
+      train_bits_per_byte(GaugeFamily(*registry_, "tandem_train_bits_per_byte",
+                                      "Held-out bits per byte of the latest evaluation (text "
+                                      "jobs), by job.")),
+      train_step_seconds(HistogramFamily(*registry_, "tandem_train_micro_step_seconds",
+                                         "Wall time of one training micro-step on the device "
+                                         "loop (the longest an online request waits for it), "
+                                         "by device.")) {}
+
+Metrics::~Metrics() { StopHttp(); }
+
+std::string Metrics::Serialize() const {
+  prometheus::TextSerializer serializer;
+  return serializer.Serialize(registry_->Collect());
+}
+
+const prometheus::Histogram::BucketBoundaries& Metrics::LatencyBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  return *b;
+}
+
+const prometheus::Histogram::BucketBoundaries& Metrics::BatchBuckets() {
+  static const auto* b =
+      new prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256};
+  return *b;
+}
+
+absl::StatusOr<int> Metrics::StartHttp(const std::string& listen) {
+  auto colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_listen=", listen, " is not HOST:PORT"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  http_ = std::make_unique<httplib::Server>();
+  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(Serialize(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok\n", "text/plain");
+  });
+  int bound = port;
+  if (port == 0) {
+    bound = http_->bind_to_any_port(host.c_str());
+  } else if (!http_->bind_to_port(host.c_str(), port)) {
+    bound = -1;
+  }
+  if (bound < 0) {
+    http_.reset();
+    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", listen));
+  }
+  http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  // httplib's stop() is a no-op until the accept loop runs, which would leave StopHttp joining
+  // a server that never stops: return only once it is running.
+  for (int i = 0; i < 5000 && !http_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return bound;
+}
+
+void Metrics::StopHttp() {
+  if (http_) {
+    http_->stop();
+    if (http_thread_.joinable()) http_thread_.join();
+    http_.reset();
+  }
+}
+
+}  // namespace tandem

@@ -1,0 +1,335 @@
+#include "models/text/tokenizer.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+
+namespace tandem {
+namespace {
+
+// A deterministic English-ish corpus: a few hundred lines, with digits, punctuation, accented
+// words (learned as pieces) and whitespace runs. CJK and emoji never occur in it, so those only
+// ever encode through byte fallback.
+std::string Corpus() {
+  static const char* const kWords[] = {
+      "the",    "a",      "model",  "token",  "stream", "server", "train",  "loss",
+      "step",   "batch",  "learn",  "rate",   "of",     "and",    "to",     "in",
+      "is",     "was",    "with",   "for",    "that",   "it",     "on",     "as",
+      "café",   "naïve",  "über",   "déjà",   "vu",     "hello",  "world",  "again",
+      "quick",  "brown",  "fox",    "jumps",  "over",   "lazy",   "dog",    "GPU",
+      "value",  "layer",  "head",   "query",  "key",    "cache",  "text",   "line"};
+  constexpr int kNumWords = sizeof(kWords) / sizeof(kWords[0]);
+  uint64_t state = 12345;
+  auto next = [&state](uint64_t n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return (state >> 33) % n;
+  };
+  std::string corpus;
+  for (int line = 0; line < 400; ++line) {
+    const int words = 4 + static_cast<int>(next(12));
+    for (int w = 0; w < words; ++w) {
+      if (w > 0) corpus += next(10) == 0 ? "  " : " ";
+      switch (next(12)) {
+        case 0:
+          corpus += std::to_string(next(100000));
+          break;
+        case 1:
+          corpus += std::string(kWords[next(kNumWords)]) + ",";
+          break;
+        default:
+          corpus += kWords[next(kNumWords)];
+      }
+    }
+    corpus += next(3) == 0 ? "!\n" : ".\n";
+  }
+  return corpus;
+}
+
+std::string MakeTempDir() {
+  std::string pattern = ::testing::TempDir() + "tokenizer_test_XXXXXX";
+  EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
+  return pattern;
+}
+
+void WriteFile(const std::string& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << contents;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+class TokenizerTest : public ::testing::Test {
+ protected:
+  static constexpr int kVocab = 400;
+
+  static void SetUpTestSuite() {
+    dir_ = new std::string(MakeTempDir());
+    corpus_path_ = new std::string(*dir_ + "/corpus.txt");
+    model_path_ = new std::string(*dir_ + "/tokenizer.model");
+    WriteFile(*corpus_path_, Corpus());
+    TokenizerTrainOptions options;
+    options.vocab_size = kVocab;
+    options.num_threads = 2;
+    options.seed = 7;
+    train_status_ = new absl::Status(Tokenizer::Train(*corpus_path_, *model_path_, options));
+    if (train_status_->ok()) {
+      absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(*model_path_);
+      if (t.ok()) tokenizer_ = t->release();
+    }
+  }
+
+  static void TearDownTestSuite() {
+    delete tokenizer_;
+    tokenizer_ = nullptr;
+    delete train_status_;
+    delete model_path_;
+    delete corpus_path_;
+    delete dir_;
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(train_status_->ok()) << *train_status_;
+    ASSERT_NE(tokenizer_, nullptr);
+  }
+
+  static std::string* dir_;
+  static std::string* corpus_path_;
+  static std::string* model_path_;
+  static absl::Status* train_status_;
+  static Tokenizer* tokenizer_;
+};
+
+std::string* TokenizerTest::dir_ = nullptr;
+std::string* TokenizerTest::corpus_path_ = nullptr;
+std::string* TokenizerTest::model_path_ = nullptr;
+absl::Status* TokenizerTest::train_status_ = nullptr;
+Tokenizer* TokenizerTest::tokenizer_ = nullptr;
+
+TEST_F(TokenizerTest, VocabularyLayout) {
+  const Tokenizer& t = *tokenizer_;
+  EXPECT_EQ(t.vocab_size(), kVocab);
+  EXPECT_EQ(t.bos_id(), 1);
+  EXPECT_EQ(t.eos_id(), 2);
+  EXPECT_EQ(t.IdToPiece(0), "<unk>");
+  EXPECT_EQ(t.IdToPiece(1), "<s>");
+  EXPECT_EQ(t.IdToPiece(2), "</s>");
+  EXPECT_EQ(t.IdToPiece(3), "<0x00>");
+  EXPECT_EQ(t.IdToPiece(3 + 0x41), "<0x41>");
+  EXPECT_EQ(t.IdToPiece(258), "<0xFF>");
+  EXPECT_EQ(t.IdToPiece(-1), "");
+  EXPECT_EQ(t.IdToPiece(kVocab), "");
+  EXPECT_TRUE(t.IsSpecial(0));
+  EXPECT_TRUE(t.IsSpecial(1));
+  EXPECT_TRUE(t.IsSpecial(2));
+  EXPECT_FALSE(t.IsSpecial(3));
+  EXPECT_FALSE(t.IsSpecial(300));
+  EXPECT_TRUE(t.IsSpecial(-1));
+  EXPECT_TRUE(t.IsSpecial(kVocab));
+  // Only the model is left behind: no .vocab, no temporaries.
+  EXPECT_EQ(ListDir(*dir_), (std::vector<std::string>{"corpus.txt", "tokenizer.model"}));
+}
+
+TEST_F(TokenizerTest, RoundTripsExactly) {
+  const std::string texts[] = {
+      "hello world",
+      "the quick brown fox jumps over the lazy dog.",
+      "",
+      " ",
+      "   ",
+      " leading space",
+      "  two leading spaces",
+      "trailing spaces   ",
+      "inner    run  of   spaces",
+      "tabs\tand\nnewlines\r\n\n",
+      "digits 0123456789 and 3.14159",
+      "naïve café — 日本語 🙂",
+      "日本語",
+      " 🙂🙂 ",
+      "déjà vu über",
+      "mixed: ASCII, Ünïcödé, and \x7f control \x01 bytes",
+  };
+  for (const std::string& text : texts) {
+    std::vector<int32_t> ids = tokenizer_->Encode(text);
+    EXPECT_EQ(tokenizer_->Decode(ids), text) << "\"" << text << "\"";
+    for (int32_t id : ids) {
+      EXPECT_NE(id, 0) << "<unk> in \"" << text << "\"";  // byte fallback covers everything
+      EXPECT_NE(id, 1) << "Encode must not add BOS";
+      EXPECT_NE(id, 2) << "Encode must not add EOS";
+    }
+  }
+}
+
+TEST_F(TokenizerTest, LearnsCorpusPiecesAndFallsBackToBytes) {
+  // Frequent words are single pieces; unseen scripts are bytes (ids 3..258).
+  EXPECT_LE(tokenizer_->Encode("the model").size(), 3u);
+  std::vector<int32_t> ids = tokenizer_->Encode("日");
+  std::vector<int32_t> bytes;
+  for (int32_t id : ids) {
+    if (id >= 3 && id <= 258) bytes.push_back(id);
+  }
+  EXPECT_EQ(bytes, (std::vector<int32_t>{3 + 0xE6, 3 + 0x97, 3 + 0xA5}));
+}
+
+TEST_F(TokenizerTest, DecodeDropsSpecialAndOutOfRangeIds) {
+  std::vector<int32_t> ids = tokenizer_->Encode("hello world");
+  std::vector<int32_t> noisy = {1, 0};
+  noisy.insert(noisy.end(), ids.begin(), ids.end());
+  noisy.push_back(2);
+  noisy.push_back(-5);
+  noisy.push_back(kVocab + 10);
+  EXPECT_EQ(tokenizer_->Decode(noisy), "hello world");
+  EXPECT_EQ(tokenizer_->Decode(std::vector<int32_t>{1, 2, 0}), "");
+  // Byte pieces decode to their bytes; a dangling lead byte becomes U+FFFD.
+  EXPECT_EQ(tokenizer_->Decode(std::vector<int32_t>{3 + 0xE6, 3 + 0x97, 3 + 0xA5}), "日");
+  EXPECT_EQ(tokenizer_->Decode(std::vector<int32_t>{3 + 0xE6}), "\xEF\xBF\xBD");
+}
+
+TEST_F(TokenizerTest, SerializedRoundTrip) {
+  const std::string proto = tokenizer_->Serialized();
+  EXPECT_EQ(proto, ReadAll(*model_path_));
+  absl::StatusOr<std::unique_ptr<Tokenizer>> copy = Tokenizer::FromSerialized(proto);
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  const std::string text = "naïve café  hello world 42";
+  EXPECT_EQ((*copy)->Encode(text), tokenizer_->Encode(text));
+  EXPECT_EQ((*copy)->vocab_size(), kVocab);
+
+  EXPECT_EQ(Tokenizer::FromSerialized("definitely not a model proto").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TokenizerTest, TrainingIsDeterministic) {
+  // Same corpus and options into another folder: the very same bytes.
+  std::string other = *dir_ + "/other";
+  ASSERT_EQ(::mkdir(other.c_str(), 0755), 0);
+  const std::string path = other + "/tokenizer.model";
+  TokenizerTrainOptions options;
+  options.vocab_size = kVocab;
+  options.num_threads = 2;
+  options.seed = 7;
+  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  EXPECT_EQ(ReadAll(path), tokenizer_->Serialized());
+
+  // The thread count is recorded in the model but does not change the pieces.
+  options.num_threads = 1;
+  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> single = Tokenizer::Load(path);
+  ASSERT_TRUE(single.ok()) << single.status();
+  ASSERT_EQ((*single)->vocab_size(), kVocab);
+  for (int id = 0; id < kVocab; ++id) {
+    EXPECT_EQ((*single)->IdToPiece(id), tokenizer_->IdToPiece(id)) << id;
+  }
+  // Sampling fewer lines than the corpus holds is deterministic too.
+  options.max_sentences = 150;
+  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  const std::string sampled = ReadAll(path);
+  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  EXPECT_EQ(ReadAll(path), sampled);
+  EXPECT_EQ(ListDir(other), std::vector<std::string>{"tokenizer.model"});
+  ASSERT_EQ(::remove(path.c_str()), 0);
+  ASSERT_EQ(::rmdir(other.c_str()), 0);
+}
+
+TEST_F(TokenizerTest, TrainsUnigramToo) {
+  const std::string path = *dir_ + "/unigram.model";
+  TokenizerTrainOptions options;
+  options.vocab_size = 320;
+  options.model_type = "unigram";
+  options.num_threads = 1;
+  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->vocab_size(), 320);
+  const std::string text = "  naïve café — 日本語 🙂  x";
+  EXPECT_EQ((*t)->Decode((*t)->Encode(text)), text);
+  ASSERT_EQ(::remove(path.c_str()), 0);
+}
+
+TEST_F(TokenizerTest, TrainRejectsBadOptions) {
+  TokenizerTrainOptions options;
+  options.vocab_size = 259;  // no room for a single learned piece
+  absl::Status s = Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("vocab_size (259)"), std::string::npos) << s;
+
+  options.vocab_size = 300;
+  options.model_type = "word";
+  EXPECT_EQ(Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  options.model_type = "bpe";
+  options.max_sentences = 50;
+  EXPECT_EQ(Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options).code(),
+            absl::StatusCode::kInvalidArgument);
+  options.max_sentences = 0;
+  s = Tokenizer::Train(*dir_ + "/no_such_corpus.txt", *dir_ + "/x.model", options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(s.message()).find("no_such_corpus.txt"), std::string::npos) << s;
+
+  // More pieces than the corpus can justify: SentencePiece's own error, naming the corpus.
+  options.vocab_size = 100000;
+  options.model_type = "unigram";
+  s = Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("Vocabulary size too high"), std::string::npos) << s;
+  EXPECT_NE(std::string(s.message()).find("corpus.txt"), std::string::npos) << s;
+
+  // An empty corpus.
+  const std::string empty = *dir_ + "/empty.txt";
+  WriteFile(empty, "");
+  options.vocab_size = 300;
+  options.model_type = "bpe";
+  s = Tokenizer::Train(empty, *dir_ + "/x.model", options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("empty.txt"), std::string::npos) << s;
+  ASSERT_EQ(::remove(empty.c_str()), 0);
+
+  EXPECT_EQ(ListDir(*dir_), (std::vector<std::string>{"corpus.txt", "tokenizer.model"}));
+}
+
+TEST(TokenizerLoadTest, MissingFileIsNotFound) {
+  const std::string path = MakeTempDir() + "/missing.model";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
+}
+
+TEST(TokenizerLoadTest, CorruptFileIsInvalidArgument) {
+  const std::string path = MakeTempDir() + "/corrupt.model";
+  WriteFile(path, "this is not a sentencepiece model");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,0 +1,195 @@
+// Text datasets for LLM training (trainer/text_dataset.h): cutting files into documents ("%"
+// lines or blank-line paragraphs), the held-out split, folders of .txt files, and the errors.
+#include "trainer/data/text_dataset.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "models/model_dir.h"
+
+namespace tandem {
+namespace {
+
+namespace fs = std::filesystem;
+
+int64_t Bytes(const std::vector<std::string>& docs) {
+  int64_t n = 0;
+  for (const std::string& d : docs) n += static_cast<int64_t>(d.size());
+  return n;
+}
+
+class TextDatasetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(::testing::TempDir(), "/tandem_text_dataset_", getpid(), "_",
+                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Write(const std::string& name, const std::string& text) {
+    const std::string path = dir_ + "/" + name;
+    fs::create_directories(fs::path(path).parent_path());
+    EXPECT_TRUE(WriteFileAtomically(path, text).ok()) << path;
+    return path;
+  }
+
+  std::string dir_;
+};
+
+// "doc 0" .. "doc n-1", each a line of its own, "%" lines between (fortune format).
+std::string Fortunes(int n, const std::string& prefix = "doc ") {
+  std::string text;
+  for (int i = 0; i < n; ++i) absl::StrAppend(&text, prefix, i, "\n%\n");
+  return text;
+}
+
+TEST_F(TextDatasetTest, PercentLinesSeparateDocumentsAndEveryTenthIsHeldOut) {
+  absl::StatusOr<TextCorpus> c = LoadTextCorpus(Write("f.txt", Fortunes(25)), 0.1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  // Documents 9 and 19 (the 10th and 20th) are held out; the rest train, in file order.
+  EXPECT_EQ(c->heldout, (std::vector<std::string>{"doc 9\n", "doc 19\n"}));
+  std::vector<std::string> train;
+  for (int i = 0; i < 25; ++i) {
+    if (i != 9 && i != 19) train.push_back(absl::StrCat("doc ", i, "\n"));
+  }
+  EXPECT_EQ(c->train, train);
+  EXPECT_EQ(c->train_bytes, Bytes(c->train));
+  EXPECT_EQ(c->heldout_bytes, Bytes(c->heldout));
+}
+
+TEST_F(TextDatasetTest, FortuneDocumentsKeepTheirLinesAndEmptyOnesAreDropped) {
+  // Multi-line documents; a "%" inside a line is text; blank lines inside a fortune-format
+  // document are kept; empty or blank-only documents between "%" lines are dropped; the last
+  // document needs no closing "%".
+  std::string text =
+      "first line\nsecond line, 50% off\n%\n%\n  \n%\nafter a blank\n\nstill it\n%\n";
+  for (int i = 0; i < 8; ++i) absl::StrAppend(&text, "filler ", i, "\n%\n");
+  absl::StrAppend(&text, "last, unterminated");
+  absl::StatusOr<TextCorpus> c = LoadTextCorpus(Write("f.txt", text), 0.1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->train.size() + c->heldout.size(), 11u);
+  EXPECT_EQ(c->train[0], "first line\nsecond line, 50% off\n");
+  EXPECT_EQ(c->train[1], "after a blank\n\nstill it\n");
+  EXPECT_EQ(c->train[2], "filler 0\n");
+  EXPECT_EQ(c->heldout, (std::vector<std::string>{"filler 7\n"}));  // the 10th document
+  EXPECT_EQ(c->train.back(), "last, unterminated");
+}
+
+TEST_F(TextDatasetTest, WithoutPercentLinesBlankLinesSeparateParagraphs) {
+  std::string text = "one a\none b\n\n";
+  for (int i = 2; i <= 12; ++i) {
+    // Separators of one or more blank lines, some holding only spaces, tabs or a CR.
+    absl::StrAppend(&text, "para ", i, i % 3 == 0 ? "\n \t\n\r\n\n" : "\n\n");
+  }
+  absl::StatusOr<TextCorpus> c = LoadTextCorpus(Write("p.txt", text), 0.1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->train.size() + c->heldout.size(), 12u);
+  EXPECT_EQ(c->train[0], "one a\none b\n");
+  EXPECT_EQ(c->train[1], "para 2\n");
+  EXPECT_EQ(c->train[2], "para 3\n");
+  EXPECT_EQ(c->heldout, (std::vector<std::string>{"para 10\n"}));
+  EXPECT_EQ(c->train.back(), "para 12\n");
+}
+
+TEST_F(TextDatasetTest, HoldoutFractionSetsTheStride) {
+  const std::string path = Write("f.txt", Fortunes(12));
+  absl::StatusOr<TextCorpus> quarter = LoadTextCorpus(path, 0.25);  // every 4th
+  ASSERT_TRUE(quarter.ok()) << quarter.status();
+  EXPECT_EQ(quarter->heldout, (std::vector<std::string>{"doc 3\n", "doc 7\n", "doc 11\n"}));
+  EXPECT_EQ(quarter->train.size(), 9u);
+  absl::StatusOr<TextCorpus> half = LoadTextCorpus(path, 0.5);  // every 2nd
+  ASSERT_TRUE(half.ok()) << half.status();
+  EXPECT_EQ(half->heldout.size(), 6u);
+  EXPECT_EQ(half->heldout.front(), "doc 1\n");
+  EXPECT_EQ(half->train.front(), "doc 0\n");
+  // Out of range: the default, every 10th.
+  for (double f : {0.0, -1.0, 1.0}) {
+    absl::StatusOr<TextCorpus> c = LoadTextCorpus(path, f);
+    ASSERT_TRUE(c.ok()) << f << ": " << c.status();
+    EXPECT_EQ(c->heldout, (std::vector<std::string>{"doc 9\n"})) << f;
+  }
+}
+
+TEST_F(TextDatasetTest, FolderReadsTxtFilesInNameOrder) {
+  // Written out of order; b.txt uses paragraphs, the others the fortune format; other
+  // extensions are ignored; subfolders count.
+  Write("texts/b.txt", "b0\n\nb1\n\nb2\n");
+  Write("texts/a.txt", Fortunes(4, "a"));
+  Write("texts/notes.md", Fortunes(50, "ignored"));
+  Write("texts/sub/c.txt", Fortunes(4, "c"));
+  absl::StatusOr<TextCorpus> c = LoadTextCorpus(dir_ + "/texts", 0.1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  // a0 a1 a2 a3 b0 b1 b2 c0 c1 [c2] c3: the 10th, c2, is held out.
+  EXPECT_EQ(c->train, (std::vector<std::string>{"a0\n", "a1\n", "a2\n", "a3\n", "b0\n", "b1\n",
+                                                "b2\n", "c0\n", "c1\n", "c3\n"}));
+  EXPECT_EQ(c->heldout, (std::vector<std::string>{"c2\n"}));
+}
+
+TEST_F(TextDatasetTest, NonUtf8IsInvalidArgument) {
+  std::string text = Fortunes(20);
+  text.insert(10, "caf\xe9 \xff\xfe");  // Latin-1, not UTF-8
+  absl::StatusOr<TextCorpus> c = LoadTextCorpus(Write("latin1.txt", text), 0.1);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("UTF-8"), absl::string_view::npos) << c.status();
+  // One bad file spoils a folder.
+  Write("mixed/a.txt", Fortunes(20));
+  Write("mixed/b.txt", "\xc3\x28\n");
+  EXPECT_EQ(LoadTextCorpus(dir_ + "/mixed", 0.1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TextDatasetTest, TooFewDocumentsIsInvalidArgument) {
+  absl::StatusOr<TextCorpus> nine = LoadTextCorpus(Write("nine.txt", Fortunes(9)), 0.1);
+  EXPECT_EQ(nine.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(nine.status().message().find("9 documents"), absl::string_view::npos)
+      << nine.status();
+  // Ten is enough: one held out.
+  absl::StatusOr<TextCorpus> ten = LoadTextCorpus(Write("ten.txt", Fortunes(10)), 0.1);
+  ASSERT_TRUE(ten.ok()) << ten.status();
+  EXPECT_EQ(ten->heldout.size(), 1u);
+  EXPECT_EQ(ten->train.size(), 9u);
+  // Empty and blank-only files hold no documents at all.
+  EXPECT_EQ(LoadTextCorpus(Write("empty.txt", ""), 0.1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoadTextCorpus(Write("blank.txt", "\n \n%\n\t\n"), 0.1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TextDatasetTest, FolderWithoutTxtFilesIsInvalidArgument) {
+  Write("none/readme.md", Fortunes(20));
+  EXPECT_EQ(LoadTextCorpus(dir_ + "/none", 0.1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  fs::create_directories(dir_ + "/empty");
+  EXPECT_EQ(LoadTextCorpus(dir_ + "/empty", 0.1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TextDatasetTest, MissingPathIsNotFound) {
+  EXPECT_EQ(LoadTextCorpus(dir_ + "/nope.txt", 0.1).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(LoadTextCorpus(dir_ + "/no/such/folder", 0.1).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(TextDatasetTest, TokenizerCorpusHoldsTheTrainingDocumentsOnly) {
+  absl::StatusOr<TextCorpus> c = LoadTextCorpus(Write("f.txt", Fortunes(11) + "tail"), 0.1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string out = dir_ + "/corpus.txt";
+  ASSERT_TRUE(WriteTokenizerCorpus(*c, out).ok());
+  std::string want;
+  for (int i = 0; i < 11; ++i) {
+    if (i != 9) absl::StrAppend(&want, "doc ", i, "\n");
+  }
+  absl::StrAppend(&want, "tail\n");  // a newline is added where a document lacks one
+  EXPECT_EQ(*ReadFile(out), want);
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,0 +1,109 @@
+#include "trainer/data/text_dataset.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "models/model_dir.h"
+#include "models/text/text_stream.h"
+
+namespace tandem {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Cuts one file's text into documents (see the header), dropping empty ones.
+void SplitDocuments(const std::string& text, std::vector<std::string>* docs) {
+  std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
+  const bool fortune_format =
+      std::any_of(lines.begin(), lines.end(), [](absl::string_view l) { return l == "%"; });
+  std::string doc;
+  auto flush = [&] {
+    if (!doc.empty() && doc.find_first_not_of(" \t\r\n") != std::string::npos) {
+      docs->push_back(std::move(doc));
+    }
+    doc.clear();
+  };
+  for (size_t i = 0; i < lines.size(); ++i) {
+    absl::string_view line = lines[i];
+    const bool boundary = fortune_format ? line == "%" : line.find_first_not_of(" \t\r") ==
+                                                             absl::string_view::npos;
+    if (boundary) {
+      flush();
+      continue;
+    }
+    absl::StrAppend(&doc, line);
+    if (i + 1 < lines.size()) doc.push_back('\n');
+  }
+  flush();
+}
+
+}  // namespace
+
+absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction) {
+  std::error_code ec;
+  std::vector<std::string> files;
+  if (fs::is_directory(path, ec)) {
+    for (const auto& e : fs::recursive_directory_iterator(path, ec)) {
+      if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
+    }
+    std::sort(files.begin(), files.end());
+    if (files.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset folder ", path, " has no .txt files"));
+    }
+  } else if (fs::is_regular_file(path, ec)) {
+    files.push_back(path);
+  } else {
+    return absl::NotFoundError(absl::StrCat("dataset ", path, " does not exist"));
+  }
+  std::vector<std::string> docs;
+  for (const std::string& f : files) {
+    absl::StatusOr<std::string> text = ReadFile(f);
+    if (!text.ok()) return text.status();
+    if (!IsValidUtf8(*text)) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset file ", f, " is not UTF-8 text"));
+    }
+    SplitDocuments(*text, &docs);
+  }
+  if (holdout_fraction <= 0 || holdout_fraction >= 1) holdout_fraction = 0.1;
+  const int64_t every = std::max<int64_t>(2, std::llround(1.0 / holdout_fraction));
+  TextCorpus corpus;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const bool held = (static_cast<int64_t>(i) + 1) % every == 0;
+    (held ? corpus.heldout_bytes : corpus.train_bytes) += static_cast<int64_t>(docs[i].size());
+    (held ? corpus.heldout : corpus.train).push_back(std::move(docs[i]));
+  }
+  if (corpus.train.empty() || corpus.heldout.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset ", path, " has ", corpus.train.size() + corpus.heldout.size(),
+        " documents: too few to hold out every ", every, "th for evaluation (need at least ",
+        every, "; documents are separated by \"%\" lines or blank lines)"));
+  }
+  return corpus;
+}
+
+absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& path) {
+  std::string out;
+  for (const std::string& doc : corpus.train) {
+    absl::StrAppend(&out, doc);
+    if (doc.empty() || doc.back() != '\n') out.push_back('\n');
+  }
+  return WriteFileAtomically(path, out);
+}
+
+std::vector<int32_t> TokenizeDocuments(const Tokenizer& tokenizer,
+                                       const std::vector<std::string>& documents) {
+  std::vector<int32_t> out;
+  for (const std::string& doc : documents) {
+    out.push_back(tokenizer.bos_id());
+    std::vector<int32_t> ids = tokenizer.Encode(doc);
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+  return out;
+}
+
+}  // namespace tandem

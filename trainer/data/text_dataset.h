@@ -1,0 +1,44 @@
+// Text datasets for LLM training: a UTF-8 text file, or a folder of .txt files (read in name
+// order), cut into documents and split into training and held-out documents. Torch-free.
+//
+// Documents: a file with lines holding a single "%" (the fortune format) is cut at those lines;
+// any other file is cut at blank lines (paragraphs). Every k-th document (k = round(1 /
+// holdout_fraction); 10 by default: the 10th, 20th, ...) is held out.
+//
+// Tokens: each document becomes BOS + its ids; the training documents' tokens are concatenated
+// into one stream from which training windows are drawn (packed sequences). Held-out bits per
+// byte count the nats of every held-out token (boundaries included) against the held-out
+// documents' UTF-8 bytes.
+#ifndef TANDEM_TRAINER_DATA_TEXT_DATASET_H_
+#define TANDEM_TRAINER_DATA_TEXT_DATASET_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "models/text/tokenizer.h"
+
+namespace tandem {
+
+struct TextCorpus {
+  std::vector<std::string> train;    // documents
+  std::vector<std::string> heldout;  // documents
+  int64_t train_bytes = 0;
+  int64_t heldout_bytes = 0;
+};
+
+// NOT_FOUND when the path does not exist; INVALID_ARGUMENT when it holds no text, is not UTF-8
+// text, or leaves no training or no held-out document.
+absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction);
+
+// Writes the training documents one line per line of text (the SentencePiece trainer's input).
+absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& path);
+
+// BOS + ids of each document, concatenated.
+std::vector<int32_t> TokenizeDocuments(const Tokenizer& tokenizer,
+                                       const std::vector<std::string>& documents);
+
+}  // namespace tandem
+
+#endif  // TANDEM_TRAINER_DATA_TEXT_DATASET_H_
