@@ -42,6 +42,8 @@ ABSL_FLAG(int, max_pending, 256,
           "Requests in hand (running + queued) before new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, prefill_token_budget, 1024,
           "Prompt tokens prefilled per loop iteration, bounding the stall of running streams");
+ABSL_FLAG(bool, log_requests, true,
+          "Log one line per Generate call on stderr: request id, model, final status, usage");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
           "On SIGTERM, how long in-flight streams may run before they are cancelled");
 
@@ -90,6 +92,7 @@ int main(int argc, char** argv) {
   options.limits.max_images = absl::GetFlag(FLAGS_max_images_per_request);
   options.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
+  options.log_requests = absl::GetFlag(FLAGS_log_requests);
 
   absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);
   if (!server.ok()) {

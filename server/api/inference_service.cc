@@ -1,12 +1,16 @@
 #include "server/api/inference_service.h"
 
+#include <cstdio>
 #include <deque>
+#include <optional>
 #include <memory>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "server/api/proto_convert.h"
 #include "server/api/stream_outbox.h"
 
 namespace tandem {
@@ -16,6 +20,16 @@ using tandem::v1::GenerateResponse;
 
 
 namespace {
+
+const char* CodeName(grpc::StatusCode code) {
+  static const char* kCodeNames[] = {
+      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  const int c = static_cast<int>(code);
+  return c >= 0 && c <= 16 ? kCodeNames[c] : "UNKNOWN";
+}
 
 // The reactor of one Generate call, and its outbox (a StreamOutbox that coalesces text deltas).
 // gRPC owns the reactor until OnDone; the device loop holds the outbox (a shared_ptr) and may
@@ -27,13 +41,22 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
    public:
     explicit Outbox(GenerateReactor* reactor)
         : StreamOutbox<GenerateResponse>(reactor, &CoalesceText) {}
-    void Send(GenerateResponse response) override {
-      StreamOutbox<GenerateResponse>::Send(std::move(response));
+    void Send(GenerateEvent event) override {
+      if (const Finished* f = std::get_if<Finished>(&event)) {
+        absl::MutexLock lock(&mu_);
+        finished_ = *f;
+      }
+      StreamOutbox<GenerateResponse>::Send(ToProto(event));
     }
     void Finish(const absl::Status& status) override {
       StreamOutbox<GenerateResponse>::Finish(status);
     }
     bool cancelled() const override { return StreamOutbox<GenerateResponse>::cancelled(); }
+    // The Finished event the device sent, if any (for the request log).
+    std::optional<Finished> finished() {
+      absl::MutexLock lock(&mu_);
+      return finished_;
+    }
 
    private:
     // A client that reads slowly gets fewer, larger text deltas, not a backlog.
@@ -44,13 +67,19 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
       t->mutable_token_ids()->MergeFrom(next.text().token_ids());
       return true;
     }
+    absl::Mutex mu_;
+    std::optional<Finished> finished_ ABSL_GUARDED_BY(mu_);
   };
 
-  GenerateReactor(Metrics* metrics, std::string model, const char* kind)
-      : outbox_(std::make_shared<Outbox>(this)), metrics_(metrics), model_(std::move(model)),
-        kind_(kind) {}
+  GenerateReactor(Metrics* metrics, bool log, std::string id)
+      : outbox_(std::make_shared<Outbox>(this)), metrics_(metrics), log_(log), id_(std::move(id)) {}
 
   std::shared_ptr<Outbox> outbox() { return outbox_; }
+  // What the request log and the request counter say about the call.
+  void Describe(std::string model, const char* kind) {
+    model_ = std::move(model);
+    kind_ = kind;
+  }
 
   // Ends the call at once (validation failed); nothing was queued.
   void Reject(const absl::Status& status) { outbox_->Finish(status); }
@@ -65,76 +94,81 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
   void Write(const GenerateResponse* response) override { StartWrite(response); }
   void Close(grpc::Status status) override {
     if (metrics_) {
-      static const char* kCodeNames[] = {
-          "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-          "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-          "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-          "UNAUTHENTICATED"};
-      int code = static_cast<int>(status.error_code());
       metrics_->requests
-          .Add({{"model", model_}, {"kind", kind_},
-                {"code", code >= 0 && code <= 16 ? kCodeNames[code] : "UNKNOWN"}})
+          .Add({{"model", model_}, {"kind", kind_}, {"code", CodeName(status.error_code())}})
           .Increment();
     }
+    if (log_) LogRequest(status);
     grpc::ServerWriteReactor<GenerateResponse>::Finish(std::move(status));
   }
 
  private:
+  // One line per call: id, model, kind, final status, and the usage when the device finished it.
+  void LogRequest(const grpc::Status& status) {
+    std::string line = absl::StrCat("tandemd: request ", id_, " model=", model_, " ", kind_, " ",
+                                    CodeName(status.error_code()));
+    if (!status.ok()) absl::StrAppend(&line, ": ", status.error_message());
+    if (std::optional<Finished> f = outbox_->finished()) {
+      const Usage& u = f->usage;
+      absl::StrAppendFormat(&line, " v%d prompt=%d", f->model_version, u.prompt_tokens);
+      if (u.images > 0) {
+        absl::StrAppendFormat(&line, " images=%d steps=%d", u.images, u.steps);
+      } else {
+        absl::StrAppendFormat(&line, " completion=%d", u.completion_tokens);
+      }
+      absl::StrAppendFormat(&line, " queue=%.3fs first=%.3fs total=%.3fs", u.queue_seconds,
+                            u.time_to_first_token_seconds, u.total_seconds);
+    }
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+
   std::shared_ptr<Outbox> outbox_;
   Metrics* metrics_;
-  std::string model_;
-  const char* kind_;
+  const bool log_;
+  const std::string id_;
+  std::string model_ = "unknown";
+  const char* kind_ = "text";
 };
 
 }  // namespace
 
 InferenceService::InferenceService(ModelRegistry* registry, WorkerPool* pool, Metrics* metrics,
-                                   RequestLimits limits)
-    : registry_(registry), pool_(pool), metrics_(metrics), limits_(limits) {}
+                                   RequestLimits limits, bool log_requests)
+    : registry_(registry), pool_(pool), metrics_(metrics), limits_(limits),
+      log_requests_(log_requests) {}
 
 grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
-    grpc::CallbackServerContext* context, const GenerateRequest* request) {
+    grpc::CallbackServerContext* /*context*/, const GenerateRequest* request) {
   const absl::Time accepted = absl::Now();
+  const std::string id = request->request_id().empty()
+                             ? absl::StrCat("gen-", next_id_.fetch_add(1))
+                             : request->request_id();
+  auto* reactor = new GenerateReactor(metrics_, log_requests_, id);
   // Without a model name the params pick the default model of their kind.
   absl::StatusOr<std::shared_ptr<const ModelEntry>> model = registry_->Lookup(
       request->model(), request->has_image() ? ModelKind::kImage : ModelKind::kText);
   const bool image = model.ok() ? (*model)->dir.kind == ModelKind::kImage : request->has_image();
-  auto* reactor = new GenerateReactor(
-      metrics_, model.ok() ? (*model)->name : std::string("unknown"), image ? "image" : "text");
+  reactor->Describe(model.ok() ? (*model)->name : std::string("unknown"),
+                    image ? "image" : "text");
   if (!model.ok()) {
     reactor->Reject(model.status());
     return reactor;
   }
-  const std::string id = request->request_id().empty()
-                             ? absl::StrCat("gen-", next_id_.fetch_add(1))
-                             : request->request_id();
-  absl::Status submitted;
-  if (image) {
-    absl::StatusOr<std::unique_ptr<ImageRequest>> built =
-        BuildImageRequest(*request, *model, limits_, accepted);
-    if (!built.ok()) {
-      reactor->Reject(built.status());
-      return reactor;
-    }
-    std::unique_ptr<ImageRequest> req = *std::move(built);
-    req->id = id;
-    req->stream = reactor->outbox();
-    submitted = pool_->Submit(req);
-  } else {
-    absl::StatusOr<std::unique_ptr<TextRequest>> built =
-        BuildTextRequest(*request, *model, limits_, accepted);
-    if (!built.ok()) {
-      reactor->Reject(built.status());
-      return reactor;
-    }
-    std::unique_ptr<TextRequest> req = *std::move(built);
-    req->id = id;
-    req->stream = reactor->outbox();
-    submitted = pool_->Submit(req);
-  }
+  absl::Status submitted =
+      image ? Submit(BuildImageRequest(*request, *model, limits_, accepted), id, reactor)
+            : Submit(BuildTextRequest(*request, *model, limits_, accepted), id, reactor);
   if (!submitted.ok()) reactor->Reject(submitted);
-  (void)context;
   return reactor;
+}
+
+template <typename Request>
+absl::Status InferenceService::Submit(absl::StatusOr<std::unique_ptr<Request>> built,
+                                      const std::string& id, void* reactor) {
+  if (!built.ok()) return built.status();
+  std::unique_ptr<Request> req = *std::move(built);
+  req->id = id;
+  req->stream = static_cast<GenerateReactor*>(reactor)->outbox();
+  return pool_->Submit(req);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ListModels(

@@ -1,6 +1,7 @@
 // InferenceService: the tandem.v1.Inference gRPC front end. A thin adapter (gRPC callback API):
-// each Generate validates the request, tokenizes the prompt, and hands a TextRequest with a
-// per-RPC outbox to the worker pool; it never blocks and never touches a model. The device loop
+// each Generate validates the request, tokenizes the prompt, and hands a TextRequest or
+// ImageRequest with a per-RPC outbox to the worker pool; it never blocks and never touches a
+// model. With RequestLimits::log_requests it logs one line per call (id, model, status, usage). The device loop
 // fills the outbox; the reactor drains it with one write in flight.
 #ifndef TANDEM_SERVER_API_INFERENCE_SERVICE_H_
 #define TANDEM_SERVER_API_INFERENCE_SERVICE_H_
@@ -10,6 +11,7 @@
 
 #include "server/metrics/metrics.h"
 #include "server/core/model_registry.h"
+#include "server/core/request.h"
 #include "server/api/stream_outbox.h"
 #include "server/api/validation.h"
 #include "server/core/worker_pool.h"
@@ -21,7 +23,7 @@ class InferenceService final : public tandem::v1::Inference::CallbackService {
  public:
   // Does not own its arguments; they must outlive the service. metrics may be null.
   InferenceService(ModelRegistry* registry, WorkerPool* pool, Metrics* metrics,
-                   RequestLimits limits);
+                   RequestLimits limits, bool log_requests);
 
   grpc::ServerWriteReactor<tandem::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const tandem::v1::GenerateRequest* request) override;
@@ -30,10 +32,17 @@ class InferenceService final : public tandem::v1::Inference::CallbackService {
                                        tandem::v1::ListModelsResponse* response) override;
 
  private:
+  // Takes a validated request (or its validation error) to the pool, with `id` and the outbox of
+  // `reactor` (a GenerateReactor).
+  template <typename Request>
+  absl::Status Submit(absl::StatusOr<std::unique_ptr<Request>> built, const std::string& id,
+                      void* reactor);
+
   ModelRegistry* registry_;
   WorkerPool* pool_;
   Metrics* metrics_;
   RequestLimits limits_;
+  bool log_requests_;
   std::atomic<uint64_t> next_id_{1};
 };
 

@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "server/api/http_endpoint.h"
 #include "server/api/inference_service.h"
 #include "server/metrics/metrics.h"
 #include "server/core/model_registry.h"
@@ -17,6 +18,8 @@ namespace tandem {
 Server::Server() = default;
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+int Server::metrics_port() const { return http_ ? http_->port() : 0; }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
   std::unique_ptr<Server> server(new Server());
@@ -46,7 +49,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   server->pool_ = *std::move(pool);
 
   server->inference_ = std::make_unique<InferenceService>(
-      server->registry_.get(), server->pool_.get(), server->metrics_.get(), options.limits);
+      server->registry_.get(), server->pool_.get(), server->metrics_.get(), options.limits,
+      options.log_requests);
   if (!options.state_dir.empty()) {
     TrainManagerOptions topts;
     topts.state_dir = options.state_dir;
@@ -81,12 +85,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
   if (!options.metrics_listen.empty()) {
-    absl::StatusOr<int> mport = server->metrics_->StartHttp(options.metrics_listen);
-    if (!mport.ok()) {
+    absl::StatusOr<std::unique_ptr<HttpEndpoint>> http =
+        HttpEndpoint::Start(options.metrics_listen, server->metrics_.get());
+    if (!http.ok()) {
       server->Shutdown(absl::ZeroDuration());
-      return mport.status();
+      return absl::Status(http.status().code(),
+                          absl::StrCat("metrics endpoint: ", http.status().message()));
     }
-    server->metrics_port_ = *mport;
+    server->http_ = *std::move(http);
   }
   return server;
 }
@@ -105,7 +111,7 @@ void Server::Shutdown(absl::Duration grace) {
                            absl::ToChronoSeconds(grace));
   }
   if (pool_) pool_->Stop();
-  if (metrics_) metrics_->StopHttp();
+  http_.reset();
 }
 
 }  // namespace tandem

@@ -19,6 +19,7 @@ class Service;
 
 namespace tandem {
 
+class HttpEndpoint;
 class InferenceService;
 class Metrics;
 class ModelRegistry;
@@ -40,6 +41,7 @@ struct ServerOptions {
   int max_pending = 256;
   int prefill_token_budget = 1024;
   RequestLimits limits;
+  bool log_requests = true;  // one line per Generate call on stderr
 };
 
 class Server {
@@ -48,7 +50,7 @@ class Server {
   ~Server();
 
   int port() const { return port_; }
-  int metrics_port() const { return metrics_port_; }
+  int metrics_port() const;
   ModelRegistry* registry() { return registry_.get(); }
   Metrics* metrics() { return metrics_.get(); }
 
@@ -66,8 +68,8 @@ class Server {
   std::unique_ptr<TrainManager> train_manager_;
   std::unique_ptr<grpc::Service> training_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HttpEndpoint> http_;
   int port_ = 0;
-  int metrics_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -3,6 +3,7 @@
 #include <memory>
 #include <utility>
 
+#include "server/api/proto_convert.h"
 #include "server/api/stream_outbox.h"
 
 namespace tandem {
@@ -18,8 +19,8 @@ const absl::Status& NoStateDir() {
 }
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
-                                 absl::StatusOr<TrainJob> job, TrainJob* response) {
-  if (job.ok()) *response = *std::move(job);
+                                 const absl::StatusOr<Job>& job, TrainJob* response) {
+  if (job.ok()) *response = ToProto(*job);
   auto* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(job.status()));
   return reactor;
@@ -30,10 +31,10 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
 class WatchReactor final : public grpc::ServerWriteReactor<TrainJobEvent>,
                            public StreamOutbox<TrainJobEvent>::Writer {
  public:
-  class Outbox final : public EventSink<TrainJobEvent>, public StreamOutbox<TrainJobEvent> {
+  class Outbox final : public EventSink<JobEvent>, public StreamOutbox<TrainJobEvent> {
    public:
     explicit Outbox(WatchReactor* reactor) : StreamOutbox<TrainJobEvent>(reactor) {}
-    void Send(TrainJobEvent event) override { StreamOutbox::Send(std::move(event)); }
+    void Send(JobEvent event) override { StreamOutbox::Send(ToProto(event)); }
     void Finish(const absl::Status& status) override { StreamOutbox::Finish(status); }
     bool cancelled() const override { return StreamOutbox::cancelled(); }
   };
@@ -60,7 +61,7 @@ grpc::ServerUnaryReactor* TrainingService::SubmitTrainJob(
     grpc::CallbackServerContext* context, const tandem::v1::SubmitTrainJobRequest* request,
     TrainJob* response) {
   if (!manager_) return Answer(context, NoStateDir(), response);
-  return Answer(context, manager_->Submit(request->spec()), response);
+  return Answer(context, manager_->Submit(FromProto(request->spec())), response);
 }
 
 grpc::ServerUnaryReactor* TrainingService::GetTrainJob(
@@ -78,11 +79,20 @@ grpc::ServerUnaryReactor* TrainingService::ListTrainJobs(
     reactor->Finish(ToGrpcStatus(NoStateDir()));
     return reactor;
   }
-  std::vector<tandem::v1::TrainJobState> states;
-  for (int s : request->states()) states.push_back(static_cast<tandem::v1::TrainJobState>(s));
-  absl::StatusOr<std::vector<TrainJob>> jobs = manager_->List(states);
+  std::vector<JobState> states;
+  for (int s : request->states()) {
+    if (std::optional<JobState> state = FromProto(static_cast<tandem::v1::TrainJobState>(s))) {
+      states.push_back(*state);
+    }
+  }
+  // Only states no job can be in: nothing matches.
+  if (states.empty() && request->states_size() > 0) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  absl::StatusOr<std::vector<Job>> jobs = manager_->List(states);
   if (jobs.ok()) {
-    for (TrainJob& job : *jobs) *response->add_jobs() = std::move(job);
+    for (const Job& job : *jobs) *response->add_jobs() = ToProto(job);
   }
   reactor->Finish(ToGrpcStatus(jobs.status()));
   return reactor;

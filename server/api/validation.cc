@@ -116,7 +116,6 @@ absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
                                 "most ", room));
   }
   req->max_tokens = p.has_max_tokens() ? p.max_tokens() : room;
-  req->id = request.request_id();
   req->sampling.temperature = p.temperature();
   req->sampling.top_k = p.top_k();
   req->sampling.top_p = p.has_top_p() ? p.top_p() : 1.0f;
@@ -192,7 +191,6 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
   // BOS + caption, cut to the encoder's context.
   req->prompt_tokens =
       std::min(static_cast<int>(req->spec.caption.size()) + 1, cfg.text_seq_len);
-  req->id = request.request_id();
   req->priority = request.priority();
   req->accepted = accepted;
   req->model = std::move(model);

@@ -8,9 +8,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "server/core/image_workload.h"
 #include "server/core/model_registry.h"
-#include "server/core/text_workload.h"
+#include "server/core/request.h"
 #include "tandem/v1/inference.pb.h"
 
 namespace tandem {
@@ -26,7 +25,7 @@ struct RequestLimits {
 
 // Validates `request` against the text model `model` and builds the device-ready request:
 // tokenized prompt (BOS first), sampling parameters (a random seed drawn when unset), limits.
-// `stream` is attached as is.
+// The caller sets `id` and `stream`.
 absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
     const tandem::v1::GenerateRequest& request, std::shared_ptr<const ModelEntry> model,
     const RequestLimits& limits, absl::Time accepted);

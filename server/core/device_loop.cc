@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "models/image_model.h"
 #include "models/llama/llama.h"
+#include "models/formats/safetensors.h"
 
 namespace tandem {
 
@@ -20,29 +21,34 @@ absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions
   std::unique_ptr<DeviceLoop> loop(new DeviceLoop(std::move(options), registry, metrics));
   // Load on the creating thread: the loop thread does not exist yet, and a bad model should stop
   // the server from starting rather than fail the first request.
-  for (const auto& entry : registry->List()) {
-    absl::Status s = entry->dir.kind == ModelKind::kText
-                         ? loop->TextInstance(*entry).status()
-                         : loop->ImageInstance(*entry).status();
+  if (absl::Status s = loop->LoadAll(); !s.ok()) return s;
+  DeviceLoop* raw = loop.get();
+  const std::string& device = raw->options_.device;
+  TextWorkloadOptions text_options;
+  text_options.device = device;
+  text_options.prefill_token_budget = raw->options_.prefill_token_budget;
+  raw->text_ = std::make_unique<TextWorkload>(
+      text_options, [raw](const ModelEntry& e) { return raw->TextInstance(e); }, metrics);
+  raw->image_ = std::make_unique<ImageWorkload>(
+      device, [raw](const ModelEntry& e) { return raw->ImageInstance(e); }, metrics);
+  for (Workload* w : {static_cast<Workload*>(raw->text_.get()),
+                      static_cast<Workload*>(raw->image_.get())}) {
+    prometheus::Counter* busy =
+        metrics ? &metrics->device_busy_seconds.Add({{"device", device}, {"work", w->name()}})
+                : nullptr;
+    raw->workloads_.emplace_back(w, busy);
+  }
+  raw->thread_ = std::thread([raw] { raw->Run(); });
+  return loop;
+}
+
+absl::Status DeviceLoop::LoadAll() {
+  for (const auto& entry : registry_->List()) {
+    absl::Status s = entry->dir.kind == ModelKind::kText ? TextInstance(*entry).status()
+                                                         : ImageInstance(*entry).status();
     if (!s.ok()) return s;
   }
-  TextWorkloadOptions text_options;
-  text_options.device = loop->options_.device;
-  text_options.prefill_token_budget = loop->options_.prefill_token_budget;
-  DeviceLoop* raw = loop.get();
-  loop->text_ = std::make_unique<TextWorkload>(
-      text_options, [raw](const ModelEntry& e) { return raw->TextInstance(e); }, metrics);
-  loop->image_ = std::make_unique<ImageWorkload>(
-      loop->options_.device, [raw](const ModelEntry& e) { return raw->ImageInstance(e); },
-      metrics);
-  if (metrics) {
-    loop->busy_text_ = &metrics->device_busy_seconds.Add(
-        {{"device", loop->options_.device}, {"work", "text"}});
-    loop->busy_image_ = &metrics->device_busy_seconds.Add(
-        {{"device", loop->options_.device}, {"work", "image"}});
-  }
-  loop->thread_ = std::thread([raw] { raw->Run(); });
-  return loop;
+  return absl::OkStatus();
 }
 
 DeviceLoop::~DeviceLoop() { Stop(); }
@@ -63,8 +69,7 @@ void DeviceLoop::Enqueue(std::unique_ptr<Request> request, Workload* workload) {
   Track(*request);
   absl::MutexLock lock(&mu_);
   if (stopping_) {
-    request->stream->Finish(absl::UnavailableError("the server is shutting down"));
-    request->on_done();
+    request->End(absl::UnavailableError("the server is shutting down"));
     return;
   }
   inbox_.push_back(
@@ -101,7 +106,7 @@ absl::StatusOr<std::shared_ptr<Model>> CurrentInstance(Map& instances, const Mod
                                                        const std::string& device,
                                                        Create&& create) {
   auto it = instances.find(entry.name);
-  if (it != instances.end() && it->second.version >= entry.version) return it->second.model;
+  if (it != instances.end() && it->second.first >= entry.version) return it->second.second;
   absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
   if (!weights.ok()) return weights.status();
   absl::StatusOr<std::unique_ptr<Model>> model = create(weights->tensors);
@@ -110,32 +115,34 @@ absl::StatusOr<std::shared_ptr<Model>> CurrentInstance(Map& instances, const Mod
                         absl::StrCat("model \"", entry.name, "\" on ", device, ": ",
                                      model.status().message()));
   }
-  auto& inst = instances[entry.name];
-  inst.version = entry.version;
-  inst.model = std::shared_ptr<Model>(std::move(*model));
-  return inst.model;
+  auto& slot = instances[entry.name];
+  slot = {entry.version, std::shared_ptr<Model>(std::move(*model))};
+  return slot.second;
 }
 
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::TextInstance(const ModelEntry& entry) {
-  return CurrentInstance<TextModel>(
-      text_instances_, entry, options_.device, [&](const TensorMap& weights) {
-        TextModelOptions mo;
-        mo.device = options_.device;
-        mo.max_slots = options_.max_sequences;
-        return CreateLlamaModel(entry.dir.llama, weights, mo);
-      });
+  const TextModelOptions mo{options_.device, options_.max_sequences};
+  return CurrentInstance<TextModel>(text_instances_, entry, options_.device,
+                                    [&](const TensorMap& w) {
+                                      return CreateLlamaModel(entry.dir.llama, w, mo);
+                                    });
 }
 
 absl::StatusOr<std::shared_ptr<ImageModel>> DeviceLoop::ImageInstance(const ModelEntry& entry) {
-  return CurrentInstance<ImageModel>(
-      image_instances_, entry, options_.device, [&](const TensorMap& weights) {
-        ImageModelOptions mo;
-        mo.device = options_.device;
-        mo.max_samples = options_.max_images;
-        return CreateDiffusionModel(entry.dir.diffusion, weights, mo);
-      });
+  const ImageModelOptions mo{options_.device, options_.max_images};
+  return CurrentInstance<ImageModel>(image_instances_, entry, options_.device,
+                                     [&](const TensorMap& w) {
+                                       return CreateDiffusionModel(entry.dir.diffusion, w, mo);
+                                     });
+}
+
+bool DeviceLoop::HasWork() const {
+  for (const auto& [workload, busy] : workloads_) {
+    if (workload->HasWork()) return true;
+  }
+  return false;
 }
 
 void DeviceLoop::Run() {
@@ -143,7 +150,7 @@ void DeviceLoop::Run() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      if (!text_->HasWork() && !image_->HasWork()) {
+      if (!HasWork()) {
         // Nothing to run: sleep until something is posted.
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return !inbox_.empty() || stopping_;
@@ -155,17 +162,13 @@ void DeviceLoop::Run() {
     }
     for (auto& fn : batch) fn();
     batch.clear();
-    // One LLM iteration, then one denoising step: text streams keep flowing while images
-    // denoise, each waiting at most one step of the other.
-    if (text_->HasWork()) {
-      absl::Time t0 = absl::Now();
-      text_->RunIteration();
-      if (busy_text_) busy_text_->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
-    }
-    if (image_->HasWork()) {
-      absl::Time t0 = absl::Now();
-      image_->RunIteration();
-      if (busy_image_) busy_image_->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
+    // One iteration of each workload (an LLM decode step, then a denoising step): text streams
+    // keep flowing while images denoise, each waiting at most one step of the other.
+    for (auto& [workload, busy] : workloads_) {
+      if (!workload->HasWork()) continue;
+      const absl::Time t0 = absl::Now();
+      workload->RunIteration();
+      if (busy) busy->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
     }
   }
   // Work posted before the stop still gets its stream finished.
@@ -175,8 +178,9 @@ void DeviceLoop::Run() {
     rest.swap(inbox_);
   }
   for (auto& fn : rest) fn();
-  text_->AbortAll(absl::UnavailableError("the server is shutting down"));
-  image_->AbortAll(absl::UnavailableError("the server is shutting down"));
+  for (auto& [workload, busy] : workloads_) {
+    workload->AbortAll(absl::UnavailableError("the server is shutting down"));
+  }
 }
 
 void DeviceLoop::Stop() {

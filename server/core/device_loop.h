@@ -14,15 +14,17 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "server/metrics/metrics.h"
 #include "server/core/image_workload.h"
 #include "server/core/model_registry.h"
 #include "server/core/text_workload.h"
+#include "server/metrics/metrics.h"
 
 namespace tandem {
 
@@ -61,9 +63,12 @@ class DeviceLoop {
  private:
   DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metrics* metrics);
   void Run();
+  bool HasWork() const;
   // The device's instance of `entry` (loaded on first use or when the entry is newer).
   absl::StatusOr<std::shared_ptr<TextModel>> TextInstance(const ModelEntry& entry);
   absl::StatusOr<std::shared_ptr<ImageModel>> ImageInstance(const ModelEntry& entry);
+  // Loads every model of the registry (Create, before the thread starts).
+  absl::Status LoadAll();
   // Counts the request in load_ and wraps its on_done to count it out.
   template <typename Request>
   void Track(Request& request);
@@ -81,17 +86,15 @@ class DeviceLoop {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   // Loop-thread state.
+  // The device's copy of each model, by name: the version loaded and the instance.
   template <typename Model>
-  struct Instance {
-    int64_t version = 0;
-    std::shared_ptr<Model> model;
-  };
-  std::map<std::string, Instance<TextModel>> text_instances_;
-  std::map<std::string, Instance<ImageModel>> image_instances_;
+  using Instances = std::map<std::string, std::pair<int64_t, std::shared_ptr<Model>>>;
+  Instances<TextModel> text_instances_;
+  Instances<ImageModel> image_instances_;
   std::unique_ptr<TextWorkload> text_;
   std::unique_ptr<ImageWorkload> image_;
-  prometheus::Counter* busy_text_ = nullptr;
-  prometheus::Counter* busy_image_ = nullptr;
+  // Every workload with the counter of its device time, in the order an iteration runs them.
+  std::vector<std::pair<Workload*, prometheus::Counter*>> workloads_;
   std::thread thread_;
 };
 

@@ -9,42 +9,16 @@
 #define TANDEM_SERVER_CORE_TEXT_WORKLOAD_H_
 
 #include <cstdint>
-#include <deque>
-#include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "absl/time/time.h"
-#include "models/text/sampler.h"
 #include "models/text_model.h"
+#include "server/core/request.h"
+#include "server/core/workload.h"
 #include "server/metrics/metrics.h"
-#include "server/core/model_registry.h"
-#include "server/core/response_stream.h"
 
 namespace tandem {
-
-// One validated text generation request, ready for a device.
-struct TextRequest {
-  std::string id;
-  std::shared_ptr<const ModelEntry> model;
-  std::vector<int32_t> prompt;  // BOS + the encoded prompt
-  SamplingParams sampling;      // seed already chosen
-  int max_tokens = 0;           // >= 1; prompt.size() + max_tokens <= seq_len
-  std::vector<std::string> stop;
-  bool include_token_ids = false;
-  int priority = 0;
-  absl::Time accepted;
-  std::shared_ptr<ResponseStream> stream;
-  std::function<void()> on_done;  // called once when the request leaves the device (any reason)
-};
-
-// Gives the workload the current instance of a model on its device, loading it when the entry is
-// newer than what the device holds.
-using ModelInstanceFn =
-    std::function<absl::StatusOr<std::shared_ptr<TextModel>>(const ModelEntry&)>;
 
 struct TextWorkloadOptions {
   std::string device = "cpu";
@@ -53,38 +27,44 @@ struct TextWorkloadOptions {
   int prefill_token_budget = 1024;
 };
 
-class TextWorkload {
+class TextWorkload final : public Workload {
  public:
-  TextWorkload(TextWorkloadOptions options, ModelInstanceFn instances, Metrics* metrics);
-  ~TextWorkload();
+  TextWorkload(TextWorkloadOptions options, InstanceFn<TextModel> instances, Metrics* metrics);
+  ~TextWorkload() override;
 
   void Admit(std::unique_ptr<TextRequest> request);
-  bool HasWork() const { return !waiting_.empty() || !active_.empty(); }
-  void RunIteration();
-  // Ends every request with `status` (server stopping).
-  void AbortAll(const absl::Status& status);
+  const char* name() const override { return "text"; }
+  bool HasWork() const override { return !waiting_.empty() || !active_.empty(); }
+  void RunIteration() override;
+  void AbortAll(const absl::Status& status) override;
 
-  int active() const { return static_cast<int>(active_.size()); }
-  int waiting() const { return static_cast<int>(waiting_.size()); }
+  int active() const { return active_.size(); }
+  int waiting() const { return waiting_.size(); }
 
  private:
   struct Sequence;
 
   void DropCancelled();
   void AdmitWaiting();
+  // Starts the head of the queue (slot, prefill, first token), fails it (its model would not
+  // load), or leaves it waiting (no slot, or past the prefill budget).
+  enum class Start { kStarted, kFailed, kWait };
+  Start StartHead(int* budget, bool first);
   void DecodeActive();
   // Feeds one sampled token to the stream; returns false when the sequence finished.
   bool Emit(Sequence& seq, int32_t token);
-  void Complete(Sequence& seq, int reason);
-  void Release(Sequence& seq);
-  void FailWaiting(std::unique_ptr<TextRequest> request, const absl::Status& status);
+  // Sends `text` and the token ids not yet sent (when the caller wants ids).
+  void SendDelta(Sequence& seq, std::string text);
+  void Complete(Sequence& seq, FinishReason reason);
+  // Frees the slot and ends the request with `status`.
+  void Release(Sequence& seq, const absl::Status& status);
   void UpdateGauges();
 
   TextWorkloadOptions options_;
-  ModelInstanceFn instances_;
+  InstanceFn<TextModel> instances_;
   Metrics* metrics_;  // may be null (tests)
-  std::deque<std::unique_ptr<TextRequest>> waiting_;  // priority order, then arrival
-  std::vector<std::unique_ptr<Sequence>> active_;
+  RequestQueue<TextRequest> waiting_;
+  RunningSet<Sequence> active_;
   std::vector<float> logits_;  // scratch [batch, vocab]
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;

@@ -16,7 +16,6 @@ namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
-using tandem::v1::TrainJobSpec;
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
@@ -107,97 +106,80 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
   return real.string();
 }
 
-absl::Status Hyper(tandem::v1::Hyperparameters* h, Hyperparams* out) {
-  if (h->steps() <= 0 || h->steps() > 100000000) {
-    return Invalid(absl::StrCat("hyperparameters.steps (", h->steps(), ") must be in [1, 1e8]"));
+// Fills the defaults of unset (0) fields and checks every range.
+absl::Status Hyper(Hyperparams* h) {
+  if (h->steps <= 0 || h->steps > 100000000) {
+    return Invalid(absl::StrCat("hyperparameters.steps (", h->steps, ") must be in [1, 1e8]"));
   }
-  if (h->batch_size() == 0) h->set_batch_size(16);
-  if (h->batch_size() < 0 || h->batch_size() > 4096) {
-    return Invalid(absl::StrCat("batch_size (", h->batch_size(), ") must be in [1, 4096]"));
+  if (h->batch_size == 0) h->batch_size = 16;
+  if (h->batch_size < 0 || h->batch_size > 4096) {
+    return Invalid(absl::StrCat("batch_size (", h->batch_size, ") must be in [1, 4096]"));
   }
-  if (h->grad_accum() == 0) h->set_grad_accum(1);
-  if (h->grad_accum() < 0 || h->grad_accum() > 1024) {
-    return Invalid(absl::StrCat("grad_accum (", h->grad_accum(), ") must be in [1, 1024]"));
+  if (h->grad_accum == 0) h->grad_accum = 1;
+  if (h->grad_accum < 0 || h->grad_accum > 1024) {
+    return Invalid(absl::StrCat("grad_accum (", h->grad_accum, ") must be in [1, 1024]"));
   }
-  if (h->lr() == 0) h->set_lr(1e-3);
-  if (!(h->lr() > 0 && h->lr() <= 1)) {
-    return Invalid(absl::StrCat("lr (", h->lr(), ") must be in (0, 1]"));
+  if (h->lr == 0) h->lr = 1e-3;
+  if (!(h->lr > 0 && h->lr <= 1)) return Invalid(absl::StrCat("lr (", h->lr, ") must be in (0, 1]"));
+  if (h->min_lr == 0) h->min_lr = h->lr / 10;
+  if (!(h->min_lr > 0 && h->min_lr <= h->lr)) {
+    return Invalid(absl::StrCat("min_lr (", h->min_lr, ") must be in (0, lr]"));
   }
-  if (h->min_lr() == 0) h->set_min_lr(h->lr() / 10);
-  if (!(h->min_lr() > 0 && h->min_lr() <= h->lr())) {
-    return Invalid(absl::StrCat("min_lr (", h->min_lr(), ") must be in (0, lr]"));
+  if (h->warmup_steps == 0) h->warmup_steps = std::min<int64_t>(100, h->steps / 20);
+  if (h->warmup_steps < 0 || h->warmup_steps >= h->steps) {
+    return Invalid(absl::StrCat("warmup_steps (", h->warmup_steps, ") must be in [0, steps)"));
   }
-  if (h->warmup_steps() == 0) h->set_warmup_steps(std::min<int64_t>(100, h->steps() / 20));
-  if (h->warmup_steps() < 0 || h->warmup_steps() >= h->steps()) {
-    return Invalid(absl::StrCat("warmup_steps (", h->warmup_steps(), ") must be in [0, steps)"));
+  if (!(h->weight_decay >= 0 && h->weight_decay < 1)) {
+    return Invalid(absl::StrCat("weight_decay (", h->weight_decay, ") must be in [0, 1)"));
   }
-  if (!(h->weight_decay() >= 0 && h->weight_decay() < 1)) {
-    return Invalid(absl::StrCat("weight_decay (", h->weight_decay(), ") must be in [0, 1)"));
-  }
-  if (h->beta1() == 0) h->set_beta1(0.9);
-  if (h->beta2() == 0) h->set_beta2(0.95);
-  if (!(h->beta1() > 0 && h->beta1() < 1) || !(h->beta2() > 0 && h->beta2() < 1)) {
+  if (h->beta1 == 0) h->beta1 = 0.9;
+  if (h->beta2 == 0) h->beta2 = 0.95;
+  if (!(h->beta1 > 0 && h->beta1 < 1) || !(h->beta2 > 0 && h->beta2 < 1)) {
     return Invalid("beta1 and beta2 must be in (0, 1)");
   }
-  if (h->grad_clip() == 0) h->set_grad_clip(1.0);
-  if (!(h->grad_clip() > 0) || !std::isfinite(h->grad_clip())) {
-    return Invalid(absl::StrCat("grad_clip (", h->grad_clip(), ") must be positive"));
+  if (h->grad_clip == 0) h->grad_clip = 1.0;
+  if (!(h->grad_clip > 0) || !std::isfinite(h->grad_clip)) {
+    return Invalid(absl::StrCat("grad_clip (", h->grad_clip, ") must be positive"));
   }
-  if (h->eval_every() == 0) h->set_eval_every(std::max<int64_t>(1, h->steps() / 10));
-  if (h->checkpoint_every() == 0) h->set_checkpoint_every(h->eval_every());
-  if (h->eval_every() < 0 || h->checkpoint_every() < 0) {
+  if (h->eval_every == 0) h->eval_every = std::max<int64_t>(1, h->steps / 10);
+  if (h->checkpoint_every == 0) h->checkpoint_every = h->eval_every;
+  if (h->eval_every < 0 || h->checkpoint_every < 0) {
     return Invalid("eval_every and checkpoint_every must be positive (0: the default)");
   }
-  if (h->seed() == 0) h->set_seed(1);
-  if (h->caption_dropout() == 0) h->set_caption_dropout(0.1);
-  if (!(h->caption_dropout() >= 0 && h->caption_dropout() < 1)) {
-    return Invalid(absl::StrCat("caption_dropout (", h->caption_dropout(), ") must be in [0, 1)"));
+  if (h->seed == 0) h->seed = 1;
+  if (h->caption_dropout == 0) h->caption_dropout = 0.1;
+  if (!(h->caption_dropout >= 0 && h->caption_dropout < 1)) {
+    return Invalid(absl::StrCat("caption_dropout (", h->caption_dropout, ") must be in [0, 1)"));
   }
-  if (h->holdout_fraction() == 0) h->set_holdout_fraction(0.1);
-  if (!(h->holdout_fraction() > 0 && h->holdout_fraction() <= 0.5)) {
-    return Invalid(absl::StrCat("holdout_fraction (", h->holdout_fraction(), ") must be in (0, 0.5]"));
+  if (h->holdout_fraction == 0) h->holdout_fraction = 0.1;
+  if (!(h->holdout_fraction > 0 && h->holdout_fraction <= 0.5)) {
+    return Invalid(absl::StrCat("holdout_fraction (", h->holdout_fraction, ") must be in (0, 0.5]"));
   }
-  out->steps = h->steps();
-  out->batch_size = h->batch_size();
-  out->grad_accum = h->grad_accum();
-  out->lr = h->lr();
-  out->min_lr = h->min_lr();
-  out->warmup_steps = h->warmup_steps();
-  out->weight_decay = h->weight_decay();
-  out->beta1 = h->beta1();
-  out->beta2 = h->beta2();
-  out->grad_clip = h->grad_clip();
-  out->decay_norms_and_embeddings = h->decay_norms_and_embeddings();
-  out->eval_every = h->eval_every();
-  out->checkpoint_every = h->checkpoint_every();
-  out->seed = h->seed();
-  out->caption_dropout = h->caption_dropout();
-  out->holdout_fraction = h->holdout_fraction();
   return absl::OkStatus();
 }
 
-absl::Status TextConfig(tandem::v1::TextModelConfig* m, LlamaConfig* c) {
-  if (m->vocab_size() == 0) m->set_vocab_size(1024);
-  if (m->dim() == 0) m->set_dim(256);
-  if (m->layers() == 0) m->set_layers(4);
-  if (m->heads() == 0) m->set_heads(8);
-  if (m->kv_heads() == 0) m->set_kv_heads(m->heads());
-  if (m->seq_len() == 0) m->set_seq_len(256);
-  c->vocab_size = m->vocab_size();
-  c->dim = m->dim();
-  c->n_layers = m->layers();
-  c->n_heads = m->heads();
-  c->n_kv_heads = m->kv_heads();
-  c->seq_len = m->seq_len();
-  c->hidden_dim = m->hidden_dim();
-  c->tie_embeddings = m->tie_embeddings();
-  if (m->vocab_size() < 260) {
-    return Invalid(absl::StrCat("text_model.vocab_size (", m->vocab_size(),
+absl::Status TextConfig(TextModelSpec* m, LlamaConfig* c) {
+  if (m->vocab_size == 0) m->vocab_size = 1024;
+  if (m->dim == 0) m->dim = 256;
+  if (m->layers == 0) m->layers = 4;
+  if (m->heads == 0) m->heads = 8;
+  if (m->kv_heads == 0) m->kv_heads = m->heads;
+  if (m->seq_len == 0) m->seq_len = 256;
+  c->vocab_size = m->vocab_size;
+  c->dim = m->dim;
+  c->n_layers = m->layers;
+  c->n_heads = m->heads;
+  c->n_kv_heads = m->kv_heads;
+  c->seq_len = m->seq_len;
+  c->hidden_dim = m->hidden_dim;
+  c->tie_embeddings = m->tie_embeddings;
+  if (m->vocab_size < 260) {
+    return Invalid(absl::StrCat("text_model.vocab_size (", m->vocab_size,
                                 ") must be at least 260: 3 control pieces and 256 byte pieces "
                                 "come first"));
   }
-  if (m->heads() > 0 && m->dim() % m->heads() != 0) {
-    return Invalid(absl::StrCat("text_model.heads (", m->heads(), ") must divide dim (", m->dim(), ")"));
+  if (m->heads > 0 && m->dim % m->heads != 0) {
+    return Invalid(absl::StrCat("text_model.heads (", m->heads, ") must divide dim (", m->dim, ")"));
   }
   if (absl::Status s = c->Normalize(); !s.ok()) {
     return Invalid(absl::StrCat("text_model: ", s.message()));
@@ -205,36 +187,30 @@ absl::Status TextConfig(tandem::v1::TextModelConfig* m, LlamaConfig* c) {
   return absl::OkStatus();
 }
 
-absl::Status ImageConfig(tandem::v1::ImageModelConfig* m, DiffusionConfig* c) {
-  if (m->image_size() != 0) c->image_size = m->image_size();
-  if (m->channels() != 0) c->channels = m->channels();
-  if (m->unet_widths_size() > 0) c->unet_widths.assign(m->unet_widths().begin(), m->unet_widths().end());
-  if (m->res_blocks() != 0) c->res_blocks = m->res_blocks();
-  if (m->attention_levels_size() > 0) {
-    c->attention_levels.assign(m->attention_levels().begin(), m->attention_levels().end());
-  }
-  if (m->text_dim() != 0) c->text_dim = m->text_dim();
-  if (m->text_layers() != 0) c->text_layers = m->text_layers();
-  if (m->text_heads() != 0) c->text_heads = m->text_heads();
-  if (m->text_seq_len() != 0) c->text_seq_len = m->text_seq_len();
-  if (m->vocab_size() != 0) c->vocab_size = m->vocab_size();
-  if (m->diffusion_steps() != 0) c->diffusion_steps = m->diffusion_steps();
-  if (m->v_prediction()) c->prediction = "v";
+// Unset fields take DiffusionConfig's defaults; the effective config is written back so the
+// stored spec says what runs.
+absl::Status ImageConfig(ImageModelSpec* m, DiffusionConfig* c) {
+  auto take = [](int from, int* to) {
+    if (from != 0) *to = from;
+  };
+  take(m->image_size, &c->image_size);
+  take(m->channels, &c->channels);
+  if (!m->unet_widths.empty()) c->unet_widths = m->unet_widths;
+  take(m->res_blocks, &c->res_blocks);
+  if (!m->attention_levels.empty()) c->attention_levels = m->attention_levels;
+  take(m->text_dim, &c->text_dim);
+  take(m->text_layers, &c->text_layers);
+  take(m->text_heads, &c->text_heads);
+  take(m->text_seq_len, &c->text_seq_len);
+  take(m->vocab_size, &c->vocab_size);
+  take(m->diffusion_steps, &c->diffusion_steps);
+  if (m->v_prediction) c->prediction = "v";
   if (absl::Status s = c->Normalize(); !s.ok()) {
     return Invalid(absl::StrCat("image_model: ", s.message()));
   }
-  // Write the effective config back so the stored spec says what runs.
-  m->set_image_size(c->image_size);
-  m->set_channels(c->channels);
-  m->mutable_unet_widths()->Assign(c->unet_widths.begin(), c->unet_widths.end());
-  m->set_res_blocks(c->res_blocks);
-  m->mutable_attention_levels()->Assign(c->attention_levels.begin(), c->attention_levels.end());
-  m->set_text_dim(c->text_dim);
-  m->set_text_layers(c->text_layers);
-  m->set_text_heads(c->text_heads);
-  m->set_text_seq_len(c->text_seq_len);
-  m->set_vocab_size(c->vocab_size);
-  m->set_diffusion_steps(c->diffusion_steps);
+  *m = ImageModelSpec{c->image_size,  c->channels,    c->unet_widths,  c->res_blocks,
+                      c->attention_levels, c->text_dim, c->text_layers, c->text_heads,
+                      c->text_seq_len, c->vocab_size, c->diffusion_steps, c->prediction == "v"};
   return absl::OkStatus();
 }
 
@@ -287,60 +263,61 @@ int64_t DefaultTrainingMemoryBudget() {
   return static_cast<int64_t>(pages) * page / 2;
 }
 
-absl::StatusOr<TrainOptions> ResolveTrainSpec(TrainJobSpec* spec, const TrainSpecContext& ctx) {
+absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecContext& ctx) {
   TrainOptions o;
-  if (spec->name().empty()) spec->set_name("job");
-  if (spec->name().size() > 200) return Invalid("name must be at most 200 bytes");
-  if (spec->kind() != tandem::v1::TRAIN_KIND_TEXT && spec->kind() != tandem::v1::TRAIN_KIND_IMAGE) {
-    return Invalid("kind must be TRAIN_KIND_TEXT or TRAIN_KIND_IMAGE");
-  }
-  const bool text = spec->kind() == tandem::v1::TRAIN_KIND_TEXT;
-  o.kind = text ? ModelKind::kText : ModelKind::kImage;
-  if (text && spec->has_image_model()) return Invalid("a text job takes text_model, not image_model");
-  if (!text && spec->has_text_model()) return Invalid("an image job takes image_model, not text_model");
-  if (!spec->has_hyperparameters()) return Invalid("hyperparameters.steps is required");
-  if (absl::Status s = Hyper(spec->mutable_hyperparameters(), &o.hyper); !s.ok()) return s;
+  if (spec->name.empty()) spec->name = "job";
+  if (spec->name.size() > 200) return Invalid("name must be at most 200 bytes");
+  if (!spec->kind) return Invalid("kind must be TRAIN_KIND_TEXT or TRAIN_KIND_IMAGE");
+  const bool text = *spec->kind == ModelKind::kText;
+  o.kind = *spec->kind;
+  if (text && spec->image_model) return Invalid("a text job takes text_model, not image_model");
+  if (!text && spec->text_model) return Invalid("an image job takes image_model, not text_model");
+  if (!spec->hyper) return Invalid("hyperparameters.steps is required");
+  if (absl::Status s = Hyper(&*spec->hyper); !s.ok()) return s;
+  o.hyper = *spec->hyper;
 
-  if (!spec->init_from().empty()) {
+  if (!spec->init_from.empty()) {
     if (ctx.registry == nullptr) return absl::FailedPreconditionError("no model registry");
     absl::StatusOr<std::shared_ptr<const ModelEntry>> init =
-        ctx.registry->Lookup(spec->init_from(), o.kind);
+        ctx.registry->Lookup(spec->init_from, o.kind);
     if (!init.ok()) return init.status();
     if ((*init)->dir.kind != o.kind) {
-      return Invalid(absl::StrCat("init_from \"", spec->init_from(), "\" is ",
+      return Invalid(absl::StrCat("init_from \"", spec->init_from, "\" is ",
                                   text ? "an image" : "a text", " model; this is a ",
                                   text ? "text" : "image", " job"));
     }
-    if (spec->has_text_model() || spec->has_image_model()) {
+    if (spec->text_model || spec->image_model) {
       return Invalid("init_from reuses that model's config: leave text_model / image_model unset");
     }
     o.init_from_dir = (*init)->dir.path;
     o.llama = (*init)->dir.llama;
     o.diffusion = (*init)->dir.diffusion;
   } else if (text) {
-    if (absl::Status s = TextConfig(spec->mutable_text_model(), &o.llama); !s.ok()) return s;
+    if (!spec->text_model) spec->text_model.emplace();
+    if (absl::Status s = TextConfig(&*spec->text_model, &o.llama); !s.ok()) return s;
   } else {
-    if (absl::Status s = ImageConfig(spec->mutable_image_model(), &o.diffusion); !s.ok()) return s;
+    if (!spec->image_model) spec->image_model.emplace();
+    if (absl::Status s = ImageConfig(&*spec->image_model, &o.diffusion); !s.ok()) return s;
   }
 
-  if (!spec->deploy_as().empty()) {
-    if (!ValidName(spec->deploy_as())) {
-      return Invalid(absl::StrCat("deploy_as \"", spec->deploy_as(),
+  if (!spec->deploy_as.empty()) {
+    if (!ValidName(spec->deploy_as)) {
+      return Invalid(absl::StrCat("deploy_as \"", spec->deploy_as,
                                   "\" must be 1-128 letters, digits, '-', '_' or '.'"));
     }
     if (ctx.registry) {
       absl::StatusOr<std::shared_ptr<const ModelEntry>> existing =
-          ctx.registry->Lookup(spec->deploy_as(), o.kind);
+          ctx.registry->Lookup(spec->deploy_as, o.kind);
       if (existing.ok() && (*existing)->dir.kind != o.kind) {
-        return Invalid(absl::StrCat("deploy_as \"", spec->deploy_as(), "\" is already ",
+        return Invalid(absl::StrCat("deploy_as \"", spec->deploy_as, "\" is already ",
                                     text ? "an image" : "a text", " model"));
       }
     }
-  } else if (spec->deploy_on_improvement()) {
+  } else if (spec->deploy_on_improvement) {
     return Invalid("deploy_on_improvement needs deploy_as");
   }
 
-  absl::StatusOr<std::string> dataset = ResolveDataset(spec->dataset(), ctx.data_dir, text);
+  absl::StatusOr<std::string> dataset = ResolveDataset(spec->dataset, ctx.data_dir, text);
   if (!dataset.ok()) return dataset.status();
   o.dataset_path = *dataset;
   o.keep_checkpoints = ctx.keep_checkpoints;

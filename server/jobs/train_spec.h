@@ -1,4 +1,4 @@
-// Training-job specs: checks a tandem.v1.TrainJobSpec and resolves it into the trainer's
+// Training-job specs: checks a JobSpec (server/jobs/job.h) and resolves it into the trainer's
 // TrainOptions before anything is allocated — the dataset confined to --data_dir (no absolute
 // paths, no "..", no symlink leading out), the model config's invariants, hyperparameter ranges
 // with defaults for unset (zero) fields, init_from / deploy_as against the registry, and an
@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/core/model_registry.h"
-#include "tandem/v1/training.pb.h"
+#include "server/jobs/job.h"
 #include "trainer/train_options.h"
 
 namespace tandem {
@@ -29,8 +29,7 @@ struct TrainSpecContext {
 
 // Fills the defaults of unset fields into `spec` (so the stored spec says what runs) and returns
 // the resolved options. options.job_id and options.device are left for the caller.
-absl::StatusOr<TrainOptions> ResolveTrainSpec(tandem::v1::TrainJobSpec* spec,
-                                              const TrainSpecContext& context);
+absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecContext& context);
 
 // Bytes a training step needs (weights, gradients, AdamW moments, activations), estimated.
 int64_t EstimateTrainingBytes(const TrainOptions& options);

@@ -1,11 +1,5 @@
 #include "server/metrics/metrics.h"
 
-#include <httplib.h>
-
-#include <chrono>
-#include <thread>
-
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "prometheus/text_serializer.h"
 
@@ -90,7 +84,7 @@ Metrics::Metrics()
                                          "loop (the longest an online request waits for it), "
                                          "by device.")) {}
 
-Metrics::~Metrics() { StopHttp(); }
+Metrics::~Metrics() = default;
 
 std::string Metrics::Serialize() const {
   prometheus::TextSerializer serializer;
@@ -107,52 +101,6 @@ const prometheus::Histogram::BucketBoundaries& Metrics::BatchBuckets() {
   static const auto* b =
       new prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256};
   return *b;
-}
-
-absl::StatusOr<int> Metrics::StartHttp(const std::string& listen) {
-  auto colon = listen.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
-      port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--metrics_listen=", listen, " is not HOST:PORT"));
-  }
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  http_ = std::make_unique<httplib::Server>();
-  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(Serialize(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok\n", "text/plain");
-  });
-  int bound = port;
-  if (port == 0) {
-    bound = http_->bind_to_any_port(host.c_str());
-  } else if (!http_->bind_to_port(host.c_str(), port)) {
-    bound = -1;
-  }
-  if (bound < 0) {
-    http_.reset();
-    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", listen));
-  }
-  http_thread_ = std::thread([this] { http_->listen_after_bind(); });
-  // httplib's stop() is a no-op until the accept loop runs, which would leave StopHttp joining
-  // a server that never stops: return only once it is running.
-  for (int i = 0; i < 5000 && !http_->is_running(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return bound;
-}
-
-void Metrics::StopHttp() {
-  if (http_) {
-    http_->stop();
-    if (http_thread_.joinable()) http_thread_.join();
-    http_.reset();
-  }
 }
 
 }  // namespace tandem

@@ -1,13 +1,11 @@
-// Metrics: the server's Prometheus registry (prometheus-cpp core) and the HTTP endpoint that
-// serves it. prometheus-cpp's own pull Exposer (civetweb) cannot start in a process that links
-// libtorch + OpenBLAS (thread stacks too small for their TLS), so /metrics is served by
-// cpp-httplib from TextSerializer output. Thread-safe: every method may be called from any thread.
+// Metrics: the server's Prometheus registry (prometheus-cpp core) and its metric families, which
+// every layer records into; server/api/http_endpoint serves them. Thread-safe: every method may
+// be called from any thread.
 #ifndef TANDEM_SERVER_METRICS_METRICS_H_
 #define TANDEM_SERVER_METRICS_METRICS_H_
 
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -16,10 +14,6 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace tandem {
 
@@ -34,10 +28,6 @@ class Metrics {
   prometheus::Registry& registry() { return *registry_; }
   // The text exposition format of everything registered.
   std::string Serialize() const;
-
-  // Serves GET /metrics (and /healthz) on host:port; port 0 picks a free one. Returns the port.
-  absl::StatusOr<int> StartHttp(const std::string& listen);
-  void StopHttp();
 
   // --- families (labels noted) ---
   // Generate calls by model, kind (text|image) and final gRPC code name.
@@ -70,10 +60,6 @@ class Metrics {
 
   static const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
   static const prometheus::Histogram::BucketBoundaries& BatchBuckets();
-
- private:
-  std::unique_ptr<httplib::Server> http_;
-  std::thread http_thread_;
 };
 
 }  // namespace tandem

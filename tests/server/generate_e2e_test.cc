@@ -152,6 +152,19 @@ TEST_F(GenerateE2ETest, TokensStreamAndFinishedCarriesUsage) {
   EXPECT_EQ(r.finished.seed(), 1u);
 }
 
+TEST_F(GenerateE2ETest, FinishedEchoesTheRequestIdOrTheOneTheServerChose) {
+  GenerateRequest mine = TextRequest("the cat", 4);
+  mine.set_request_id("client-42");
+  StreamResult r = Run(mine);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.finished.request_id(), "client-42");
+  StreamResult a = Run(TextRequest("the cat", 4));
+  StreamResult b = Run(TextRequest("the cat", 4));
+  ASSERT_TRUE(a.status.ok() && b.status.ok());
+  EXPECT_EQ(a.finished.request_id().rfind("gen-", 0), 0u) << a.finished.request_id();
+  EXPECT_NE(a.finished.request_id(), b.finished.request_id());
+}
+
 TEST_F(GenerateE2ETest, SameSeedSameTextWhateverIsBatchedAlongside) {
   GenerateRequest a = TextRequest("a dog ran far", 40, /*temperature=*/1.0f, /*seed=*/1234);
   a.mutable_text()->set_top_k(50);

@@ -118,6 +118,7 @@ std::string* ImageE2ETest::root_ = nullptr;
 TEST_F(ImageE2ETest, StreamsEveryStepThenImagesThenFinished) {
   GenerateRequest req = ImageRequest("a photo of a sneaker", 6, 42, /*n=*/2);
   req.mutable_image()->set_preview_every(2);
+  req.set_request_id("img-7");
   ImageResult r = Run(req);
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.steps, (std::vector<int>{1, 2, 3, 4, 5, 6}));
@@ -138,6 +139,7 @@ TEST_F(ImageE2ETest, StreamsEveryStepThenImagesThenFinished) {
   EXPECT_EQ(r.finished.usage().steps(), 6);
   EXPECT_GT(r.finished.usage().prompt_tokens(), 1);
   EXPECT_EQ(r.finished.seed(), 42u);
+  EXPECT_EQ(r.finished.request_id(), "img-7");
 }
 
 TEST_F(ImageE2ETest, SameSeedSameImageBitForBit) {

@@ -1,4 +1,6 @@
-#include "server/jobs/train_job_store.h"
+#include "server/jobs/job_store.h"
+
+#include "server/jobs/job_json.h"
 
 #include <sqlite3.h>
 
@@ -16,13 +18,8 @@
 namespace tandem {
 namespace {
 
-using tandem::v1::TrainJob;
-using tandem::v1::TrainJobEvent;
-using tandem::v1::TrainJobSpec;
-using tandem::v1::TrainJobState;
-using tandem::v1::TrainMetrics;
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 constexpr int kBusyTimeoutMs = 10000;
 
 constexpr char kSchema[] = R"sql(
@@ -31,20 +28,20 @@ CREATE TABLE jobs (
   id TEXT UNIQUE,
   state INTEGER NOT NULL,
   priority INTEGER NOT NULL,
-  spec BLOB NOT NULL,
-  job BLOB NOT NULL
+  spec TEXT NOT NULL,
+  job TEXT NOT NULL
 );
 CREATE INDEX jobs_by_state ON jobs(state, seq);
 CREATE TABLE metrics (
   job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
   step INTEGER NOT NULL,
-  metrics BLOB NOT NULL,
+  metrics TEXT NOT NULL,
   PRIMARY KEY (job_id, step)
 ) WITHOUT ROWID;
 CREATE TABLE events (
   n INTEGER PRIMARY KEY AUTOINCREMENT,
   job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-  event BLOB NOT NULL
+  event TEXT NOT NULL
 );
 CREATE INDEX events_by_job ON events(job_id, n);
 )sql";
@@ -66,13 +63,6 @@ absl::StatusCode CodeFor(int rc) {
     default:
       return absl::StatusCode::kInternal;
   }
-}
-
-void ToTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
-  const int64_t seconds = absl::ToUnixSeconds(t);  // rounds toward the infinite past
-  ts->set_seconds(seconds);
-  ts->set_nanos(static_cast<int32_t>(
-      absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(seconds))));
 }
 
 // A prepared statement, finalized on scope exit. Errors come back from the store's SqlError.
@@ -98,11 +88,6 @@ class Stmt {
                             SQLITE_TRANSIENT));
     return *this;
   }
-  Stmt& BindBlob(int i, const std::string& blob) {
-    Check(sqlite3_bind_blob(stmt_, i, blob.data(), static_cast<int>(blob.size()),
-                            SQLITE_TRANSIENT));
-    return *this;
-  }
   // SQLITE_ROW, SQLITE_DONE or an error code (kept in rc()).
   int Step() {
     if (rc_ != SQLITE_OK && rc_ != SQLITE_ROW && rc_ != SQLITE_DONE) return rc_;
@@ -116,12 +101,6 @@ class Stmt {
                            static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
              : std::string();
   }
-  std::string Blob(int col) {
-    const void* p = sqlite3_column_blob(stmt_, col);
-    const int n = sqlite3_column_bytes(stmt_, col);
-    return p && n > 0 ? std::string(static_cast<const char*>(p), static_cast<size_t>(n))
-                      : std::string();
-  }
 
  private:
   void Check(int rc) {
@@ -131,55 +110,47 @@ class Stmt {
   int rc_ = SQLITE_OK;
 };
 
-// The job row minus what has columns of its own (id, spec) and what lives elsewhere (history).
-std::string JobBlob(const TrainJob& job) {
-  TrainJob rest = job;
-  rest.clear_id();
-  rest.clear_spec();
-  rest.clear_history();
-  return rest.SerializeAsString();
-}
 
 }  // namespace
 
 // --- WriteBatch ---------------------------------------------------------------------------------
 
-TrainJobStore::WriteBatch& TrainJobStore::WriteBatch::Update(const TrainJob& job) {
+JobStore::WriteBatch& JobStore::WriteBatch::Update(const Job& job) {
   Op op;
   op.kind = Kind::kUpdate;
-  op.id = job.id();
-  op.blob = JobBlob(job);
-  op.key = job.state();
-  op.priority = job.spec().priority();
-  op.spec_blob = job.spec().SerializeAsString();
+  op.id = job.id;
+  op.json = JobToJson(job, /*row=*/true);
+  op.key = static_cast<int64_t>(job.state);
+  op.priority = job.spec.priority;
+  op.spec_json = JobSpecToJson(job.spec);
   ops_.push_back(std::move(op));
   return *this;
 }
 
-TrainJobStore::WriteBatch& TrainJobStore::WriteBatch::RecordMetrics(const std::string& id,
-                                                                    const TrainMetrics& m) {
+JobStore::WriteBatch& JobStore::WriteBatch::RecordMetrics(const std::string& id,
+                                                                    const StepRecord& m) {
   Op op;
   op.kind = Kind::kMetrics;
   op.id = id;
-  op.blob = m.SerializeAsString();
-  op.key = m.step();
+  op.json = StepRecordToJson(m);
+  op.key = m.step;
   ops_.push_back(std::move(op));
   return *this;
 }
 
-TrainJobStore::WriteBatch& TrainJobStore::WriteBatch::AppendEvent(const std::string& id,
-                                                                  const TrainJobEvent& e) {
+JobStore::WriteBatch& JobStore::WriteBatch::AppendEvent(const std::string& id,
+                                                                  const JobEvent& e) {
   Op op;
   op.kind = Kind::kEvent;
   op.id = id;
-  op.blob = e.SerializeAsString();
+  op.json = JobEventToJson(e);
   ops_.push_back(std::move(op));
   return *this;
 }
 
 // --- opening ------------------------------------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<TrainJobStore>> TrainJobStore::Open(const std::string& db_path) {
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& db_path) {
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(db_path.c_str(), &db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -192,88 +163,100 @@ absl::StatusOr<std::unique_ptr<TrainJobStore>> TrainJobStore::Open(const std::st
   }
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, kBusyTimeoutMs);
-  std::unique_ptr<TrainJobStore> store(new TrainJobStore(db_path, db));
-
-  // Any failure while setting up means the file is not (or not yet) a usable job store.
-  auto setup_error = [&](int code, const std::string& what) {
-    const bool unusable = (code & 0xff) == SQLITE_NOTADB || (code & 0xff) == SQLITE_CORRUPT ||
-                          (code & 0xff) == SQLITE_CANTOPEN || (code & 0xff) == SQLITE_READONLY ||
-                          (code & 0xff) == SQLITE_PERM || (code & 0xff) == SQLITE_IOERR ||
-                          (code & 0xff) == SQLITE_ERROR;
-    const std::string message =
-        absl::StrFormat("cannot open the training job store %s: %s: %s", db_path, what,
-                        sqlite3_errmsg(db));
-    return unusable ? absl::FailedPreconditionError(message) : absl::InternalError(message);
-  };
-
+  std::unique_ptr<JobStore> store(new JobStore(db_path, db));
   absl::MutexLock lock(&store->mu_);
+  if (absl::Status s = store->SetUpLocked(); !s.ok()) return s;
+  return store;
+}
+
+absl::Status JobStore::SetupError(int code, const std::string& what) {
+  // Any failure while setting up means the file is not (or not yet) a usable job store.
+  const int primary = code & 0xff;
+  const bool unusable = primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT ||
+                        primary == SQLITE_CANTOPEN || primary == SQLITE_READONLY ||
+                        primary == SQLITE_PERM || primary == SQLITE_IOERR ||
+                        primary == SQLITE_ERROR;
+  const std::string message = absl::StrFormat("cannot open the training job store %s: %s: %s",
+                                              path_, what, sqlite3_errmsg(db_));
+  return unusable ? absl::FailedPreconditionError(message) : absl::InternalError(message);
+}
+
+absl::Status JobStore::SetUpLocked() {
   // journal_mode answers a row; sqlite3_exec steps through it.
   for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
                              "PRAGMA foreign_keys=ON"}) {
-    rc = sqlite3_exec(db, pragma, nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) return setup_error(rc, pragma);
+    const int rc = sqlite3_exec(db_, pragma, nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) return SetupError(rc, pragma);
   }
   int version = 0;
   {
-    Stmt st(db, "PRAGMA user_version");
-    if (st.Step() != SQLITE_ROW) return setup_error(st.rc(), "reading its schema version");
+    Stmt st(db_, "PRAGMA user_version");
+    if (st.Step() != SQLITE_ROW) return SetupError(st.rc(), "reading its schema version");
     version = static_cast<int>(st.Int(0));
+  }
+  if (version == 1) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "cannot open the training job store %s: it was written by an earlier tandemd (schema 1, "
+        "protobuf rows) and this build reads schema %d (JSON rows); it was left untouched: move "
+        "it aside to start a new store",
+        path_, kSchemaVersion));
   }
   if (version > kSchemaVersion) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "cannot open the training job store %s: its schema version %d is newer than this "
         "build's (%d)",
-        db_path, version, kSchemaVersion));
+        path_, version, kSchemaVersion));
   }
-  if (version == 0) {
-    rc = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) return setup_error(rc, "creating its schema");
-    rc = sqlite3_exec(db, kSchema, nullptr, nullptr, nullptr);
-    if (rc == SQLITE_OK) {
-      rc = sqlite3_exec(db, absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str(),
-                        nullptr, nullptr, nullptr);
-    }
-    if (rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) {
-      absl::Status status = setup_error(rc, "creating its schema");
-      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-      return status;
-    }
-  } else {
-    // A version-1 file must have our tables (user_version alone could be anyone's).
-    Stmt st(db,
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
-            "name IN ('jobs', 'metrics', 'events')");
-    if (st.Step() != SQLITE_ROW) return setup_error(st.rc(), "reading its schema");
-    if (st.Int(0) != 3) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "cannot open the training job store %s: schema version %d but the jobs, metrics and "
-          "events tables are not all there",
-          db_path, version));
-    }
-  }
-  return store;
+  return version == 0 ? CreateSchemaLocked() : CheckSchemaLocked(version);
 }
 
-TrainJobStore::~TrainJobStore() {
+absl::Status JobStore::CreateSchemaLocked() {
+  int rc = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) return SetupError(rc, "creating its schema");
+  rc = sqlite3_exec(db_, kSchema, nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_exec(db_, absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str(), nullptr,
+                      nullptr, nullptr);
+  }
+  if (rc == SQLITE_OK) rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) return absl::OkStatus();
+  absl::Status status = SetupError(rc, "creating its schema");
+  sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  return status;
+}
+
+absl::Status JobStore::CheckSchemaLocked(int version) {
+  // A file of our version must have our tables (user_version alone could be anyone's).
+  Stmt st(db_,
+          "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+          "name IN ('jobs', 'metrics', 'events')");
+  if (st.Step() != SQLITE_ROW) return SetupError(st.rc(), "reading its schema");
+  if (st.Int(0) == 3) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "cannot open the training job store %s: schema version %d but the jobs, metrics and "
+      "events tables are not all there",
+      path_, version));
+}
+
+JobStore::~JobStore() {
   absl::MutexLock lock(&mu_);
   sqlite3_close_v2(db_);
 }
 
 // --- helpers ------------------------------------------------------------------------------------
 
-absl::Status TrainJobStore::SqlError(const char* what) {
+absl::Status JobStore::SqlError(const char* what) {
   const int rc = sqlite3_extended_errcode(db_);
   return absl::Status(CodeFor(rc), absl::StrFormat("training job store %s: %s: %s", path_, what,
                                                    sqlite3_errmsg(db_)));
 }
 
-absl::Status TrainJobStore::Exec(const char* sql) {
+absl::Status JobStore::Exec(const char* sql) {
   if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return SqlError(sql);
   return absl::OkStatus();
 }
 
-absl::Status TrainJobStore::CheckExistsLocked(const std::string& id) {
+absl::Status JobStore::CheckExistsLocked(const std::string& id) {
   Stmt st(db_, "SELECT 1 FROM jobs WHERE id = ?");
   st.Bind(1, id);
   const int rc = st.Step();
@@ -282,12 +265,12 @@ absl::Status TrainJobStore::CheckExistsLocked(const std::string& id) {
   return SqlError("looking up a job");
 }
 
-absl::Status TrainJobStore::ApplyLocked(const WriteBatch::Op& op) {
+absl::Status JobStore::ApplyLocked(const WriteBatch::Op& op) {
   using Kind = WriteBatch::Kind;
   switch (op.kind) {
     case Kind::kUpdate: {
       Stmt st(db_, "UPDATE jobs SET state = ?, priority = ?, spec = ?, job = ? WHERE id = ?");
-      st.Bind(1, op.key).Bind(2, op.priority).BindBlob(3, op.spec_blob).BindBlob(4, op.blob)
+      st.Bind(1, op.key).Bind(2, op.priority).Bind(3, op.spec_json).Bind(4, op.json)
           .Bind(5, op.id);
       if (st.Step() != SQLITE_DONE) return SqlError("updating a job");
       if (sqlite3_changes(db_) == 0) return absl::NotFoundError(NotFoundMessage(op.id));
@@ -301,9 +284,9 @@ absl::Status TrainJobStore::ApplyLocked(const WriteBatch::Op& op) {
                        : "INSERT INTO events(job_id, event) VALUES (?, ?)");
       st.Bind(1, op.id);
       if (metrics) {
-        st.Bind(2, op.key).BindBlob(3, op.blob);
+        st.Bind(2, op.key).Bind(3, op.json);
       } else {
-        st.BindBlob(2, op.blob);
+        st.Bind(2, op.json);
       }
       if (st.Step() != SQLITE_DONE) {
         if (sqlite3_extended_errcode(db_) == SQLITE_CONSTRAINT_FOREIGNKEY) {
@@ -317,7 +300,7 @@ absl::Status TrainJobStore::ApplyLocked(const WriteBatch::Op& op) {
   return absl::InternalError("unknown write");
 }
 
-absl::Status TrainJobStore::CommitLocked(const WriteBatch& batch) {
+absl::Status JobStore::CommitLocked(const WriteBatch& batch) {
   if (batch.empty()) return absl::OkStatus();
   if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
   absl::Status status;
@@ -332,27 +315,27 @@ absl::Status TrainJobStore::CommitLocked(const WriteBatch& batch) {
 
 // --- writes -------------------------------------------------------------------------------------
 
-absl::StatusOr<TrainJob> TrainJobStore::Create(const TrainJobSpec& spec, absl::Time now) {
-  TrainJob job;
-  *job.mutable_spec() = spec;
-  job.set_state(tandem::v1::QUEUED);
-  ToTimestamp(now, job.mutable_created());
-  job.set_attempt(0);
+absl::StatusOr<Job> JobStore::Create(const JobSpec& spec, absl::Time now) {
+  Job job;
+  job.spec = spec;
+  job.state = JobState::kQueued;
+  job.created = now;
+  job.attempt = 0;
 
   absl::MutexLock lock(&mu_);
   if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
   absl::Status status;
   {
     Stmt st(db_, "INSERT INTO jobs(id, state, priority, spec, job) VALUES (NULL, ?, ?, ?, ?)");
-    st.Bind(1, job.state()).Bind(2, spec.priority()).BindBlob(3, spec.SerializeAsString())
-        .BindBlob(4, JobBlob(job));
+    st.Bind(1, static_cast<int64_t>(job.state)).Bind(2, spec.priority)
+        .Bind(3, JobSpecToJson(spec)).Bind(4, JobToJson(job, /*row=*/true));
     if (st.Step() != SQLITE_DONE) status = SqlError("creating a job");
   }
   if (status.ok()) {
     const int64_t seq = sqlite3_last_insert_rowid(db_);
-    job.set_id(absl::StrFormat("job-%06d", seq));
+    job.id = absl::StrFormat("job-%06d", seq);
     Stmt st(db_, "UPDATE jobs SET id = ? WHERE seq = ?");
-    st.Bind(1, job.id()).Bind(2, seq);
+    st.Bind(1, job.id).Bind(2, seq);
     if (st.Step() != SQLITE_DONE) status = SqlError("naming a job");
   }
   if (status.ok()) status = Exec("COMMIT");
@@ -363,30 +346,30 @@ absl::StatusOr<TrainJob> TrainJobStore::Create(const TrainJobSpec& spec, absl::T
   return job;
 }
 
-absl::Status TrainJobStore::Update(const TrainJob& job) {
+absl::Status JobStore::Update(const Job& job) {
   WriteBatch batch;
   batch.Update(job);
   return Commit(batch);
 }
 
-absl::Status TrainJobStore::RecordMetrics(const std::string& id, const TrainMetrics& m) {
+absl::Status JobStore::RecordMetrics(const std::string& id, const StepRecord& m) {
   WriteBatch batch;
   batch.RecordMetrics(id, m);
   return Commit(batch);
 }
 
-absl::Status TrainJobStore::AppendEvent(const std::string& id, const TrainJobEvent& e) {
+absl::Status JobStore::AppendEvent(const std::string& id, const JobEvent& e) {
   WriteBatch batch;
   batch.AppendEvent(id, e);
   return Commit(batch);
 }
 
-absl::Status TrainJobStore::Commit(const WriteBatch& batch) {
+absl::Status JobStore::Commit(const WriteBatch& batch) {
   absl::MutexLock lock(&mu_);
   return CommitLocked(batch);
 }
 
-absl::Status TrainJobStore::Delete(const std::string& id) {
+absl::Status JobStore::Delete(const std::string& id) {
   absl::MutexLock lock(&mu_);
   Stmt st(db_, "DELETE FROM jobs WHERE id = ?");
   st.Bind(1, id);
@@ -400,45 +383,45 @@ absl::Status TrainJobStore::Delete(const std::string& id) {
 namespace {
 
 // Columns: id, spec, job.
-absl::StatusOr<TrainJob> ReadJobRow(Stmt& st, const std::string& path) {
-  TrainJob job;
+absl::StatusOr<Job> ReadJobRow(Stmt& st, const std::string& path) {
   const std::string id = st.Text(0);
-  const std::string spec = st.Blob(1);
-  const std::string rest = st.Blob(2);
-  if (!job.ParseFromString(rest) || !job.mutable_spec()->ParseFromString(spec)) {
-    return absl::DataLossError(
-        absl::StrFormat("training job store %s: the row of job \"%s\" does not parse", path, id));
+  absl::StatusOr<Job> job = JobFromJson(st.Text(2));
+  absl::StatusOr<JobSpec> spec = JobSpecFromJson(st.Text(1));
+  if (!job.ok() || !spec.ok()) {
+    return absl::DataLossError(absl::StrFormat(
+        "training job store %s: the row of job \"%s\" does not parse: %s", path, id,
+        (job.ok() ? spec.status() : job.status()).message()));
   }
-  job.set_id(id);
+  job->id = id;
+  job->spec = *std::move(spec);
   return job;
 }
 
 }  // namespace
 
-absl::StatusOr<TrainJob> TrainJobStore::Get(const std::string& id, bool include_history) {
+absl::StatusOr<Job> JobStore::Get(const std::string& id, bool include_history) {
   absl::MutexLock lock(&mu_);
-  TrainJob job;
+  Job job;
   {
     Stmt st(db_, "SELECT id, spec, job FROM jobs WHERE id = ?");
     st.Bind(1, id);
     const int rc = st.Step();
     if (rc == SQLITE_DONE) return absl::NotFoundError(NotFoundMessage(id));
     if (rc != SQLITE_ROW) return SqlError("reading a job");
-    absl::StatusOr<TrainJob> read = ReadJobRow(st, path_);
+    absl::StatusOr<Job> read = ReadJobRow(st, path_);
     if (!read.ok()) return read.status();
     job = *std::move(read);
   }
   if (include_history) {
-    absl::StatusOr<std::vector<TrainMetrics>> history = HistoryLocked(id);
+    absl::StatusOr<std::vector<StepRecord>> history = HistoryLocked(id);
     if (!history.ok()) return history.status();
-    job.mutable_history()->Reserve(static_cast<int>(history->size()));
-    for (auto& m : *history) *job.add_history() = std::move(m);
+    job.history = *std::move(history);
   }
   return job;
 }
 
-absl::StatusOr<std::vector<TrainJob>> TrainJobStore::List(
-    const std::vector<TrainJobState>& states) {
+absl::StatusOr<std::vector<Job>> JobStore::List(
+    const std::vector<JobState>& states) {
   std::string sql = "SELECT id, spec, job FROM jobs";
   if (!states.empty()) {
     std::vector<std::string> marks(states.size(), "?");
@@ -447,11 +430,13 @@ absl::StatusOr<std::vector<TrainJob>> TrainJobStore::List(
   absl::StrAppend(&sql, " ORDER BY seq");
   absl::MutexLock lock(&mu_);
   Stmt st(db_, sql.c_str());
-  for (size_t i = 0; i < states.size(); ++i) st.Bind(static_cast<int>(i + 1), states[i]);
-  std::vector<TrainJob> jobs;
+  for (size_t i = 0; i < states.size(); ++i) {
+    st.Bind(static_cast<int>(i + 1), static_cast<int64_t>(states[i]));
+  }
+  std::vector<Job> jobs;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) {
-    absl::StatusOr<TrainJob> job = ReadJobRow(st, path_);
+    absl::StatusOr<Job> job = ReadJobRow(st, path_);
     if (!job.ok()) return job.status();
     jobs.push_back(*std::move(job));
   }
@@ -459,44 +444,44 @@ absl::StatusOr<std::vector<TrainJob>> TrainJobStore::List(
   return jobs;
 }
 
-absl::StatusOr<std::vector<TrainMetrics>> TrainJobStore::History(const std::string& id) {
+absl::StatusOr<std::vector<StepRecord>> JobStore::History(const std::string& id) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckExistsLocked(id); !s.ok()) return s;
   return HistoryLocked(id);
 }
 
-absl::StatusOr<std::vector<TrainMetrics>> TrainJobStore::HistoryLocked(const std::string& id) {
+absl::StatusOr<std::vector<StepRecord>> JobStore::HistoryLocked(const std::string& id) {
   Stmt st(db_, "SELECT step, metrics FROM metrics WHERE job_id = ? ORDER BY step");
   st.Bind(1, id);
-  std::vector<TrainMetrics> history;
+  std::vector<StepRecord> history;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) {
-    TrainMetrics m;
-    if (!m.ParseFromString(st.Blob(1))) {
+    absl::StatusOr<StepRecord> m = StepRecordFromJson(st.Text(1));
+    if (!m.ok()) {
       return absl::DataLossError(absl::StrFormat(
           "training job store %s: the metrics of job \"%s\" step %d do not parse", path_, id,
           st.Int(0)));
     }
-    history.push_back(std::move(m));
+    history.push_back(*m);
   }
   if (rc != SQLITE_DONE) return SqlError("reading metrics");
   return history;
 }
 
-absl::StatusOr<std::vector<TrainJobEvent>> TrainJobStore::Events(const std::string& id) {
+absl::StatusOr<std::vector<JobEvent>> JobStore::Events(const std::string& id) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckExistsLocked(id); !s.ok()) return s;
   Stmt st(db_, "SELECT n, event FROM events WHERE job_id = ? ORDER BY n");
   st.Bind(1, id);
-  std::vector<TrainJobEvent> events;
+  std::vector<JobEvent> events;
   int rc;
   while ((rc = st.Step()) == SQLITE_ROW) {
-    TrainJobEvent e;
-    if (!e.ParseFromString(st.Blob(1))) {
+    absl::StatusOr<JobEvent> e = JobEventFromJson(st.Text(1));
+    if (!e.ok()) {
       return absl::DataLossError(absl::StrFormat(
           "training job store %s: event %d of job \"%s\" does not parse", path_, st.Int(0), id));
     }
-    events.push_back(std::move(e));
+    events.push_back(*std::move(e));
   }
   if (rc != SQLITE_DONE) return SqlError("reading events");
   return events;

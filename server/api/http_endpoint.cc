@@ -1,0 +1,58 @@
+#include "server/api/http_endpoint.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace tandem {
+
+absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen,
+                                                                  Metrics* metrics) {
+  auto colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_listen=", listen, " is not HOST:PORT"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  std::unique_ptr<HttpEndpoint> endpoint(new HttpEndpoint());
+  auto& http = endpoint->http_;
+  http = std::make_unique<httplib::Server>();
+  http->Get("/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok\n", "text/plain");
+  });
+  int bound = port;
+  if (port == 0) {
+    bound = http->bind_to_any_port(host.c_str());
+  } else if (!http->bind_to_port(host.c_str(), port)) {
+    bound = -1;
+  }
+  if (bound < 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
+  endpoint->port_ = bound;
+  httplib::Server* raw = http.get();
+  endpoint->thread_ = std::thread([raw] { raw->listen_after_bind(); });
+  // httplib's stop() is a no-op until the accept loop runs, which would leave the destructor
+  // joining a server that never stops: return only once it is running.
+  for (int i = 0; i < 5000 && !raw->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return endpoint;
+}
+
+HttpEndpoint::~HttpEndpoint() {
+  http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace tandem

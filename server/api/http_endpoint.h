@@ -1,0 +1,42 @@
+// HttpEndpoint: tandemd's HTTP side (cpp-httplib): GET /metrics (the Prometheus text format of
+// everything in Metrics) and /healthz. prometheus-cpp's own pull Exposer (civetweb) cannot start
+// in a process that links libtorch + OpenBLAS (thread stacks too small for their TLS), hence
+// httplib. Start binds and starts the accept thread; the destructor stops and joins it.
+// Thread-safe.
+#ifndef TANDEM_SERVER_API_HTTP_ENDPOINT_H_
+#define TANDEM_SERVER_API_HTTP_ENDPOINT_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "server/metrics/metrics.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace tandem {
+
+class HttpEndpoint {
+ public:
+  // Serves on `listen` (HOST:PORT; port 0 picks a free one). `metrics` must outlive the
+  // endpoint. INVALID_ARGUMENT for a malformed address, UNAVAILABLE when it cannot bind.
+  static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen,
+                                                             Metrics* metrics);
+  ~HttpEndpoint();
+
+  int port() const { return port_; }
+
+ private:
+  HttpEndpoint() = default;
+
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+}  // namespace tandem
+
+#endif  // TANDEM_SERVER_API_HTTP_ENDPOINT_H_
