@@ -21,14 +21,9 @@ using tandem::v1::GenerateResponse;
 
 namespace {
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kCodeNames[] = {
-      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  const int c = static_cast<int>(code);
-  return c >= 0 && c <= 16 ? kCodeNames[c] : "UNKNOWN";
+// "OK", "INVALID_ARGUMENT"...: gRPC's and absl's codes share numbers and names.
+std::string CodeName(grpc::StatusCode code) {
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
 // The reactor of one Generate call, and its outbox (a StreamOutbox that coalesces text deltas).
