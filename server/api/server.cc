@@ -26,7 +26,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   server->metrics_ = std::make_unique<Metrics>();
 
   absl::StatusOr<std::unique_ptr<ModelRegistry>> registry =
-      ModelRegistry::Create(options.models_dir, options.default_model);
+      ModelRegistry::Create(options.models_dir, options.default_model,
+                            {options.devices, options.max_sequences_per_device,
+                             options.max_images_per_device});
   if (!registry.ok()) return registry.status();
   server->registry_ = *std::move(registry);
   for (const auto& e : server->registry_->List()) {
@@ -38,9 +40,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   }
 
   WorkerPoolOptions pool_options;
-  pool_options.devices = options.devices;
-  pool_options.max_sequences_per_device = options.max_sequences_per_device;
-  pool_options.max_images_per_device = options.max_images_per_device;
   pool_options.max_pending = options.max_pending;
   pool_options.prefill_token_budget = options.prefill_token_budget;
   absl::StatusOr<std::unique_ptr<WorkerPool>> pool =

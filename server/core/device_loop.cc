@@ -3,9 +3,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "models/image_model.h"
-#include "models/llama/llama.h"
-#include "models/formats/safetensors.h"
 
 namespace tandem {
 
@@ -15,22 +12,15 @@ DeviceLoop::DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metri
 absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions options,
                                                                ModelRegistry* registry,
                                                                Metrics* metrics) {
-  if (options.max_sequences < 1) {
-    return absl::InvalidArgumentError("max_sequences must be >= 1");
-  }
   std::unique_ptr<DeviceLoop> loop(new DeviceLoop(std::move(options), registry, metrics));
-  // Load on the creating thread: the loop thread does not exist yet, and a bad model should stop
-  // the server from starting rather than fail the first request.
-  if (absl::Status s = loop->LoadAll(); !s.ok()) return s;
   DeviceLoop* raw = loop.get();
   const std::string& device = raw->options_.device;
   TextWorkloadOptions text_options;
   text_options.device = device;
   text_options.prefill_token_budget = raw->options_.prefill_token_budget;
-  raw->text_ = std::make_unique<TextWorkload>(
-      text_options, [raw](const ModelEntry& e) { return raw->TextInstance(e); }, metrics);
-  raw->image_ = std::make_unique<ImageWorkload>(
-      device, [raw](const ModelEntry& e) { return raw->ImageInstance(e); }, metrics);
+  const int index = raw->options_.device_index;
+  raw->text_ = std::make_unique<TextWorkload>(text_options, index, metrics);
+  raw->image_ = std::make_unique<ImageWorkload>(device, index, metrics);
   for (Workload* w : {static_cast<Workload*>(raw->text_.get()),
                       static_cast<Workload*>(raw->image_.get())}) {
     prometheus::Counter* busy =
@@ -40,15 +30,6 @@ absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions
   }
   raw->thread_ = std::thread([raw] { raw->Run(); });
   return loop;
-}
-
-absl::Status DeviceLoop::LoadAll() {
-  for (const auto& entry : registry_->List()) {
-    absl::Status s = entry->dir.kind == ModelKind::kText ? TextInstance(*entry).status()
-                                                         : ImageInstance(*entry).status();
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
 }
 
 DeviceLoop::~DeviceLoop() { Stop(); }
@@ -94,48 +75,6 @@ bool DeviceLoop::TryPost(absl::AnyInvocable<void()>& fn) {
   if (stopping_) return false;
   inbox_.push_back(std::move(fn));
   return true;
-}
-
-namespace {
-
-// The device's current instance of `entry` from `instances`, built by `create` from the weights
-// file when the device holds none or an older version. Sequences and samples running on a
-// previous instance keep it alive (shared_ptr) until they finish: that is the hot swap.
-template <typename Model, typename Map, typename Create>
-absl::StatusOr<std::shared_ptr<Model>> CurrentInstance(Map& instances, const ModelEntry& entry,
-                                                       const std::string& device,
-                                                       Create&& create) {
-  auto it = instances.find(entry.name);
-  if (it != instances.end() && it->second.first >= entry.version) return it->second.second;
-  absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
-  if (!weights.ok()) return weights.status();
-  absl::StatusOr<std::unique_ptr<Model>> model = create(weights->tensors);
-  if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat("model \"", entry.name, "\" on ", device, ": ",
-                                     model.status().message()));
-  }
-  auto& slot = instances[entry.name];
-  slot = {entry.version, std::shared_ptr<Model>(std::move(*model))};
-  return slot.second;
-}
-
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<TextModel>> DeviceLoop::TextInstance(const ModelEntry& entry) {
-  const TextModelOptions mo{options_.device, options_.max_sequences};
-  return CurrentInstance<TextModel>(text_instances_, entry, options_.device,
-                                    [&](const TensorMap& w) {
-                                      return CreateLlamaModel(entry.dir.llama, w, mo);
-                                    });
-}
-
-absl::StatusOr<std::shared_ptr<ImageModel>> DeviceLoop::ImageInstance(const ModelEntry& entry) {
-  const ImageModelOptions mo{options_.device, options_.max_images};
-  return CurrentInstance<ImageModel>(image_instances_, entry, options_.device,
-                                     [&](const TensorMap& w) {
-                                       return CreateDiffusionModel(entry.dir.diffusion, w, mo);
-                                     });
 }
 
 bool DeviceLoop::HasWork() const {

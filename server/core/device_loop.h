@@ -30,15 +30,14 @@ namespace tandem {
 
 struct DeviceLoopOptions {
   std::string device = "cpu";
-  int max_sequences = 32;  // KV slots per text model on this device
-  int max_images = 16;     // images denoised at once per image model on this device
+  int device_index = 0;  // the device's index in the registry's devices: which instances it runs
   int prefill_token_budget = 1024;
 };
 
 class DeviceLoop {
  public:
-  // Instantiates every model of `registry` on the device (so the first request pays no load),
-  // then starts the thread. The registry must outlive the loop; metrics may be null.
+  // Starts the thread. The models' instances for this device are the registry's (built when
+  // each was published). The registry must outlive the loop; metrics may be null.
   static absl::StatusOr<std::unique_ptr<DeviceLoop>> Create(DeviceLoopOptions options,
                                                             ModelRegistry* registry,
                                                             Metrics* metrics);
@@ -64,11 +63,6 @@ class DeviceLoop {
   DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metrics* metrics);
   void Run();
   bool HasWork() const;
-  // The device's instance of `entry` (loaded on first use or when the entry is newer).
-  absl::StatusOr<std::shared_ptr<TextModel>> TextInstance(const ModelEntry& entry);
-  absl::StatusOr<std::shared_ptr<ImageModel>> ImageInstance(const ModelEntry& entry);
-  // Loads every model of the registry (Create, before the thread starts).
-  absl::Status LoadAll();
   // Counts the request in load_ and wraps its on_done to count it out.
   template <typename Request>
   void Track(Request& request);
@@ -86,11 +80,6 @@ class DeviceLoop {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   // Loop-thread state.
-  // The device's copy of each model, by name: the version loaded and the instance.
-  template <typename Model>
-  using Instances = std::map<std::string, std::pair<int64_t, std::shared_ptr<Model>>>;
-  Instances<TextModel> text_instances_;
-  Instances<ImageModel> image_instances_;
   std::unique_ptr<TextWorkload> text_;
   std::unique_ptr<ImageWorkload> image_;
   // Every workload with the counter of its device time, in the order an iteration runs them.

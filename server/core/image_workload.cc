@@ -34,9 +34,8 @@ absl::StatusOr<std::string> SamplePng(ImageModel& model, int sample, int side) {
 
 }  // namespace
 
-ImageWorkload::ImageWorkload(std::string device, InstanceFn<ImageModel> instances,
-                             Metrics* metrics)
-    : device_(std::move(device)), instances_(std::move(instances)), metrics_(metrics) {
+ImageWorkload::ImageWorkload(std::string device, int device_index, Metrics* metrics)
+    : device_(std::move(device)), device_index_(device_index), metrics_(metrics) {
   if (metrics_) {
     step_seconds_ = &metrics_->denoise_step_seconds.Add({{"device", device_}},
                                                         Metrics::LatencyBuckets());
@@ -82,7 +81,7 @@ void ImageWorkload::StartWaiting() {
 
 bool ImageWorkload::StartHead() {
   ImageRequest& head = waiting_.front();
-  absl::StatusOr<std::shared_ptr<ImageModel>> model = instances_(*head.model);
+  absl::StatusOr<std::shared_ptr<ImageModel>> model = InstanceOn<ImageModel>(*head.model, device_index_);
   if (!model.ok()) {
     waiting_.FailFront(model.status());
     return true;

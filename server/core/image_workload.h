@@ -22,7 +22,7 @@ namespace tandem {
 
 class ImageWorkload final : public Workload {
  public:
-  ImageWorkload(std::string device, InstanceFn<ImageModel> instances, Metrics* metrics);
+  ImageWorkload(std::string device, int device_index, Metrics* metrics);
   ~ImageWorkload() override;
 
   void Admit(std::unique_ptr<ImageRequest> request);
@@ -45,7 +45,7 @@ class ImageWorkload final : public Workload {
   void Release(Job& job, const absl::Status& status);
 
   std::string device_;
-  InstanceFn<ImageModel> instances_;
+  const int device_index_;  // the device's index among the registry's devices
   Metrics* metrics_;
   RequestQueue<ImageRequest> waiting_;
   RunningSet<Job> active_;

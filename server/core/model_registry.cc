@@ -2,14 +2,63 @@
 
 #include <filesystem>
 
+#include "models/formats/safetensors.h"
+#include "models/llama/llama.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace tandem {
 namespace {
 
-absl::StatusOr<std::shared_ptr<ModelEntry>> LoadEntry(const std::string& name,
-                                                      const std::string& path) {
+// The instance of `entry` on `device`, from the weights file.
+template <typename Model, typename Create>
+absl::StatusOr<std::shared_ptr<Model>> BuildInstance(const ModelEntry& entry,
+                                                     const TensorMap& weights,
+                                                     const std::string& device, Create&& create) {
+  absl::StatusOr<std::unique_ptr<Model>> model = create(weights);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat("model \"", entry.name, "\" on ", device, ": ",
+                                     model.status().message()));
+  }
+  return std::shared_ptr<Model>(*std::move(model));
+}
+
+absl::Status BuildInstances(ModelEntry& entry, const RegistryOptions& options,
+                            const std::vector<int>& devices) {
+  absl::StatusOr<SafetensorsFile> weights = ReadSafetensors(entry.dir.weights_path());
+  if (!weights.ok()) return weights.status();
+  const bool text = entry.dir.kind == ModelKind::kText;
+  entry.text.assign(text ? options.devices.size() : 0, nullptr);
+  entry.image.assign(text ? 0 : options.devices.size(), nullptr);
+  for (int i : devices) {
+    const std::string& device = options.devices[i];
+    if (text) {
+      const TextModelOptions mo{device, options.max_sequences};
+      absl::StatusOr<std::shared_ptr<TextModel>> m = BuildInstance<TextModel>(
+          entry, weights->tensors, device,
+          [&](const TensorMap& w) { return CreateLlamaModel(entry.dir.llama, w, mo); });
+      if (!m.ok()) return m.status();
+      entry.text[i] = *std::move(m);
+    } else {
+      const ImageModelOptions mo{device, options.max_images};
+      absl::StatusOr<std::shared_ptr<ImageModel>> m = BuildInstance<ImageModel>(
+          entry, weights->tensors, device,
+          [&](const TensorMap& w) { return CreateDiffusionModel(entry.dir.diffusion, w, mo); });
+      if (!m.ok()) return m.status();
+      entry.image[i] = *std::move(m);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& name,
+                                                           const std::string& path,
+                                                           const RegistryOptions& options,
+                                                           const std::vector<int>& devices) {
   absl::StatusOr<ModelDir> dir = ReadModelDir(path);
   if (!dir.ok()) return dir.status();
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir->tokenizer_path());
@@ -27,14 +76,21 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> LoadEntry(const std::string& name,
   entry->tokenizer = std::move(*tok);
   entry->parameters = entry->dir.kind == ModelKind::kText ? entry->dir.llama.ParameterCount()
                                                           : entry->dir.diffusion.ParameterCount();
+  std::vector<int> all;
+  for (int i = 0; i < static_cast<int>(options.devices.size()); ++i) all.push_back(i);
+  if (absl::Status s = BuildInstances(*entry, options, devices.empty() ? all : devices);
+      !s.ok()) {
+    return s;
+  }
   return entry;
 }
 
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
-    const std::string& models_dir, const std::string& default_model) {
-  std::unique_ptr<ModelRegistry> registry(new ModelRegistry());
+    const std::string& models_dir, const std::string& default_model, RegistryOptions options) {
+  if (options.devices.empty()) return absl::InvalidArgumentError("no devices given");
+  if (options.max_sequences < 1) return absl::InvalidArgumentError("max_sequences must be >= 1");
+  if (options.max_images < 1) return absl::InvalidArgumentError("max_images must be >= 1");
+  std::unique_ptr<ModelRegistry> registry(new ModelRegistry(std::move(options)));
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!models_dir.empty() && fs::is_directory(models_dir, ec)) {
@@ -46,7 +102,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     }
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
-      auto entry = LoadEntry(name, models_dir + "/" + name);
+      auto entry = LoadModelEntry(name, models_dir + "/" + name, registry->options_);
       if (!entry.ok()) {
         return absl::Status(entry.status().code(),
                             absl::StrCat("loading model \"", name, "\": ",
@@ -124,7 +180,7 @@ std::string ModelRegistry::default_image_model() const {
 
 absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Publish(
     const std::string& name, const std::string& path) {
-  auto entry = LoadEntry(name, path);
+  auto entry = LoadModelEntry(name, path, options_);
   if (!entry.ok()) return entry.status();
   std::vector<Listener> listeners;
   std::shared_ptr<const ModelEntry> published;

@@ -1,6 +1,14 @@
 // ModelRegistry: the catalogue of servable models by name — what each is, where its files are,
-// its tokenizer, and a version bumped on every hot swap. It holds no device weights: each device
-// loop instantiates its own copy of a model from the entry (see DeviceLoop). Thread-safe.
+// its tokenizer, a version bumped on every hot swap, and the version's instance on every device.
+//
+// Hot swap without a stall: Publish builds the new version whole — files read, tokenizer loaded,
+// one instance (weights and KV cache or sample slots) per device — on the caller's thread, off
+// every device loop, then swaps the entry in one step. A request holds the entry it was validated
+// against (tokenizer and all), and a device runs it on that entry's instance for the device, so
+// it runs on exactly that version; the old version lives until its last request ends.
+//
+// Instances are not thread-safe: the instance at devices()[i] is touched only by the device
+// loop of device i. Thread-safe otherwise.
 #ifndef TANDEM_SERVER_CORE_MODEL_REGISTRY_H_
 #define TANDEM_SERVER_CORE_MODEL_REGISTRY_H_
 
@@ -15,8 +23,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "models/image_model.h"
 #include "models/model_dir.h"
 #include "models/text/tokenizer.h"
+#include "models/text_model.h"
 
 namespace tandem {
 
@@ -27,7 +37,25 @@ struct ModelEntry {
   ModelDir dir;
   std::shared_ptr<const Tokenizer> tokenizer;
   int64_t parameters = 0;
+  // This version on each device, by device index (RegistryOptions::devices); the kind's vector
+  // only. Null where the entry was built for other devices only.
+  std::vector<std::shared_ptr<TextModel>> text;
+  std::vector<std::shared_ptr<ImageModel>> image;
 };
+
+struct RegistryOptions {
+  std::vector<std::string> devices = {"cpu"};
+  int max_sequences = 32;  // KV slots per text model instance
+  int max_images = 16;     // samples in flight per image model instance
+};
+
+// An entry for the model directory at `path` named `name` (version 0), with an instance on
+// `devices` (indices into options.devices; empty: every device). For the registry, and for
+// models that are served without being published (a training job's evaluation samples).
+absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& name,
+                                                           const std::string& path,
+                                                           const RegistryOptions& options,
+                                                           const std::vector<int>& devices = {});
 
 class ModelRegistry {
  public:
@@ -37,7 +65,8 @@ class ModelRegistry {
   // name). A folder that fails to load is an error naming it: a server must not start half-right.
   // An empty or missing models_dir gives an empty registry.
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Create(const std::string& models_dir,
-                                                               const std::string& default_model);
+                                                               const std::string& default_model,
+                                                               RegistryOptions options = {});
 
   // Returns the entry, or NOT_FOUND listing the names that exist. An empty name selects the
   // default model of `kind`: --default_model (or the first text model by name) for text, the
@@ -48,14 +77,18 @@ class ModelRegistry {
   std::string default_model() const;  // the default text model
   std::string default_image_model() const;
 
-  // Publishes (or hot-swaps) `name` from a model directory; listeners are told afterwards.
+  // Publishes (or hot-swaps) `name` from a model directory, its instances built first (on this
+  // thread); listeners are told afterwards.
   absl::StatusOr<std::shared_ptr<const ModelEntry>> Publish(const std::string& name,
                                                             const std::string& path);
   void AddListener(Listener listener);
 
- private:
-  ModelRegistry() = default;
+  const RegistryOptions& options() const { return options_; }
 
+ private:
+  explicit ModelRegistry(RegistryOptions options) : options_(std::move(options)) {}
+
+  const RegistryOptions options_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModelEntry>> entries_ ABSL_GUARDED_BY(mu_);
   std::string default_model_ ABSL_GUARDED_BY(mu_);

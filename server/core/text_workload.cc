@@ -31,9 +31,8 @@ struct TextWorkload::Sequence {
   prometheus::Histogram* inter_token = nullptr;
 };
 
-TextWorkload::TextWorkload(TextWorkloadOptions options, InstanceFn<TextModel> instances,
-                           Metrics* metrics)
-    : options_(std::move(options)), instances_(std::move(instances)), metrics_(metrics) {
+TextWorkload::TextWorkload(TextWorkloadOptions options, int device_index, Metrics* metrics)
+    : options_(std::move(options)), device_index_(device_index), metrics_(metrics) {
   if (metrics_) {
     const std::map<std::string, std::string> labels = {{"device", options_.device}};
     step_seconds_ = &metrics_->decode_step_seconds.Add(labels, Metrics::LatencyBuckets());
@@ -90,7 +89,7 @@ void TextWorkload::AdmitWaiting() {
 TextWorkload::Start TextWorkload::StartHead(int* budget, bool first) {
   TextRequest& head = waiting_.front();
   if (!first && static_cast<int>(head.prompt.size()) > *budget) return Start::kWait;
-  absl::StatusOr<std::shared_ptr<TextModel>> model = instances_(*head.model);
+  absl::StatusOr<std::shared_ptr<TextModel>> model = InstanceOn<TextModel>(*head.model, device_index_);
   if (!model.ok()) {
     waiting_.FailFront(model.status());
     return Start::kFailed;

@@ -29,7 +29,7 @@ struct TextWorkloadOptions {
 
 class TextWorkload final : public Workload {
  public:
-  TextWorkload(TextWorkloadOptions options, InstanceFn<TextModel> instances, Metrics* metrics);
+  TextWorkload(TextWorkloadOptions options, int device_index, Metrics* metrics);
   ~TextWorkload() override;
 
   void Admit(std::unique_ptr<TextRequest> request);
@@ -61,7 +61,7 @@ class TextWorkload final : public Workload {
   void UpdateGauges();
 
   TextWorkloadOptions options_;
-  InstanceFn<TextModel> instances_;
+  const int device_index_;  // the device's index among the registry's devices
   Metrics* metrics_;  // may be null (tests)
   RequestQueue<TextRequest> waiting_;
   RunningSet<Sequence> active_;

@@ -7,14 +7,13 @@ namespace tandem {
 absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolOptions& options,
                                                                ModelRegistry* registry,
                                                                Metrics* metrics) {
-  if (options.devices.empty()) return absl::InvalidArgumentError("no devices given");
   std::unique_ptr<WorkerPool> pool(new WorkerPool());
   pool->options_ = options;
-  for (const std::string& device : options.devices) {
+  const std::vector<std::string>& devices = registry->options().devices;
+  for (int i = 0; i < static_cast<int>(devices.size()); ++i) {
     DeviceLoopOptions lo;
-    lo.device = device;
-    lo.max_sequences = options.max_sequences_per_device;
-    lo.max_images = options.max_images_per_device;
+    lo.device = devices[i];
+    lo.device_index = i;
     lo.prefill_token_budget = options.prefill_token_budget;
     absl::StatusOr<std::unique_ptr<DeviceLoop>> loop = DeviceLoop::Create(lo, registry, metrics);
     if (!loop.ok()) return loop.status();

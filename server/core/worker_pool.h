@@ -15,9 +15,6 @@
 namespace tandem {
 
 struct WorkerPoolOptions {
-  std::vector<std::string> devices = {"cpu"};
-  int max_sequences_per_device = 32;
-  int max_images_per_device = 16;
   // Requests in hand (running + waiting) across the pool past which Submit answers
   // RESOURCE_EXHAUSTED.
   int max_pending = 256;
@@ -26,6 +23,7 @@ struct WorkerPoolOptions {
 
 class WorkerPool {
  public:
+  // One loop per device of the registry (RegistryOptions::devices), in that order.
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Create(const WorkerPoolOptions& options,
                                                             ModelRegistry* registry,
                                                             Metrics* metrics);

@@ -10,10 +10,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "server/core/model_registry.h"
 
 namespace tandem {
@@ -31,10 +33,24 @@ class Workload {
   virtual void AbortAll(const absl::Status& status) = 0;
 };
 
-// The device's current instance of a model entry (loaded on first use or when the entry is
-// newer than what the device holds).
+// The instance of `entry` on device `device_index` (ModelEntry::text or ::image), or
+// FAILED_PRECONDITION when the entry was not built for that device.
 template <typename Model>
-using InstanceFn = std::function<absl::StatusOr<std::shared_ptr<Model>>(const ModelEntry&)>;
+absl::StatusOr<std::shared_ptr<Model>> InstanceOn(const ModelEntry& entry, int device_index) {
+  const std::vector<std::shared_ptr<Model>>* all;
+  if constexpr (std::is_same_v<Model, TextModel>) {
+    all = &entry.text;
+  } else {
+    all = &entry.image;
+  }
+  if (device_index < 0 || device_index >= static_cast<int>(all->size()) ||
+      (*all)[device_index] == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model \"", entry.name, "\" (version ", entry.version,
+                     ") has no instance on device ", device_index));
+  }
+  return (*all)[device_index];
+}
 
 // Requests waiting for the device: higher priority first, arrival order within a priority.
 template <typename Request>
