@@ -40,8 +40,12 @@ ABSL_FLAG(int, max_images_per_request, 8, "num_images limit of one request");
 ABSL_FLAG(int, max_steps, 1000, "Denoising steps limit of one request");
 ABSL_FLAG(int, max_pending, 256,
           "Requests in hand (running + queued) before new ones get RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, prefill_token_budget, 1024,
-          "Prompt tokens prefilled per loop iteration, bounding the stall of running streams");
+ABSL_FLAG(int, max_queue_per_model, 128,
+          "Requests waiting for a device per model before new ones get RESOURCE_EXHAUSTED (with "
+          "a retry-after-ms hint)");
+ABSL_FLAG(int, prefill_token_budget, 512,
+          "Prompt tokens prefilled per loop iteration; longer prompts are fed in pieces, so a "
+          "long prompt stalls running streams by at most this many tokens' prefill");
 ABSL_FLAG(bool, log_requests, true,
           "Log one line per Generate call on stderr: request id, model, final status, usage");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
@@ -92,6 +96,7 @@ int main(int argc, char** argv) {
   options.limits.max_images = absl::GetFlag(FLAGS_max_images_per_request);
   options.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
+  options.max_queue_per_model = absl::GetFlag(FLAGS_max_queue_per_model);
   options.log_requests = absl::GetFlag(FLAGS_log_requests);
 
   absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);

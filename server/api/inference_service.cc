@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -133,7 +134,7 @@ InferenceService::InferenceService(ModelRegistry* registry, WorkerPool* pool, Me
       log_requests_(log_requests) {}
 
 grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
-    grpc::CallbackServerContext* /*context*/, const GenerateRequest* request) {
+    grpc::CallbackServerContext* context, const GenerateRequest* request) {
   const absl::Time accepted = absl::Now();
   const std::string id = request->request_id().empty()
                              ? absl::StrCat("gen-", next_id_.fetch_add(1))
@@ -152,7 +153,13 @@ grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
   absl::Status submitted =
       image ? Submit(BuildImageRequest(*request, *model, limits_, accepted), id, reactor)
             : Submit(BuildTextRequest(*request, *model, limits_, accepted), id, reactor);
-  if (!submitted.ok()) reactor->Reject(submitted);
+  if (!submitted.ok()) {
+    // A full queue says when to come back: trailing metadata "retry-after-ms".
+    if (auto ms = submitted.GetPayload(kRetryAfterMsPayload)) {
+      context->AddTrailingMetadata("retry-after-ms", std::string(*ms));
+    }
+    reactor->Reject(submitted);
+  }
   return reactor;
 }
 

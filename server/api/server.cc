@@ -41,7 +41,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
 
   WorkerPoolOptions pool_options;
   pool_options.max_pending = options.max_pending;
-  pool_options.prefill_token_budget = options.prefill_token_budget;
+  pool_options.max_queue_per_model = options.max_queue_per_model;
+  pool_options.train_budgets = {options.train_memory_limit_mb > 0
+                                    ? options.train_memory_limit_mb * (int64_t{1} << 20)
+                                    : DefaultTrainingMemoryBudget()};
+  pool_options.loop.prefill_token_budget = options.prefill_token_budget;
   absl::StatusOr<std::unique_ptr<WorkerPool>> pool =
       WorkerPool::Create(pool_options, server->registry_.get(), server->metrics_.get());
   if (!pool.ok()) return pool.status();
@@ -55,9 +59,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     topts.state_dir = options.state_dir;
     topts.data_dir = options.data_dir;
     topts.keep_checkpoints = options.keep_checkpoints;
-    topts.memory_budget_bytes = options.train_memory_limit_mb > 0
-                                    ? options.train_memory_limit_mb * (int64_t{1} << 20)
-                                    : DefaultTrainingMemoryBudget();
     absl::StatusOr<std::unique_ptr<TrainManager>> manager = TrainManager::Create(
         topts, server->registry_.get(), server->pool_.get(), server->metrics_.get());
     if (!manager.ok()) {

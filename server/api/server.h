@@ -39,7 +39,8 @@ struct ServerOptions {
   int max_sequences_per_device = 32;
   int max_images_per_device = 16;
   int max_pending = 256;
-  int prefill_token_budget = 1024;
+  int max_queue_per_model = 128;
+  int prefill_token_budget = 512;
   RequestLimits limits;
   bool log_requests = true;  // one line per Generate call on stderr
 };

@@ -34,20 +34,8 @@ absl::StatusOr<std::unique_ptr<DeviceLoop>> DeviceLoop::Create(DeviceLoopOptions
 
 DeviceLoop::~DeviceLoop() { Stop(); }
 
-template <typename Request>
-void DeviceLoop::Track(Request& request) {
-  load_.fetch_add(1, std::memory_order_relaxed);
-  // The request leaves the device exactly once, whatever the reason; the count follows it.
-  auto user_done = std::move(request.on_done);
-  request.on_done = [this, user_done = std::move(user_done)] {
-    load_.fetch_sub(1, std::memory_order_relaxed);
-    if (user_done) user_done();
-  };
-}
-
 template <typename Request, typename Workload>
 void DeviceLoop::Enqueue(std::unique_ptr<Request> request, Workload* workload) {
-  Track(*request);
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     request->End(absl::UnavailableError("the server is shutting down"));

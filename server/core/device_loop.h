@@ -31,7 +31,7 @@ namespace tandem {
 struct DeviceLoopOptions {
   std::string device = "cpu";
   int device_index = 0;  // the device's index in the registry's devices: which instances it runs
-  int prefill_token_budget = 1024;
+  int prefill_token_budget = 512;  // see TextWorkloadOptions
 };
 
 class DeviceLoop {
@@ -52,8 +52,6 @@ class DeviceLoop {
   // runs each micro-step through this: one posted micro-step per pass of the loop, between
   // inference iterations, so a stream waits at most one micro-step.
   bool TryPost(absl::AnyInvocable<void()>& fn);
-  // Requests submitted and not yet finished (for load balancing).
-  int load() const { return load_.load(std::memory_order_relaxed); }
   const std::string& device() const { return options_.device; }
 
   // Ends every request still here with UNAVAILABLE and joins the thread. Idempotent.
@@ -63,9 +61,6 @@ class DeviceLoop {
   DeviceLoop(DeviceLoopOptions options, ModelRegistry* registry, Metrics* metrics);
   void Run();
   bool HasWork() const;
-  // Counts the request in load_ and wraps its on_done to count it out.
-  template <typename Request>
-  void Track(Request& request);
   // Hands the request to `workload` on the loop thread (or finishes it if the loop is stopping).
   template <typename Request, typename Workload>
   void Enqueue(std::unique_ptr<Request> request, Workload* workload);
@@ -73,7 +68,6 @@ class DeviceLoop {
   const DeviceLoopOptions options_;
   ModelRegistry* const registry_;
   Metrics* const metrics_;
-  std::atomic<int> load_{0};
 
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> inbox_ ABSL_GUARDED_BY(mu_);

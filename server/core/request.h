@@ -88,6 +88,9 @@ struct DeviceRequest {
   absl::Time accepted;
   std::shared_ptr<ResponseStream> stream;
   std::function<void()> on_done;  // called once when the request leaves the device (any reason)
+  // Held while the request waits for a device: counts it in its model's queue (WorkerPool's
+  // per-model cap). Dropped when a workload admits the request, or with the request.
+  std::shared_ptr<void> queue_ticket;
 
   // Ends the request: the stream with `status`, then on_done (once, whoever calls).
   void End(const absl::Status& status) {

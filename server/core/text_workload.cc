@@ -19,6 +19,7 @@ struct TextWorkload::Sequence {
   std::unique_ptr<TextRequest> req;
   std::shared_ptr<TextModel> model;  // the instance (weights version) this sequence runs on
   int slot = -1;
+  int prefilled = 0;  // prompt tokens fed to the model so far
   Sampler sampler;
   IncrementalDetokenizer detok;
   StopStringFilter stop;
@@ -55,6 +56,7 @@ void TextWorkload::Admit(std::unique_ptr<TextRequest> request) {
 void TextWorkload::RunIteration() {
   DropCancelled();
   AdmitWaiting();
+  PrefillAdmitted();
   DecodeActive();
   UpdateGauges();
 }
@@ -62,6 +64,7 @@ void TextWorkload::RunIteration() {
 void TextWorkload::AbortAll(const absl::Status& status) {
   waiting_.AbortAll(status);
   for (auto& seq : active_.items()) Release(*seq, status);
+  prefilling_.clear();
   active_.Sweep();
   UpdateGauges();
 }
@@ -72,34 +75,37 @@ void TextWorkload::DropCancelled() {
     // The client is gone; the Finished event is for the log, the status ends the reactor.
     if (seq->req->stream->cancelled()) Complete(*seq, FinishReason::kCancelled);
   }
+  ForgetDonePrefills();
   active_.Sweep();
+}
+
+void TextWorkload::ForgetDonePrefills() {
+  prefilling_.erase(std::remove_if(prefilling_.begin(), prefilling_.end(),
+                                   [](const Sequence* s) { return s->done; }),
+                    prefilling_.end());
 }
 
 void TextWorkload::AdmitWaiting() {
-  int budget = options_.prefill_token_budget;
-  bool first = true;
-  while (!waiting_.empty()) {
-    const Start started = StartHead(&budget, first);
-    if (started == Start::kWait) break;
-    if (started == Start::kStarted) first = false;
+  while (!waiting_.empty() && StartHead()) {
   }
   active_.Sweep();
 }
 
-TextWorkload::Start TextWorkload::StartHead(int* budget, bool first) {
+bool TextWorkload::StartHead() {
   TextRequest& head = waiting_.front();
-  if (!first && static_cast<int>(head.prompt.size()) > *budget) return Start::kWait;
-  absl::StatusOr<std::shared_ptr<TextModel>> model = InstanceOn<TextModel>(*head.model, device_index_);
+  absl::StatusOr<std::shared_ptr<TextModel>> model =
+      InstanceOn<TextModel>(*head.model, device_index_);
   if (!model.ok()) {
     waiting_.FailFront(model.status());
-    return Start::kFailed;
+    return true;
   }
-  if ((*model)->free_slots() == 0) return Start::kWait;  // the head waits; order is kept
+  if ((*model)->free_slots() == 0) return false;  // the head waits; order is kept
   absl::StatusOr<int> slot = (*model)->AcquireSlot();
-  if (!slot.ok()) return Start::kWait;
+  if (!slot.ok()) return false;
   Sequence& seq = active_.Add(std::make_unique<Sequence>(waiting_.Pop(), *std::move(model)));
   seq.slot = *slot;
   seq.started = absl::Now();
+  prefilling_.push_back(&seq);
   if (metrics_) {
     const std::map<std::string, std::string> labels = {{"model", seq.req->model->name}};
     seq.generated_counter = &metrics_->generated_tokens.Add(labels);
@@ -108,22 +114,52 @@ TextWorkload::Start TextWorkload::StartHead(int* budget, bool first) {
         .Observe(absl::ToDoubleSeconds(seq.started - seq.req->accepted));
     metrics_->prompt_tokens.Add(labels).Increment(seq.req->prompt.size());
   }
+  return true;
+}
+
+void TextWorkload::PrefillAdmitted() {
+  // Prompts are fed in pieces of at most `budget` tokens cut at fixed offsets (so a prompt's
+  // logits do not depend on what else is prefilling), oldest first, while the iteration's
+  // budget lasts; the first piece of an iteration always runs.
+  const int piece = options_.prefill_token_budget;
+  int budget = piece;
+  while (!prefilling_.empty()) {
+    Sequence& seq = *prefilling_.front();
+    const int remaining = static_cast<int>(seq.req->prompt.size()) - seq.prefilled;
+    const int n = std::min(piece, remaining);
+    if (n > budget && budget < piece) break;
+    if (!PrefillPiece(seq, n)) prefilling_.pop_front();
+    budget -= n;
+    if (budget <= 0) break;
+  }
+  active_.Sweep();
+}
+
+bool TextWorkload::PrefillPiece(Sequence& seq, int n) {
   const int vocab = seq.model->config().vocab_size;
   logits_.resize(vocab);
+  const absl::Span<const int32_t> tokens =
+      absl::MakeConstSpan(seq.req->prompt).subspan(seq.prefilled, n);
   const absl::Time t0 = absl::Now();
-  absl::Status s = seq.model->Prefill(seq.slot, seq.req->prompt, logits_.data());
+  absl::Status s = seq.model->Prefill(seq.slot, tokens, logits_.data());
   if (prefill_seconds_) prefill_seconds_->Observe(absl::ToDoubleSeconds(absl::Now() - t0));
-  *budget -= static_cast<int>(seq.req->prompt.size());
-  if (s.ok()) {
-    Emit(seq, seq.sampler.Sample(logits_.data(), vocab));
-  } else {
+  seq.prefilled += n;
+  if (!s.ok()) {
     Release(seq, s);
+    return false;
   }
-  return Start::kStarted;
+  if (seq.prefilled < static_cast<int>(seq.req->prompt.size())) return true;
+  Emit(seq, seq.sampler.Sample(logits_.data(), vocab));
+  return false;
 }
 
 void TextWorkload::DecodeActive() {
-  for (auto& [model, seqs] : active_.ByInstance<TextModel>()) {
+  for (auto& [model, all] : active_.ByInstance<TextModel>()) {
+    std::vector<Sequence*> seqs;  // those with a token to feed (prefilled, not done)
+    for (Sequence* s : all) {
+      if (!s->done && s->generated > 0) seqs.push_back(s);
+    }
+    if (seqs.empty()) continue;
     const int vocab = model->config().vocab_size;
     std::vector<int> slots;
     std::vector<int32_t> tokens;

@@ -1,7 +1,9 @@
 // TextWorkload: iteration-level batching of text generation on one device (Orca / llama.cpp
 // server style: tasks in, results out keyed by request). Every RunIteration drops cancelled
-// sequences, admits waiting prompts (prefill, within a token budget), then runs ONE batched decode
-// step over every active sequence of each model instance. A finished or cancelled sequence leaves
+// sequences, admits waiting prompts while KV slots are free, feeds admitted prompts to the model
+// in pieces within a per-iteration token budget (chunked prefill: a long prompt never stalls the
+// running streams by more than the budget), then runs ONE batched decode step over every
+// sequence that has a token to feed, per model instance. A finished or cancelled sequence leaves
 // at once and frees its KV slot.
 //
 // Owned by a DeviceLoop; every method runs on that loop's thread (not thread-safe).
@@ -9,6 +11,7 @@
 #define TANDEM_SERVER_CORE_TEXT_WORKLOAD_H_
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,9 +25,9 @@ namespace tandem {
 
 struct TextWorkloadOptions {
   std::string device = "cpu";
-  // Prompt tokens prefilled per iteration at most (the first waiting prompt is always admitted),
-  // so a long prompt delays the running streams by a bounded amount.
-  int prefill_token_budget = 1024;
+  // Prompt tokens prefilled per iteration at most; longer prompts are fed in pieces of this size
+  // over several iterations.
+  int prefill_token_budget = 512;
 };
 
 class TextWorkload final : public Workload {
@@ -45,11 +48,14 @@ class TextWorkload final : public Workload {
   struct Sequence;
 
   void DropCancelled();
+  void ForgetDonePrefills();
   void AdmitWaiting();
-  // Starts the head of the queue (slot, prefill, first token), fails it (its model would not
-  // load), or leaves it waiting (no slot, or past the prefill budget).
-  enum class Start { kStarted, kFailed, kWait };
-  Start StartHead(int* budget, bool first);
+  // Gives the head of the queue a KV slot (true), or leaves it waiting for one (false).
+  bool StartHead();
+  void PrefillAdmitted();
+  // Feeds the next `n` prompt tokens; when the prompt is done, samples and emits the first
+  // token. False once the sequence is no longer prefilling.
+  bool PrefillPiece(Sequence& seq, int n);
   void DecodeActive();
   // Feeds one sampled token to the stream; returns false when the sequence finished.
   bool Emit(Sequence& seq, int32_t token);
@@ -65,6 +71,7 @@ class TextWorkload final : public Workload {
   Metrics* metrics_;  // may be null (tests)
   RequestQueue<TextRequest> waiting_;
   RunningSet<Sequence> active_;
+  std::deque<Sequence*> prefilling_;  // admitted, prompt not fully fed yet; oldest first
   std::vector<float> logits_;  // scratch [batch, vocab]
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;

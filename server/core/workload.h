@@ -65,9 +65,11 @@ class RequestQueue {
   bool empty() const { return queue_.empty(); }
   int size() const { return static_cast<int>(queue_.size()); }
   Request& front() { return *queue_.front(); }
+  // The front request, admitted: it no longer counts as waiting.
   std::unique_ptr<Request> Pop() {
     auto r = std::move(queue_.front());
     queue_.pop_front();
+    r->queue_ticket.reset();
     return r;
   }
   // Ends the front request with `status`.

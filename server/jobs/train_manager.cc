@@ -32,8 +32,7 @@ TrainManager::TrainManager(TrainManagerOptions options, ModelRegistry* registry,
       registry_(registry),
       pool_(pool),
       metrics_(metrics),
-      store_(std::move(store)),
-      loop_busy_(pool ? pool->size() : 0, false) {}
+      store_(std::move(store)) {}
 
 absl::StatusOr<std::unique_ptr<TrainManager>> TrainManager::Create(TrainManagerOptions options,
                                                                    ModelRegistry* registry,
@@ -185,11 +184,17 @@ Job TrainManager::Snapshot(const std::string& id) {
 
 // --- scheduling ----------------------------------------------------------------------------------
 
+TrainSpecContext TrainManager::SpecContext() const {
+  return TrainSpecContext{options_.data_dir, registry_, options_.keep_checkpoints};
+}
+
 absl::StatusOr<Job> TrainManager::Submit(JobSpec spec) {
-  TrainSpecContext ctx{options_.data_dir, registry_, options_.memory_budget_bytes,
-                       options_.keep_checkpoints};
-  absl::StatusOr<TrainOptions> resolved = ResolveTrainSpec(&spec, ctx);
+  absl::StatusOr<TrainOptions> resolved = ResolveTrainSpec(&spec, SpecContext());
   if (!resolved.ok()) return resolved.status();
+  if (pool_) {
+    absl::Status fits = pool_->placement().CheckJobFits(EstimateTrainingBytes(*resolved));
+    if (!fits.ok()) return fits;
+  }
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   absl::StatusOr<Job> job = store_->Create(spec, absl::Now());
@@ -218,42 +223,38 @@ Job* TrainManager::NextQueuedLocked() {
 
 void TrainManager::ScheduleLocked() {
   if (stopping_ || !options_.start_jobs || pool_ == nullptr) return;
-  for (int i = 0; i < static_cast<int>(loop_busy_.size()); ++i) {
-    while (!loop_busy_[i]) {
-      Job* next = NextQueuedLocked();
-      if (!next) return;
-      recovered_.erase(std::remove(recovered_.begin(), recovered_.end(), next->id),
-                       recovered_.end());
-      if (!StartLocked(next, i)) return;
-    }
+  while (StartNextLocked()) {
   }
 }
 
-bool TrainManager::StartLocked(Job* job, int loop_index) {
+bool TrainManager::StartNextLocked() {
+  Job* job = NextQueuedLocked();
+  if (!job) return false;
   // Resolve again: --data_dir or the registry may have changed since the submission.
   JobSpec spec = job->spec;
-  TrainSpecContext ctx{options_.data_dir, registry_, options_.memory_budget_bytes,
-                       options_.keep_checkpoints};
-  absl::StatusOr<TrainOptions> resolved = ResolveTrainSpec(&spec, ctx);
+  absl::StatusOr<TrainOptions> resolved = ResolveTrainSpec(&spec, SpecContext());
   if (!resolved.ok()) {
     (void)SetStateLocked(job, JobState::kFailed, std::string(resolved.status().message()));
     return true;  // the next one may run
   }
+  const int device = pool_->placement().PlaceJob(job->id, EstimateTrainingBytes(*resolved));
+  if (device < 0) return false;  // it waits for a device; so do the jobs behind it
+  recovered_.erase(std::remove(recovered_.begin(), recovered_.end(), job->id), recovered_.end());
   JobRunnerOptions ro;
   ro.train = *std::move(resolved);
   ro.train.job_id = job->id;
-  DeviceLoop* loop = pool_->loop(loop_index);
+  DeviceLoop* loop = pool_->loop(device);
   ro.train.device = loop->device();
   ro.job_dir = JobDir(job->id);
   ro.metrics_interval = options_.metrics_interval;
   ++job->attempt;
   if (absl::Status s = SetStateLocked(job, JobState::kRunning, ""); !s.ok()) {
     Warn(job->id, s);
+    pool_->placement().JobEnded(device);
     return false;
   }
-  loop_busy_[loop_index] = true;
   auto run = std::make_unique<Running>();
-  run->loop_index = loop_index;
+  run->device = device;
   run->runner = std::make_unique<JobRunner>(std::move(ro), this, registry_, loop, metrics_);
   Running* raw = run.get();
   running_[job->id] = std::move(run);
@@ -288,7 +289,7 @@ void TrainManager::EndRunLocked(const std::string& id, const JobRunner::Outcome&
   }
   if (!s.ok()) Warn(id, s);
   auto it = running_.find(id);
-  loop_busy_[it->second->loop_index] = false;
+  pool_->placement().JobEnded(it->second->device);
   finished_threads_.push_back(std::move(it->second->thread));
   running_.erase(it);
 }

@@ -8,6 +8,10 @@
 // priority (higher first), then submission order; jobs that were RUNNING when the server stopped
 // go first when it starts again, each restored from its newest good checkpoint.
 //
+// Where: the pool's Placement picks the device (one job per device, within its training-memory
+// budget); a job whose estimate fits no device's budget is refused at submission
+// (RESOURCE_EXHAUSTED), one that fits but finds the devices busy waits in the queue.
+//
 // Threads. Each running job has a thread of its own (the job thread) running its JobRunner,
 // which hands one micro-step at a time to its device loop (DeviceLoop::TryPost) and waits for
 // it: the loop runs it between inference iterations, so a stream waits at most one micro-step.
@@ -41,6 +45,7 @@
 #include "server/jobs/job.h"
 #include "server/jobs/job_runner.h"
 #include "server/jobs/job_store.h"
+#include "server/jobs/train_spec.h"
 #include "server/metrics/metrics.h"
 
 namespace tandem {
@@ -49,7 +54,6 @@ struct TrainManagerOptions {
   std::string state_dir;  // required
   std::string data_dir;   // datasets; empty: every submission fails FAILED_PRECONDITION
   int keep_checkpoints = 3;
-  int64_t memory_budget_bytes = 0;  // per job; <= 0 disables the check
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
   bool start_jobs = true;  // false: recover and accept, but start nothing (tests)
 };
@@ -85,7 +89,7 @@ class TrainManager final : public JobLedger {
 
  private:
   struct Running {
-    int loop_index = 0;
+    int device = 0;  // index of the device (and its loop) the job runs on
     std::unique_ptr<JobRunner> runner;
     std::thread thread;
   };
@@ -95,13 +99,15 @@ class TrainManager final : public JobLedger {
 
   // Startup: deployments published again, RUNNING jobs queued first.
   absl::Status RecoverLocked(std::vector<Job> jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Starts queued jobs on idle device loops.
+  // Starts queued jobs while the placement finds them devices.
   void ScheduleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The queued job to start next (recovered first, then priority, then submission), or null.
   Job* NextQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Starts `job` on loop `loop_index`, or fails it when its spec no longer resolves. False when
-  // the store refused to mark it RUNNING: scheduling stops there.
-  bool StartLocked(Job* job, int loop_index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts the next queued job where the placement puts it, or fails it when its spec no longer
+  // resolves. False when nothing more can start now (no job, no device for the next one, or the
+  // store refused to mark it RUNNING).
+  bool StartNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  TrainSpecContext SpecContext() const;
   // The job thread: runs the runner, then applies its outcome and frees the loop.
   void RunJob(const std::string& id);
   void EndRunLocked(const std::string& id, const JobRunner::Outcome& outcome)
@@ -143,7 +149,6 @@ class TrainManager final : public JobLedger {
   std::vector<std::string> recovered_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<Sink>> watchers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Running>> running_ ABSL_GUARDED_BY(mu_);
-  std::vector<bool> loop_busy_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> finished_threads_ ABSL_GUARDED_BY(mu_);  // joined by Stop
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -224,8 +224,6 @@ bool ValidName(const std::string& name) {
   return name != "." && name != "..";
 }
 
-std::string MiB(int64_t bytes) { return absl::StrFormat("%.0f MiB", bytes / 1048576.0); }
-
 }  // namespace
 
 int64_t EstimateTrainingBytes(const TrainOptions& o) {
@@ -322,16 +320,6 @@ absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecCont
   o.dataset_path = *dataset;
   o.keep_checkpoints = ctx.keep_checkpoints;
 
-  if (ctx.memory_budget_bytes > 0) {
-    const int64_t need = EstimateTrainingBytes(o);
-    if (need > ctx.memory_budget_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "this job would need about ", MiB(need), " of training memory (weights, gradients, "
-          "AdamW state, activations at batch_size ", o.hyper.batch_size, "); the budget is ",
-          MiB(ctx.memory_budget_bytes), " (--train_memory_limit_mb): lower batch_size or the "
-          "model size"));
-    }
-  }
   return o;
 }
 

@@ -1,12 +1,13 @@
 // Training-job specs: checks a JobSpec (server/jobs/job.h) and resolves it into the trainer's
 // TrainOptions before anything is allocated — the dataset confined to --data_dir (no absolute
 // paths, no "..", no symlink leading out), the model config's invariants, hyperparameter ranges
-// with defaults for unset (zero) fields, init_from / deploy_as against the registry, and an
-// estimate of the training memory against the budget. Torch-free.
+// with defaults for unset (zero) fields, init_from / deploy_as against the registry. The
+// estimate of the training memory (EstimateTrainingBytes) is the placement's to check against
+// the devices' budgets. Torch-free.
 //
 // Status codes: INVALID_ARGUMENT for a malformed spec or an unusable dataset, NOT_FOUND for a
-// dataset or init_from model that does not exist, RESOURCE_EXHAUSTED when the estimate exceeds
-// the budget, FAILED_PRECONDITION when the server has no --data_dir.
+// dataset or init_from model that does not exist, FAILED_PRECONDITION when the server has no
+// --data_dir.
 #ifndef TANDEM_SERVER_JOBS_TRAIN_SPEC_H_
 #define TANDEM_SERVER_JOBS_TRAIN_SPEC_H_
 
@@ -23,7 +24,6 @@ namespace tandem {
 struct TrainSpecContext {
   std::string data_dir;            // --data_dir
   const ModelRegistry* registry = nullptr;
-  int64_t memory_budget_bytes = 0; // training memory allowed per job (<= 0: no check)
   int keep_checkpoints = 3;
 };
 
