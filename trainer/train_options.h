@@ -18,6 +18,10 @@ struct Hyperparams {
   int64_t steps = 1000;      // optimizer steps in all
   int batch_size = 16;       // sequences or images per micro-step
   int grad_accum = 1;        // micro-steps per optimizer step
+  // Rows (sequences or images) per chunk of a micro-step: the unit the device's scheduler
+  // interleaves with inference. 0: the whole micro-batch. Fixed for a run: it sets the order in
+  // which gradients are summed.
+  int chunk_rows = 0;
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
   int64_t warmup_steps = 100;

@@ -3,13 +3,14 @@
 #include <algorithm>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <system_error>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
+#include "server/jobs/eval_sampler.h"
 
 namespace tandem {
 namespace {
@@ -29,6 +30,10 @@ void PruneExports(const std::string& dir, size_t keep) {
 
 const char* KindName(ModelKind k) { return k == ModelKind::kText ? "text" : "image"; }
 
+std::string StepDir(const std::string& parent, int64_t step) {
+  return absl::StrFormat("%s/step-%010d", parent, step);
+}
+
 JobRunner::Outcome Failed(const absl::Status& s, const std::string& doing = "") {
   return {JobRunner::Outcome::kFailed,
           doing.empty() ? std::string(s.message()) : absl::StrCat(doing, ": ", s.message())};
@@ -44,28 +49,76 @@ JobRunner::JobRunner(JobRunnerOptions options, JobLedger* ledger, ModelRegistry*
       registry_(registry),
       loop_(loop),
       metrics_(metrics),
-      best_loss_(std::numeric_limits<double>::infinity()) {
-  if (metrics_) {
-    const std::string& device = loop_->device();
-    step_seconds_ = &metrics_->train_step_seconds.Add({{"device", device}},
-                                                      Metrics::LatencyBuckets());
-    busy_ = &metrics_->device_busy_seconds.Add({{"device", device}, {"work", "train"}});
-  }
-}
+      best_loss_(std::numeric_limits<double>::infinity()) {}
 
 JobRunner::~JobRunner() = default;
 
-bool JobRunner::WithdrawPause() {
-  int expected = static_cast<int>(Control::kPause);
-  return request_.compare_exchange_strong(expected, static_cast<int>(Control::kNone));
+void JobRunner::Request(Control c) {
+  switch (c) {
+    case Control::kNone: return;
+    case Control::kPause:
+      pause_requested_ = true;
+      loop_->ControlTraining(id_, TrainWorkload::Control::kPause);
+      return;
+    case Control::kCancel:
+      requested_ = static_cast<int>(c);
+      loop_->ControlTraining(id_, TrainWorkload::Control::kCancel);
+      return;
+    case Control::kStop:
+      requested_ = static_cast<int>(c);
+      loop_->ControlTraining(id_, TrainWorkload::Control::kStop);
+      return;
+  }
 }
+
+bool JobRunner::WithdrawPause() {
+  if (!pause_requested_.exchange(false)) return false;
+  loop_->ControlTraining(id_, TrainWorkload::Control::kResume);
+  return true;
+}
+
+// --- the loop's reports, queued -----------------------------------------------------------------
+
+void JobRunner::Queue(Event e) {
+  absl::MutexLock lock(&mu_);
+  events_.push_back(std::move(e));
+}
+
+JobRunner::Event JobRunner::Next() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](std::deque<Event>* q) { return !q->empty(); }, &events_));
+  Event e = std::move(events_.front());
+  events_.pop_front();
+  return e;
+}
+
+void JobRunner::OnStep(const StepMetrics& m) { Queue(m); }
+void JobRunner::OnEvaluated(const EvalMetrics& m) { Queue(Evaluated{m}); }
+void JobRunner::OnSnapshot(TrainSnapshot snapshot, const SnapshotReasons& why) {
+  Queue(Snapped{std::move(snapshot), why});
+}
+void JobRunner::OnEnded(TrainEnd end, const absl::Status& status) { Queue(Ended{end, status}); }
+
+// --- the lifecycle ------------------------------------------------------------------------------
 
 JobRunner::Outcome JobRunner::Run() {
   if (absl::Status s = Start(); !s.ok()) return Failed(s);
-  Outcome outcome = Train();
-  if (outcome.kind == Outcome::kSucceeded) outcome = Finish();
-  trainer_.reset();  // frees the device memory before the next job starts
-  return outcome;
+  // Asked to go while the trainer was being built: nothing ran on the device yet.
+  switch (static_cast<Control>(requested_.load())) {
+    case Control::kCancel: return {Outcome::kCancelled};
+    case Control::kStop: return {Outcome::kStopped};
+    default: break;
+  }
+  TrainTask task;
+  task.job_id = id_;
+  task.trainer = std::move(trainer_);
+  task.listener = this;
+  loop_->StartTraining(std::move(task));
+  // A request that came meanwhile may have reached the loop before the task did: again.
+  if (requested_ != static_cast<int>(Control::kNone)) Request(static_cast<Control>(requested_.load()));
+  if (pause_requested_) Request(Control::kPause);
+  return Follow();
 }
 
 absl::Status JobRunner::Start() {
@@ -78,69 +131,49 @@ absl::Status JobRunner::Start() {
           : CreateImageTrainer(o, options_.job_dir + "/work", checkpoints, &note);
   if (!created.ok()) return created.status();
   trainer_ = *std::move(created);
+  total_steps_ = trainer_->total_steps();
   const Job job = ledger_->Snapshot(id_);
   spec_ = job.spec;
   if (job.best_eval) best_loss_ = job.best_eval->loss;
-  last_checkpoint_ = trainer_->step();
   ledger_->Log(id_, absl::StrCat(note.empty() ? "started" : note, " on ", loop_->device(), " (",
-                                 trainer_->parameter_count(), " parameters)"));
+                                 trainer_->parameter_count(), " parameters, chunks of ",
+                                 trainer_->chunk_rows(), " rows)"));
   step_start_ = absl::Now();
   return absl::OkStatus();
 }
 
-JobRunner::Outcome JobRunner::Train() {
-  const Hyperparams& h = options_.train.hyper;
-  while (trainer_->step() < trainer_->total_steps()) {
-    if (std::optional<Outcome> stop = HonourRequest()) return *stop;
-    std::optional<StepMetrics> completed;
-    bool taken = false;
-    if (absl::Status s = RunMicroStep(&completed, &taken); !s.ok()) return Failed(s);
-    if (!taken) return {Outcome::kStopped};
-    if (!completed) continue;
-    const int64_t step = completed->step;
-    const bool last = step == trainer_->total_steps();
-    if (absl::Status s = RecordStep(*completed); !s.ok()) return Failed(s);
-    if (last || (h.eval_every > 0 && step % h.eval_every == 0)) {
-      if (absl::Status s = Evaluate(step, last); !s.ok()) return Failed(s);
+JobRunner::Outcome JobRunner::Follow() {
+  // After a failure here the task is cancelled on the device; its end is awaited all the same,
+  // so nothing of the run outlives Run().
+  std::optional<Outcome> failed;
+  while (true) {
+    Event e = Next();
+    absl::Status s;
+    if (auto* m = std::get_if<StepMetrics>(&e)) {
+      if (!failed) s = RecordStep(*m);
+    } else if (auto* ev = std::get_if<Evaluated>(&e)) {
+      pending_eval_ = ev->m;
+    } else if (auto* snap = std::get_if<Snapped>(&e)) {
+      if (!failed) s = HandleSnapshot(*snap);
+    } else {
+      return failed ? *failed : OutcomeOf(std::get<Ended>(e));
     }
-    if (!last && h.checkpoint_every > 0 && step % h.checkpoint_every == 0) {
-      if (absl::Status s = Checkpoint(); !s.ok()) return Failed(s, "writing a checkpoint");
+    if (!s.ok() && !failed) {
+      failed = Failed(s);
+      loop_->ControlTraining(id_, TrainWorkload::Control::kCancel);
     }
-    step_start_ = absl::Now();  // evaluation and checkpoints are not training time
   }
-  return {Outcome::kSucceeded};
 }
 
-std::optional<JobRunner::Outcome> JobRunner::HonourRequest() {
-  const auto request = static_cast<Control>(request_.load());
-  if (request == Control::kCancel) return Outcome{Outcome::kCancelled};
-  if ((request != Control::kPause && request != Control::kStop) ||
-      !trainer_->at_step_boundary()) {
-    return std::nullopt;
+JobRunner::Outcome JobRunner::OutcomeOf(const Ended& e) {
+  switch (e.end) {
+    case TrainEnd::kCompleted: return {Outcome::kSucceeded};
+    case TrainEnd::kPaused: return {Outcome::kPaused};
+    case TrainEnd::kStopped: return {Outcome::kStopped};
+    case TrainEnd::kCancelled: return {Outcome::kCancelled};
+    case TrainEnd::kFailed: return Failed(e.status);
   }
-  if (trainer_->step() > last_checkpoint_) {
-    if (absl::Status s = Checkpoint(); !s.ok()) return Failed(s);
-  }
-  return Outcome{request == Control::kPause ? Outcome::kPaused : Outcome::kStopped};
-}
-
-absl::Status JobRunner::RunMicroStep(std::optional<StepMetrics>* completed, bool* taken) {
-  absl::Notification done;
-  absl::StatusOr<std::optional<StepMetrics>> result;
-  absl::AnyInvocable<void()> fn = [&] {
-    const absl::Time t0 = absl::Now();
-    result = trainer_->MicroStep();
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - t0);
-    if (step_seconds_) step_seconds_->Observe(seconds);
-    if (busy_) busy_->Increment(seconds);
-    done.Notify();
-  };
-  *taken = loop_->TryPost(fn);
-  if (!*taken) return absl::OkStatus();
-  done.WaitForNotification();
-  if (!result.ok()) return result.status();
-  *completed = *result;
-  return absl::OkStatus();
+  return {Outcome::kFailed, "unknown end"};
 }
 
 absl::Status JobRunner::RecordStep(const StepMetrics& m) {
@@ -150,7 +183,7 @@ absl::Status JobRunner::RecordStep(const StepMetrics& m) {
   step_time_ema_ = step_time_ema_ == 0 ? took : 0.9 * step_time_ema_ + 0.1 * took;
   StepRecord r;
   r.step = m.step;
-  r.total_steps = trainer_->total_steps();
+  r.total_steps = total_steps_;
   r.loss = m.loss;
   r.lr = m.lr;
   r.grad_norm = m.grad_norm;
@@ -158,7 +191,7 @@ absl::Status JobRunner::RecordStep(const StepMetrics& m) {
     r.tokens_per_second = static_cast<double>(m.tokens) / took;
     r.images_per_second = static_cast<double>(m.images) / took;
   }
-  r.eta_seconds = step_time_ema_ * static_cast<double>(trainer_->total_steps() - m.step);
+  r.eta_seconds = step_time_ema_ * static_cast<double>(total_steps_ - m.step);
   if (metrics_) {
     metrics_->train_steps.Add({{"job", id_}, {"kind", KindName(options_.train.kind)}}).Increment();
     metrics_->train_items.Add({{"job", id_}, {"unit", m.tokens ? "tokens" : "images"}})
@@ -167,59 +200,118 @@ absl::Status JobRunner::RecordStep(const StepMetrics& m) {
     metrics_->train_learning_rate.Add({{"job", id_}}).Set(m.lr);
   }
   // Watchers get step metrics at a bounded rate, and always the last step.
-  const bool notify =
-      now - last_sent_ >= options_.metrics_interval || m.step == trainer_->total_steps();
+  const bool notify = now - last_sent_ >= options_.metrics_interval || m.step == total_steps_;
   if (notify) last_sent_ = now;
   return ledger_->RecordStep(id_, r, notify);
 }
 
-absl::Status JobRunner::Evaluate(int64_t step, bool last) {
-  absl::StatusOr<EvalMetrics> ev = trainer_->Evaluate();
-  if (!ev.ok()) return ev.status();
-  EvalRecord er;
-  er.step = ev->step;
-  er.loss = ev->loss;
-  er.bits_per_byte = ev->bits_per_byte;
-  er.text_sample = ev->text_sample;
-  er.image_sample_png = ev->image_png;
-  er.improved = ev->loss < best_loss_;
-  if (metrics_) {
-    metrics_->train_eval_loss.Add({{"job", id_}}).Set(ev->loss);
-    if (options_.train.kind == ModelKind::kText) {
-      metrics_->train_bits_per_byte.Add({{"job", id_}}).Set(ev->bits_per_byte);
+absl::Status JobRunner::HandleSnapshot(const Snapped& s) {
+  const SnapshotReasons& why = s.why;
+  if (why.checkpoint || why.final || why.pause || why.stop) {
+    if (absl::Status st = Checkpoint(s.snapshot); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat(why.final ? "finishing: " : "writing a checkpoint: ",
+                                                  st.message()));
     }
   }
-  absl::Status s = ledger_->Update(
-      id_, [&](Job& job) { if (er.improved) job.best_eval = er; }, JobEvent::Now(er));
-  if (!s.ok()) return s;
-  if (!er.improved) return absl::OkStatus();
-  best_loss_ = ev->loss;
-  if (!spec_.deploy_on_improvement || last) return absl::OkStatus();
-  if (s = Deploy(step); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("deploying step ", step, ": ", s.message()));
+  // One export of the step serves its samples and its deployment.
+  std::optional<std::string> exported;
+  if (why.evaluation || (why.final && !spec_.deploy_as.empty())) {
+    absl::StatusOr<std::string> dir = Export(s.snapshot, options_.job_dir + "/eval");
+    if (!dir.ok()) return dir.status();
+    exported = *std::move(dir);
   }
+  bool deployed = false;
+  if (why.evaluation) {
+    absl::Status st = RecordEvaluation(s.snapshot, *exported, /*may_deploy=*/!why.final, &deployed);
+    if (!st.ok()) return st;
+  }
+  if (why.final && !spec_.deploy_as.empty()) {
+    if (absl::Status st = Deploy(s.snapshot, *exported); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("finishing: ", st.message()));
+    }
+    deployed = true;
+  }
+  if (exported && !deployed) {
+    std::error_code ec;
+    fs::remove_all(*exported, ec);
+  }
+  step_start_ = absl::Now();  // checkpoints and evaluations are not training time
   return absl::OkStatus();
 }
 
-absl::Status JobRunner::Checkpoint() {
-  absl::Status s = trainer_->SaveCheckpoint(options_.job_dir + "/checkpoints");
+absl::Status JobRunner::Checkpoint(const TrainSnapshot& snapshot) {
+  absl::Status s = WriteCheckpoint(snapshot, options_.job_dir + "/checkpoints");
   if (!s.ok()) return s;
-  last_checkpoint_ = trainer_->step();
-  const int64_t step = trainer_->step();
+  const int64_t step = snapshot.step;
   s = ledger_->Update(id_, [&](Job& job) { job.checkpoint_step = step; }, std::nullopt);
   if (!s.ok()) return s;
   ledger_->Log(id_, absl::StrCat("checkpoint written at step ", step));
   return absl::OkStatus();
 }
 
-absl::Status JobRunner::Deploy(int64_t step) {
-  const std::string models = options_.job_dir + "/models";
-  const std::string path = absl::StrFormat("%s/step-%010d", models, step);
+absl::Status JobRunner::RecordEvaluation(const TrainSnapshot& snapshot,
+                                         const std::string& exported, bool may_deploy,
+                                         bool* deployed) {
+  if (!pending_eval_) return absl::InternalError("a snapshot for an evaluation that never ran");
+  EvalMetrics ev = *std::move(pending_eval_);
+  pending_eval_.reset();
+  RegistryOptions ro = registry_->options();
+  ro.max_sequences = 1;
+  ro.max_images = std::max<int>(1, snapshot.samples.images.size());
+  absl::StatusOr<EvalSampleResult> samples = SampleOnLoop(exported, snapshot.samples, loop_, ro);
+  if (samples.ok()) {
+    ev.text_sample = samples->text;
+    ev.image_png = samples->png;
+  } else {
+    ledger_->Log(id_, absl::StrCat("the samples of step ", ev.step,
+                                   " were not taken: ", samples.status().message()));
+  }
+  EvalRecord er;
+  er.step = ev.step;
+  er.loss = ev.loss;
+  er.bits_per_byte = ev.bits_per_byte;
+  er.text_sample = ev.text_sample;
+  er.image_sample_png = ev.image_png;
+  er.improved = ev.loss < best_loss_;
+  if (metrics_) {
+    metrics_->train_eval_loss.Add({{"job", id_}}).Set(ev.loss);
+    if (options_.train.kind == ModelKind::kText) {
+      metrics_->train_bits_per_byte.Add({{"job", id_}}).Set(ev.bits_per_byte);
+    }
+  }
+  absl::Status s = ledger_->Update(
+      id_, [&](Job& job) { if (er.improved) job.best_eval = er; }, JobEvent::Now(er));
+  if (!s.ok()) return s;
+  if (!er.improved) return absl::OkStatus();
+  best_loss_ = ev.loss;
+  if (!may_deploy || !spec_.deploy_on_improvement) return absl::OkStatus();
+  if (s = Deploy(snapshot, exported); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("deploying step ", ev.step, ": ", s.message()));
+  }
+  *deployed = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> JobRunner::Export(const TrainSnapshot& snapshot,
+                                              const std::string& where) {
+  const std::string path = StepDir(where, snapshot.step);
   std::error_code ec;
   fs::remove_all(path, ec);  // a step re-run after a crash
-  fs::create_directories(models, ec);
-  absl::Status s = trainer_->ExportModel(path, {absl::StrCat("train job ", id_), id_, step});
+  fs::create_directories(where, ec);
+  absl::Status s = ExportModel(snapshot, path, {absl::StrCat("train job ", id_), id_, snapshot.step});
   if (!s.ok()) return s;
+  return path;
+}
+
+absl::Status JobRunner::Deploy(const TrainSnapshot& snapshot, const std::string& exported) {
+  // The exported folder becomes the deployment (one rename: no second copy of the weights).
+  const std::string models = options_.job_dir + "/models";
+  const std::string path = StepDir(models, snapshot.step);
+  std::error_code ec;
+  fs::create_directories(models, ec);
+  fs::remove_all(path, ec);
+  fs::rename(exported, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("moving ", exported, " to ", path, ": ", ec.message()));
   absl::StatusOr<std::shared_ptr<const ModelEntry>> entry =
       registry_->Publish(spec_.deploy_as, path);
   if (!entry.ok()) return entry.status();
@@ -230,7 +322,8 @@ absl::Status JobRunner::Deploy(int64_t step) {
         .Set(static_cast<double>((*entry)->parameters));
   }
   PruneExports(models, kKeepExports);
-  s = ledger_->Update(id_, [&](Job& job) {
+  const int64_t step = snapshot.step;
+  absl::Status s = ledger_->Update(id_, [&](Job& job) {
     job.deployed_as = spec_.deploy_as;
     job.deployed_step = step;
   }, std::nullopt);
@@ -238,15 +331,6 @@ absl::Status JobRunner::Deploy(int64_t step) {
   ledger_->Log(id_, absl::StrCat("deployed step ", step, " as \"", spec_.deploy_as,
                                  "\" (version ", (*entry)->version, ")"));
   return absl::OkStatus();
-}
-
-JobRunner::Outcome JobRunner::Finish() {
-  // The final model: always checkpointed (a later job can init_from it once deployed);
-  // published when the spec names a deploy_as.
-  absl::Status s = Checkpoint();
-  if (s.ok() && !spec_.deploy_as.empty()) s = Deploy(trainer_->step());
-  if (!s.ok()) return Failed(s, "finishing");
-  return {Outcome::kSucceeded};
 }
 
 }  // namespace tandem

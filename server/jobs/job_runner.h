@@ -1,24 +1,37 @@
-// JobRunner: one run of one training job on one device loop, from building its trainer to its
-// outcome. Run() is the job thread's body and reads as the lifecycle does: start (dataset,
-// tokenizer, trainer, restored checkpoint), train step after step (recording each step,
-// evaluating, deploying and checkpointing when due, honouring pause / cancel / stop requests),
-// then finish (final checkpoint and deployment). The final state transition is the owner's
-// (TrainManager), from the returned Outcome.
+// JobRunner: one run of one training job, from building its trainer to its outcome, on the
+// job's own thread — which is also the job's I/O thread. The device work is the device loop's:
+// the runner hands the trainer to the loop as a training task (DeviceLoop::StartTraining) and
+// receives, keyed to this run, what the loop reports (a step done, an evaluation's loss, a host
+// snapshot, the end). Run() reads as the lifecycle does:
+//   start      dataset, tokenizer and trainer built here (off the loop), then handed over;
+//   each step  recorded (store, watchers, metrics);
+//   snapshot   a checkpoint written from it; for an evaluation, the model exported from it and
+//              sampled as ordinary inference work on the same loop (EvalSampler), the result
+//              recorded and, when it improved and the spec says so, deployed; at the last step,
+//              the final checkpoint and deployment;
+//   end        the outcome: succeeded, failed (why), cancelled, paused, or stopped (server
+//              shutdown: the job stays RUNNING and resumes at the next start).
+// The final state transition is the owner's (TrainManager), from the returned Outcome.
 //
-// The runner persists and reports through a JobLedger (the TrainManager), publishes deployments
-// into the ModelRegistry, and hands its micro-steps to the device loop. Request() may be called
-// from any thread; everything else runs on the job thread.
+// The runner persists and reports through a JobLedger (the TrainManager) and publishes
+// deployments into the ModelRegistry. Request() and WithdrawPause() may be called from any
+// thread, the TrainListener methods are the loop's (they only queue); the rest runs on the job
+// thread.
 #ifndef TANDEM_SERVER_JOBS_JOB_RUNNER_H_
 #define TANDEM_SERVER_JOBS_JOB_RUNNER_H_
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <variant>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/core/device_loop.h"
 #include "server/core/model_registry.h"
@@ -50,7 +63,7 @@ struct JobRunnerOptions {
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
 };
 
-class JobRunner {
+class JobRunner final : private TrainListener {
  public:
   enum class Control { kNone = 0, kPause, kCancel, kStop };
   struct Outcome {
@@ -61,31 +74,54 @@ class JobRunner {
   // None of the pointers is owned; all must outlive the runner. metrics may be null.
   JobRunner(JobRunnerOptions options, JobLedger* ledger, ModelRegistry* registry,
             DeviceLoop* loop, Metrics* metrics);
-  ~JobRunner();
+  ~JobRunner() override;
 
   // Trains until the job ends or a request stops it.
   Outcome Run();
 
-  // Pause: at the next optimizer-step boundary, after a checkpoint. Cancel: at the next
-  // micro-step. Stop (server shutdown): like pause, but the job stays RUNNING in the store.
-  void Request(Control c) { request_.store(static_cast<int>(c)); }
+  // Pause: at the next optimizer-step boundary, after a checkpoint. Cancel: at the next unit of
+  // device work. Stop (server shutdown): like pause, but the job stays RUNNING in the store.
+  void Request(Control c);
   // Withdraws a pause that has not taken effect yet; true if there was one.
   bool WithdrawPause();
 
  private:
+  struct Evaluated {
+    EvalMetrics m;
+  };
+  struct Snapped {
+    TrainSnapshot snapshot;
+    SnapshotReasons why;
+  };
+  struct Ended {
+    TrainEnd end;
+    absl::Status status;
+  };
+  using Event = std::variant<StepMetrics, Evaluated, Snapped, Ended>;
+
+  // TrainListener (the loop's threads): queue and return.
+  void OnStep(const StepMetrics& m) override;
+  void OnEvaluated(const EvalMetrics& m) override;
+  void OnSnapshot(TrainSnapshot snapshot, const SnapshotReasons& why) override;
+  void OnEnded(TrainEnd end, const absl::Status& status) override;
+  void Queue(Event e);
+  Event Next();
+
   absl::Status Start();
-  // The step loop; returns the outcome that ended it (kSucceeded: every step done).
-  Outcome Train();
-  // Checks for a pending request: the outcome it calls for, or none to go on.
-  std::optional<Outcome> HonourRequest();
-  // One micro-step on the device loop (between its inference iterations). *done: whether the
-  // loop took it (false once the loop is stopping).
-  absl::Status RunMicroStep(std::optional<StepMetrics>* completed, bool* done);
+  // Handles the loop's reports until the task ends; the outcome.
+  Outcome Follow();
   absl::Status RecordStep(const StepMetrics& m);
-  absl::Status Evaluate(int64_t step, bool last);
-  absl::Status Checkpoint();
-  absl::Status Deploy(int64_t step);
-  Outcome Finish();
+  absl::Status HandleSnapshot(const Snapped& s);
+  absl::Status Checkpoint(const TrainSnapshot& snapshot);
+  // The evaluation of the snapshot's step: samples from `exported` (its export), the record, and
+  // a deployment of `exported` when it improved (if `may_deploy` and the spec says so).
+  absl::Status RecordEvaluation(const TrainSnapshot& snapshot, const std::string& exported,
+                                bool may_deploy, bool* deployed);
+  // Exports the snapshot to a fresh folder under the job's directory.
+  absl::StatusOr<std::string> Export(const TrainSnapshot& snapshot, const std::string& where);
+  // Moves the export of the snapshot's step to the job's models and publishes it.
+  absl::Status Deploy(const TrainSnapshot& snapshot, const std::string& exported);
+  Outcome OutcomeOf(const Ended& e);
 
   const JobRunnerOptions options_;
   const std::string id_;
@@ -93,17 +129,21 @@ class JobRunner {
   ModelRegistry* const registry_;
   DeviceLoop* const loop_;
   Metrics* const metrics_;
-  std::atomic<int> request_{static_cast<int>(Control::kNone)};
+  std::atomic<bool> pause_requested_{false};
+  std::atomic<int> requested_{static_cast<int>(Control::kNone)};  // cancel or stop, once asked
 
+  absl::Mutex mu_;
+  std::deque<Event> events_ ABSL_GUARDED_BY(mu_);
+
+  // Job-thread state.
   JobSpec spec_;
-  std::unique_ptr<Trainer> trainer_;
+  std::unique_ptr<Trainer> trainer_;  // until handed to the loop
+  std::optional<EvalMetrics> pending_eval_;  // the loss of an evaluation awaiting its snapshot
+  int64_t total_steps_ = 0;
   double best_loss_;
-  int64_t last_checkpoint_ = 0;
   absl::Time step_start_;
   absl::Time last_sent_ = absl::InfinitePast();
   double step_time_ema_ = 0;
-  prometheus::Histogram* step_seconds_ = nullptr;
-  prometheus::Counter* busy_ = nullptr;
 };
 
 }  // namespace tandem

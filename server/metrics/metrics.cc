@@ -58,8 +58,10 @@ Metrics::Metrics()
       waiting_requests(GaugeFamily(*registry_, "tandem_waiting_requests",
                                    "Requests accepted but not yet started, by device.")),
       device_busy_seconds(CounterFamily(*registry_, "tandem_device_busy_seconds_total",
-                                        "Seconds the device loop spent working, by device and "
-                                        "work (text, image, train).")),
+                                        "Seconds of device time, by device and work: text and "
+                                        "image (inference iterations), train and eval (training "
+                                        "units, which may overlap inference: they run at "
+                                        "background priority), idle (nothing to do).")),
       model_info(GaugeFamily(*registry_, "tandem_model_parameters",
                              "Servable models (value: parameter count), by name, kind and "
                              "version.")),
@@ -79,10 +81,15 @@ Metrics::Metrics()
       train_bits_per_byte(GaugeFamily(*registry_, "tandem_train_bits_per_byte",
                                       "Held-out bits per byte of the latest evaluation (text "
                                       "jobs), by job.")),
-      train_step_seconds(HistogramFamily(*registry_, "tandem_train_micro_step_seconds",
-                                         "Wall time of one training micro-step on the device "
-                                         "loop (the longest an online request waits for it), "
-                                         "by device.")) {}
+      train_chunk_seconds(HistogramFamily(*registry_, "tandem_train_chunk_seconds",
+                                          "Wall time of one training chunk (a slice of a "
+                                          "micro-step), by device.")),
+      preemption_seconds(HistogramFamily(*registry_, "tandem_preemption_seconds",
+                                         "From inference work arriving while training held the "
+                                         "device to its first operation, by device.")),
+      train_share(GaugeFamily(*registry_, "tandem_train_share",
+                              "Training's share of recent device time (decayed, half-life "
+                              "2 s), by device.")) {}
 
 Metrics::~Metrics() = default;
 
@@ -94,6 +101,12 @@ std::string Metrics::Serialize() const {
 const prometheus::Histogram::BucketBoundaries& Metrics::LatencyBuckets() {
   static const auto* b = new prometheus::Histogram::BucketBoundaries{
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  return *b;
+}
+
+const prometheus::Histogram::BucketBoundaries& Metrics::PreemptionBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1};
   return *b;
 }
 

@@ -46,7 +46,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& generated_images;       // model
   prometheus::Family<prometheus::Gauge>& active_sequences;   // device
   prometheus::Family<prometheus::Gauge>& waiting_requests;   // device
-  prometheus::Family<prometheus::Counter>& device_busy_seconds;  // device, work (text|image|train)
+  // device, work (text|image|train|eval|idle)
+  prometheus::Family<prometheus::Counter>& device_busy_seconds;
   prometheus::Family<prometheus::Gauge>& model_info;  // name, kind, version; value = parameters
   // Training.
   prometheus::Family<prometheus::Gauge>& train_jobs;             // state
@@ -56,10 +57,13 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& train_learning_rate;    // job
   prometheus::Family<prometheus::Gauge>& train_eval_loss;        // job
   prometheus::Family<prometheus::Gauge>& train_bits_per_byte;    // job
-  prometheus::Family<prometheus::Histogram>& train_step_seconds; // device
+  prometheus::Family<prometheus::Histogram>& train_chunk_seconds; // device
+  prometheus::Family<prometheus::Histogram>& preemption_seconds;  // device
+  prometheus::Family<prometheus::Gauge>& train_share;             // device
 
   static const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
   static const prometheus::Histogram::BucketBoundaries& BatchBuckets();
+  static const prometheus::Histogram::BucketBoundaries& PreemptionBuckets();  // 0.1 ms .. 1 s
 };
 
 }  // namespace tandem

@@ -1,0 +1,31 @@
+// Work classes: how the device's scheduler tells the hardware which work may wait. A device loop
+// runs online inference on its own thread; training runs on a separate executor thread marked
+// background, so that inference preempts it at once:
+//   - on the CPU, a background thread (and the OpenMP team it starts, whose threads inherit its
+//     policy) runs under SCHED_IDLE: the kernel gives it a core only when no normal thread wants
+//     one;
+//   - on CUDA, the thread's current stream for the device is a low-priority stream (inference
+//     keeps the default priority), so the GPU schedules inference kernels first.
+// Torch-free header.
+#ifndef TANDEM_MODELS_TORCH_WORK_CLASS_H_
+#define TANDEM_MODELS_TORCH_WORK_CLASS_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace tandem {
+
+enum class WorkClass {
+  kForeground,  // online inference
+  kBackground,  // training: runs in what the foreground leaves
+};
+
+// Applies `work` to the calling thread for `device` ("cpu", "cuda:N"). The CPU policy is the
+// whole thread's; the CUDA stream is the thread's current stream for that device. An error
+// (e.g. SCHED_IDLE refused) leaves the thread as it was.
+absl::Status SetThreadWorkClass(WorkClass work, const std::string& device);
+
+}  // namespace tandem
+
+#endif  // TANDEM_MODELS_TORCH_WORK_CLASS_H_

@@ -1,0 +1,72 @@
+#include "server/core/executor.h"
+
+#include <cstdio>
+#include <utility>
+
+namespace tandem {
+
+Executor::Executor(std::string device, WorkClass work, bool inline_work,
+                   std::function<void()> on_done)
+    : device_(std::move(device)), work_(work), inline_(inline_work), on_done_(std::move(on_done)) {
+  if (!inline_) thread_ = std::thread([this] { Loop(); });
+}
+
+Executor::~Executor() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+bool Executor::Run(absl::AnyInvocable<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (busy_ || stopping_) return false;
+    busy_ = true;
+    if (!inline_) {
+      next_ = std::move(fn);
+      return true;
+    }
+  }
+  fn();
+  {
+    absl::MutexLock lock(&mu_);
+    busy_ = false;
+  }
+  if (on_done_) on_done_();
+  return true;
+}
+
+bool Executor::busy() const {
+  absl::MutexLock lock(&mu_);
+  return busy_;
+}
+
+void Executor::Loop() {
+  if (absl::Status s = SetThreadWorkClass(work_, device_); !s.ok()) {
+    std::fprintf(stderr, "tandemd: training on %s runs at normal priority: %s\n", device_.c_str(),
+                 s.ToString().c_str());
+  }
+  while (true) {
+    absl::AnyInvocable<void()> fn;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return next_ != nullptr || stopping_;
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (next_ == nullptr) return;  // stopping, nothing in flight
+      fn = std::move(next_);
+      next_ = nullptr;
+    }
+    fn();
+    {
+      absl::MutexLock lock(&mu_);
+      busy_ = false;
+    }
+    if (on_done_) on_done_();
+  }
+}
+
+}  // namespace tandem
