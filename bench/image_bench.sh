@@ -3,25 +3,13 @@
 # weights: speed does not depend on them), starts tandemd, and runs tandem-bench at 1 and 8
 # concurrent requests of 50 guided DDIM steps in one run, then times a request that arrives while
 # the others are half-way.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -n "${SKIP_BUILD:-}" ] || bash scripts/build.sh >/dev/null
-BIN=${BUILD_DIR:-build}/bin
-RUN=${RUN_DIR:-run/bench}
+source "$(dirname "$0")/bench_lib.sh"
 PORT=${PORT:-50062}
 mkdir -p "$RUN/image-models"
 if [ ! -f "$RUN/image-models/bench-unet/config.json" ]; then
   "$BIN/tandem-init" --kind=image --out="$RUN/image-models/bench-unet" --image_size=28 \
     --channels=1 --widths=32,64,128 --attention_levels=1,2 --text_dim=128 --text_layers=2 --seed=3
 fi
-"$BIN/tandemd" --listen="127.0.0.1:$PORT" --metrics_listen= --models_dir="$RUN/image-models" \
-  --state_dir="$RUN/state" --data_dir="$RUN/data" \
-  --max_images=16 --threads="${THREADS:-0}" > "$RUN/tandemd-image.log" 2>&1 &
-PID=$!
-trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  "$BIN/tandem" --server="127.0.0.1:$PORT" models >/dev/null 2>&1 && break
-  sleep 0.2
-done
+start_tandemd "$PORT" "$RUN/tandemd-image.log" --models_dir="$RUN/image-models" --max_images=16
 "$BIN/tandem-bench" --mode=image --server="127.0.0.1:$PORT" --streams=1,8 --steps=50 \
   --guidance=3 --skip_peak "$@"

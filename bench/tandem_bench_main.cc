@@ -8,9 +8,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <thread>
@@ -46,82 +46,12 @@ ABSL_FLAG(std::string, caption, "a photo of a sneaker", "image: caption of every
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using tandem::v1::GenerateRequest;
+using tandem::v1::GenerateResponse;
+using tandem::v1::Inference;
 
-struct StreamStats {
-  bool ok = false;
-  std::string error;
-  double ttft = 0;
-  std::vector<double> gaps;  // seconds between consecutive tokens
-  int tokens = 0;
-  int prompt_tokens = 0;
-};
-
-StreamStats RunStream(tandem::v1::Inference::Stub* stub, const tandem::v1::GenerateRequest& req) {
-  StreamStats s;
-  grpc::ClientContext ctx;
-  auto t0 = Clock::now();
-  auto last = t0;
-  auto reader = stub->Generate(&ctx, req);
-  tandem::v1::GenerateResponse resp;
-  while (reader->Read(&resp)) {
-    if (resp.has_text()) {
-      const int n = std::max(1, resp.text().token_ids_size());
-      auto now = Clock::now();
-      if (s.tokens == 0) {
-        s.ttft = std::chrono::duration<double>(now - t0).count();
-      } else {
-        // Coalesced deltas (a slow reader) spread their gap over their tokens.
-        const double gap = std::chrono::duration<double>(now - last).count() / n;
-        for (int i = 0; i < n; ++i) s.gaps.push_back(gap);
-      }
-      last = now;
-      s.tokens += n;
-    } else if (resp.has_finished()) {
-      s.tokens = resp.finished().usage().completion_tokens();
-      s.prompt_tokens = resp.finished().usage().prompt_tokens();
-    }
-  }
-  grpc::Status st = reader->Finish();
-  s.ok = st.ok();
-  if (!st.ok()) s.error = st.error_message();
-  return s;
-}
-
-struct ImageStats {
-  bool ok = false;
-  std::string error;
-  double first_step = 0;  // seconds from sending to the first ImageProgress
-  double total = 0;
-  double queue = 0;  // server side: accepted -> admitted to the device (Finished.usage)
-  std::vector<double> step_gaps;
-};
-
-// Runs one image request; `at_step` is told each progress step (to time arrivals mid-way).
-ImageStats RunImage(tandem::v1::Inference::Stub* stub, const tandem::v1::GenerateRequest& req,
-                    const std::function<void(int)>& at_step = nullptr) {
-  ImageStats s;
-  grpc::ClientContext ctx;
-  auto t0 = Clock::now();
-  auto last = t0;
-  auto reader = stub->Generate(&ctx, req);
-  tandem::v1::GenerateResponse resp;
-  while (reader->Read(&resp)) {
-    if (resp.has_finished()) s.queue = resp.finished().usage().queue_seconds();
-    if (!resp.has_progress()) continue;
-    auto now = Clock::now();
-    if (resp.progress().step() == 1) {
-      s.first_step = std::chrono::duration<double>(now - t0).count();
-    } else {
-      s.step_gaps.push_back(std::chrono::duration<double>(now - last).count());
-    }
-    last = now;
-    if (at_step) at_step(resp.progress().step());
-  }
-  s.total = std::chrono::duration<double>(Clock::now() - t0).count();
-  grpc::Status st = reader->Finish();
-  s.ok = st.ok();
-  if (!st.ok()) s.error = st.error_message();
-  return s;
+double SecondsBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
 }
 
 double Percentile(std::vector<double> v, double p) {
@@ -131,137 +61,103 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-}  // namespace
+// What every request's run reports.
+struct RunStats {
+  bool ok = false;
+  std::string error;
+};
 
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("tandem-bench --server=HOST:PORT --model_dir=DIR --streams=1,8,32");
-  absl::ParseCommandLine(argc, argv);
+// Sends `req` and hands every response to on_response with the seconds since sending; then the
+// call's outcome into *stats. Returns the seconds the call took.
+double Stream(Inference::Stub* stub, const GenerateRequest& req,
+              const std::function<void(const GenerateResponse&, double seconds)>& on_response,
+              RunStats* stats) {
+  const auto t0 = Clock::now();
+  grpc::ClientContext ctx;
+  auto reader = stub->Generate(&ctx, req);
+  GenerateResponse resp;
+  while (reader->Read(&resp)) on_response(resp, SecondsBetween(t0, Clock::now()));
+  const double total = SecondsBetween(t0, Clock::now());
+  const grpc::Status st = reader->Finish();
+  stats->ok = st.ok();
+  if (!st.ok()) stats->error = st.error_message();
+  return total;
+}
 
-  std::vector<int> counts;
-  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_streams), ',')) {
-    int n = 0;
-    if (!absl::SimpleAtoi(part, &n) || n < 1) {
-      std::fprintf(stderr, "tandem-bench: bad --streams entry '%s'\n", std::string(part).c_str());
-      return 2;
-    }
-    counts.push_back(n);
-  }
+// ------------------------------------------------------------------------------------- text
 
-  tandem::LlamaConfig cfg;
-  bool have_cfg = false;
-  if (!absl::GetFlag(FLAGS_model_dir).empty()) {
-    auto dir = tandem::ReadModelDir(absl::GetFlag(FLAGS_model_dir));
-    if (!dir.ok()) {
-      std::fprintf(stderr, "tandem-bench: %s\n", dir.status().ToString().c_str());
-      return 2;
-    }
-    cfg = dir->llama;
-    have_cfg = true;
-  }
+struct StreamStats : RunStats {
+  double ttft = 0;
+  std::vector<double> gaps;  // seconds between consecutive tokens
+  int tokens = 0;
+  int prompt_tokens = 0;
+};
 
-  tandem::bench::MatmulPeak peak;
-  if (!absl::GetFlag(FLAGS_skip_peak)) {
-    peak = tandem::bench::MeasureMatmulPeak(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads),
-                                            absl::GetFlag(FLAGS_peak_seconds));
-    std::printf("matmul peak: %.1f GFLOP/s (fp32 %dx%dx%d, %d threads, %s)\n", peak.gflops,
-                peak.size, peak.size, peak.size, peak.threads,
-                absl::GetFlag(FLAGS_device).c_str());
-  }
-  if (have_cfg) {
-    std::printf("model: dim %d, %d layers, %d heads, %d kv heads, hidden %d, vocab %d, seq %d, "
-                "%.2fM parameters\n",
-                cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim,
-                cfg.vocab_size, cfg.seq_len, cfg.ParameterCount() / 1e6);
-  }
-
-  grpc::ChannelArguments args;
-  // Separate connections per stream would measure the kernel, not the server: one channel.
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
-                                           grpc::InsecureChannelCredentials(), args);
-  auto stub = tandem::v1::Inference::NewStub(channel);
-
-  if (absl::GetFlag(FLAGS_mode) == "image") {
-    tandem::v1::GenerateRequest ireq;
-    ireq.set_model(absl::GetFlag(FLAGS_model));
-    ireq.set_prompt(absl::GetFlag(FLAGS_caption));
-    ireq.mutable_image()->set_steps(absl::GetFlag(FLAGS_steps));
-    ireq.mutable_image()->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_guidance)));
-    ireq.mutable_image()->set_sampler(tandem::v1::SAMPLER_DDIM);
-    {
-      auto w = ireq;
-      w.mutable_image()->set_steps(2);
-      ImageStats s = RunImage(stub.get(), w);
-      if (!s.ok) {
-        std::fprintf(stderr, "tandem-bench: warm-up failed: %s\n", s.error.c_str());
-        return 1;
-      }
-    }
-    std::printf("\n%9s %12s %12s %12s %10s\n", "requests", "images/s", "x_single", "step_p50",
-                "first_step");
-    double single = 0;
-    double step_time_alone = 0;
-    for (int n : counts) {
-      std::vector<ImageStats> stats(n);
-      std::vector<std::thread> threads;
-      auto t0 = Clock::now();
-      for (int i = 0; i < n; ++i) {
-        threads.emplace_back([&, i] {
-          auto q = ireq;
-          q.mutable_image()->set_seed(1000 + i);
-          stats[i] = RunImage(stub.get(), q);
-        });
-      }
-      for (auto& t : threads) t.join();
-      const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-      std::vector<double> gaps, firsts;
-      for (const auto& st : stats) {
-        if (!st.ok) {
-          std::fprintf(stderr, "tandem-bench: a request failed: %s\n", st.error.c_str());
-          return 1;
+StreamStats RunStream(Inference::Stub* stub, const GenerateRequest& req) {
+  StreamStats s;
+  double last = 0;  // when the previous tokens arrived
+  Stream(
+      stub, req,
+      [&](const GenerateResponse& resp, double now) {
+        if (resp.has_text()) {
+          const int n = std::max(1, resp.text().token_ids_size());
+          if (s.tokens == 0) {
+            s.ttft = now;
+          } else {
+            // Coalesced deltas (a slow reader) spread their gap over their tokens.
+            const double gap = (now - last) / n;
+            for (int i = 0; i < n; ++i) s.gaps.push_back(gap);
+          }
+          last = now;
+          s.tokens += n;
+        } else if (resp.has_finished()) {
+          s.tokens = resp.finished().usage().completion_tokens();
+          s.prompt_tokens = resp.finished().usage().prompt_tokens();
         }
-        gaps.insert(gaps.end(), st.step_gaps.begin(), st.step_gaps.end());
-        firsts.push_back(st.first_step);
-      }
-      const double rate = n / wall;
-      if (n == counts.front()) {
-        single = rate;
-        step_time_alone = Percentile(gaps, 0.5);
-      }
-      std::printf("%9d %12.3f %11.2fx %10.1fms %8.1fms\n", n, rate, single > 0 ? rate / single : 0,
-                  Percentile(gaps, 0.5) * 1e3, Percentile(firsts, 0.5) * 1e3);
-      std::fflush(stdout);
-    }
-    // Arrival mid-way: with (max count - 1) requests half-way through, one more arrives; how long
-    // until its first step, against the batched step time it joins.
-    const int busy = std::max(1, counts.back() - 1);
-    std::vector<std::thread> threads;
-    std::vector<ImageStats> stats(busy);
-    std::atomic<int> halfway{0};
-    for (int i = 0; i < busy; ++i) {
-      threads.emplace_back([&, i] {
-        auto q = ireq;
-        q.mutable_image()->set_seed(2000 + i);
-        stats[i] = RunImage(stub.get(), q, [&](int step) {
-          if (step == absl::GetFlag(FLAGS_steps) / 2) halfway.fetch_add(1);
-        });
-      });
-    }
-    while (halfway.load() < busy) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    auto late = ireq;
-    late.mutable_image()->set_seed(3000);
-    ImageStats arrival = RunImage(stub.get(), late);
-    for (auto& t : threads) t.join();
-    std::vector<double> busy_gaps;
-    for (const auto& st : stats) busy_gaps.insert(busy_gaps.end(), st.step_gaps.begin(), st.step_gaps.end());
-    std::printf("\narrival while %d requests are half-way: admitted to the device %.1f ms after "
-                "the server accepted it; first step done %.1f ms after sending "
-                "(batched step p50 %.1f ms, step alone %.1f ms)\n",
-                busy, arrival.queue * 1e3, arrival.first_step * 1e3,
-                Percentile(busy_gaps, 0.5) * 1e3, step_time_alone * 1e3);
-    return 0;
-  }
+      },
+      &s);
+  return s;
+}
 
-  tandem::v1::GenerateRequest req;
+// The model's shape from --model_dir, for the useful FLOPs of a stream.
+struct ModelShape {
+  bool known = false;
+  tandem::LlamaConfig config;
+};
+
+// Useful work of a stream: the prompt's prefill plus one forward per generated token, each at its
+// own context position (the last generated token is never fed back).
+double StreamFlops(const tandem::LlamaConfig& cfg, const StreamStats& s) {
+  double flops = 0;
+  for (int p = 0; p < s.prompt_tokens; ++p) flops += cfg.FlopsPerToken(p);
+  for (int t = 0; t + 1 < s.tokens; ++t) flops += cfg.FlopsPerToken(s.prompt_tokens + t);
+  return flops;
+}
+
+// n clients, each opening --rounds streams one after another; all streams' stats.
+std::vector<StreamStats> TextRound(Inference::Stub* stub, const GenerateRequest& req, int n,
+                                   double* wall) {
+  const int rounds = absl::GetFlag(FLAGS_rounds);
+  std::vector<StreamStats> stats(static_cast<size_t>(n) * rounds);
+  std::vector<std::thread> threads;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      for (int r = 0; r < rounds; ++r) {
+        GenerateRequest q = req;
+        q.set_request_id(absl::StrCat("bench-", n, "-", i, "-", r));
+        stats[static_cast<size_t>(i) * rounds + r] = RunStream(stub, q);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  *wall = SecondsBetween(t0, Clock::now());
+  return stats;
+}
+
+int RunTextBench(Inference::Stub* stub, const std::vector<int>& counts, const ModelShape& shape,
+                 const tandem::bench::MatmulPeak& peak) {
+  GenerateRequest req;
   req.set_model(absl::GetFlag(FLAGS_model));
   req.set_prompt(absl::GetFlag(FLAGS_prompt));
   req.mutable_text()->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
@@ -269,34 +165,19 @@ int main(int argc, char** argv) {
   req.mutable_text()->set_include_token_ids(true);
 
   // Warm-up: one short stream (first-touch allocations, connection).
-  {
-    auto w = req;
-    w.mutable_text()->set_max_tokens(8);
-    StreamStats s = RunStream(stub.get(), w);
-    if (!s.ok) {
-      std::fprintf(stderr, "tandem-bench: warm-up failed: %s\n", s.error.c_str());
-      return 1;
-    }
+  GenerateRequest warm = req;
+  warm.mutable_text()->set_max_tokens(8);
+  if (StreamStats s = RunStream(stub, warm); !s.ok) {
+    std::fprintf(stderr, "tandem-bench: warm-up failed: %s\n", s.error.c_str());
+    return 1;
   }
 
   std::printf("\n%8s %10s %10s %10s %10s %12s %10s %10s\n", "streams", "ttft_p50", "ttft_p99",
               "itl_p50", "itl_p99", "tokens/s", "x_single", "peak_frac");
   double single_rate = 0;
   for (int n : counts) {
-    std::vector<StreamStats> stats(static_cast<size_t>(n) * absl::GetFlag(FLAGS_rounds));
-    std::vector<std::thread> threads;
-    auto t0 = Clock::now();
-    for (int i = 0; i < n; ++i) {
-      threads.emplace_back([&, i] {
-        for (int r = 0; r < absl::GetFlag(FLAGS_rounds); ++r) {
-          auto q = req;
-          q.set_request_id(absl::StrCat("bench-", n, "-", i, "-", r));
-          stats[static_cast<size_t>(i) * absl::GetFlag(FLAGS_rounds) + r] = RunStream(stub.get(), q);
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    double wall = 0;
+    const std::vector<StreamStats> stats = TextRound(stub, req, n, &wall);
     std::vector<double> ttfts, gaps;
     int64_t tokens = 0;
     double flops = 0;
@@ -308,16 +189,11 @@ int main(int argc, char** argv) {
       ttfts.push_back(s.ttft);
       gaps.insert(gaps.end(), s.gaps.begin(), s.gaps.end());
       tokens += s.tokens;
-      if (have_cfg) {
-        // Useful work: the prompt's prefill plus one forward per generated token, each at its
-        // own context position (the last generated token is never fed back).
-        for (int p = 0; p < s.prompt_tokens; ++p) flops += cfg.FlopsPerToken(p);
-        for (int t = 0; t + 1 < s.tokens; ++t) flops += cfg.FlopsPerToken(s.prompt_tokens + t);
-      }
+      if (shape.known) flops += StreamFlops(shape.config, s);
     }
     const double rate = tokens / wall;
     if (n == counts.front()) single_rate = rate;
-    const double frac = peak.gflops > 0 && have_cfg ? flops / wall / 1e9 / peak.gflops : 0;
+    const double frac = peak.gflops > 0 && shape.known ? flops / wall / 1e9 / peak.gflops : 0;
     std::printf("%8d %9.1fms %9.1fms %9.2fms %9.2fms %12.1f %9.2fx %9.1f%%\n", n,
                 Percentile(ttfts, 0.5) * 1e3, Percentile(ttfts, 0.99) * 1e3,
                 Percentile(gaps, 0.5) * 1e3, Percentile(gaps, 0.99) * 1e3, rate,
@@ -325,4 +201,198 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   return 0;
+}
+
+// ------------------------------------------------------------------------------------ image
+
+struct ImageStats : RunStats {
+  double first_step = 0;  // seconds from sending to the first ImageProgress
+  double total = 0;
+  double queue = 0;  // server side: accepted -> admitted to the device (Finished.usage)
+  std::vector<double> step_gaps;
+};
+
+// Runs one image request; `at_step` is told each progress step (to time arrivals mid-way).
+ImageStats RunImage(Inference::Stub* stub, const GenerateRequest& req,
+                    const std::function<void(int)>& at_step = nullptr) {
+  ImageStats s;
+  double last = 0;  // when the previous step was reported
+  s.total = Stream(
+      stub, req,
+      [&](const GenerateResponse& resp, double now) {
+        if (resp.has_finished()) s.queue = resp.finished().usage().queue_seconds();
+        if (!resp.has_progress()) return;
+        if (resp.progress().step() == 1) {
+          s.first_step = now;
+        } else {
+          s.step_gaps.push_back(now - last);
+        }
+        last = now;
+        if (at_step) at_step(resp.progress().step());
+      },
+      &s);
+  return s;
+}
+
+// n concurrent requests with seeds seed0, seed0 + 1, ...; `at_step` as RunImage's, for each.
+std::vector<ImageStats> ImageRound(Inference::Stub* stub, const GenerateRequest& req, int n,
+                                   int seed0,
+                                   const std::function<void(int step)>& at_step = nullptr) {
+  std::vector<ImageStats> stats(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      GenerateRequest q = req;
+      q.mutable_image()->set_seed(seed0 + i);
+      stats[i] = RunImage(stub, q, at_step);
+    });
+  }
+  for (auto& t : threads) t.join();
+  return stats;
+}
+
+// The progress gaps of all the requests, or false (with the error printed) if one failed.
+bool StepGaps(const std::vector<ImageStats>& stats, std::vector<double>* gaps,
+              std::vector<double>* firsts) {
+  for (const auto& st : stats) {
+    if (!st.ok) {
+      std::fprintf(stderr, "tandem-bench: a request failed: %s\n", st.error.c_str());
+      return false;
+    }
+    gaps->insert(gaps->end(), st.step_gaps.begin(), st.step_gaps.end());
+    firsts->push_back(st.first_step);
+  }
+  return true;
+}
+
+// Arrival mid-way: with `busy` requests half-way through, one more arrives; how long until its
+// first step, against the batched step time it joins.
+void ArrivalMidway(Inference::Stub* stub, const GenerateRequest& req, int busy,
+                   double step_time_alone) {
+  std::atomic<int> halfway{0};
+  std::vector<ImageStats> stats;
+  std::thread others([&] {
+    stats = ImageRound(stub, req, busy, 2000, [&](int step) {
+      if (step == absl::GetFlag(FLAGS_steps) / 2) halfway.fetch_add(1);
+    });
+  });
+  while (halfway.load() < busy) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  GenerateRequest late = req;
+  late.mutable_image()->set_seed(3000);
+  const ImageStats arrival = RunImage(stub, late);
+  others.join();
+  std::vector<double> busy_gaps;
+  for (const auto& st : stats) {
+    busy_gaps.insert(busy_gaps.end(), st.step_gaps.begin(), st.step_gaps.end());
+  }
+  std::printf(
+      "\narrival while %d requests are half-way: admitted to the device %.1f ms after "
+      "the server accepted it; first step done %.1f ms after sending "
+      "(batched step p50 %.1f ms, step alone %.1f ms)\n",
+      busy, arrival.queue * 1e3, arrival.first_step * 1e3, Percentile(busy_gaps, 0.5) * 1e3,
+      step_time_alone * 1e3);
+}
+
+int RunImageBench(Inference::Stub* stub, const std::vector<int>& counts) {
+  GenerateRequest req;
+  req.set_model(absl::GetFlag(FLAGS_model));
+  req.set_prompt(absl::GetFlag(FLAGS_caption));
+  req.mutable_image()->set_steps(absl::GetFlag(FLAGS_steps));
+  req.mutable_image()->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_guidance)));
+  req.mutable_image()->set_sampler(tandem::v1::SAMPLER_DDIM);
+  GenerateRequest warm = req;
+  warm.mutable_image()->set_steps(2);
+  if (ImageStats s = RunImage(stub, warm); !s.ok) {
+    std::fprintf(stderr, "tandem-bench: warm-up failed: %s\n", s.error.c_str());
+    return 1;
+  }
+  std::printf("\n%9s %12s %12s %12s %10s\n", "requests", "images/s", "x_single", "step_p50",
+              "first_step");
+  double single = 0;
+  double step_time_alone = 0;
+  for (int n : counts) {
+    const auto t0 = Clock::now();
+    const std::vector<ImageStats> stats = ImageRound(stub, req, n, 1000);
+    const double wall = SecondsBetween(t0, Clock::now());
+    std::vector<double> gaps, firsts;
+    if (!StepGaps(stats, &gaps, &firsts)) return 1;
+    const double rate = n / wall;
+    if (n == counts.front()) {
+      single = rate;
+      step_time_alone = Percentile(gaps, 0.5);
+    }
+    std::printf("%9d %12.3f %11.2fx %10.1fms %8.1fms\n", n, rate, single > 0 ? rate / single : 0,
+                Percentile(gaps, 0.5) * 1e3, Percentile(firsts, 0.5) * 1e3);
+    std::fflush(stdout);
+  }
+  ArrivalMidway(stub, req, std::max(1, counts.back() - 1), step_time_alone);
+  return 0;
+}
+
+// ----------------------------------------------------------------------------------- set-up
+
+// --streams as numbers, or false (with the bad entry printed).
+bool ParseCounts(std::vector<int>* counts) {
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_streams), ',')) {
+    int n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n < 1) {
+      std::fprintf(stderr, "tandem-bench: bad --streams entry '%s'\n", std::string(part).c_str());
+      return false;
+    }
+    counts->push_back(n);
+  }
+  return true;
+}
+
+// --model_dir's shape (unknown without it), or false (with the error printed).
+bool ReadModelShape(ModelShape* shape) {
+  if (absl::GetFlag(FLAGS_model_dir).empty()) return true;
+  absl::StatusOr<tandem::ModelDir> dir = tandem::ReadModelDir(absl::GetFlag(FLAGS_model_dir));
+  if (!dir.ok()) {
+    std::fprintf(stderr, "tandem-bench: %s\n", dir.status().ToString().c_str());
+    return false;
+  }
+  shape->config = dir->llama;
+  shape->known = true;
+  return true;
+}
+
+void PrintModelShape(const ModelShape& shape) {
+  if (!shape.known) return;
+  const tandem::LlamaConfig& cfg = shape.config;
+  std::printf(
+      "model: dim %d, %d layers, %d heads, %d kv heads, hidden %d, vocab %d, seq %d, "
+      "%.2fM parameters\n",
+      cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim, cfg.vocab_size,
+      cfg.seq_len, cfg.ParameterCount() / 1e6);
+}
+
+tandem::bench::MatmulPeak MeasurePeak() {
+  if (absl::GetFlag(FLAGS_skip_peak)) return {};
+  const tandem::bench::MatmulPeak peak = tandem::bench::MeasureMatmulPeak(
+      absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads), absl::GetFlag(FLAGS_peak_seconds));
+  std::printf("matmul peak: %.1f GFLOP/s (fp32 %dx%dx%d, %d threads, %s)\n", peak.gflops, peak.size,
+              peak.size, peak.size, peak.threads, absl::GetFlag(FLAGS_device).c_str());
+  return peak;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("tandem-bench --server=HOST:PORT --model_dir=DIR --streams=1,8,32");
+  absl::ParseCommandLine(argc, argv);
+  std::vector<int> counts;
+  if (!ParseCounts(&counts)) return 2;
+  ModelShape shape;
+  if (!ReadModelShape(&shape)) return 2;
+  const tandem::bench::MatmulPeak peak = MeasurePeak();
+  PrintModelShape(shape);
+
+  // Separate connections per stream would measure the kernel, not the server: one channel.
+  grpc::ChannelArguments args;
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
+                                           grpc::InsecureChannelCredentials(), args);
+  auto stub = Inference::NewStub(channel);
+  if (absl::GetFlag(FLAGS_mode) == "image") return RunImageBench(stub.get(), counts);
+  return RunTextBench(stub.get(), counts, shape, peak);
 }

@@ -6,13 +6,18 @@
 //
 //   tandem-train-bench --kind=text --dataset=data/fortunes.txt --minutes=10 --steps=3000
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "models/torch/device.h"
 #include "models/model_dir.h"
@@ -40,101 +45,142 @@ ABSL_FLAG(int64_t, eval_every, 0, "Evaluate every N steps as well (0: only at th
 ABSL_FLAG(std::string, export_dir, "", "Write the trained model here");
 ABSL_FLAG(std::string, sample_png, "", "image: write the final evaluation's sample grid here");
 ABSL_FLAG(std::vector<std::string>, unet_widths, {}, "image: U-Net widths (default 32,64,128)");
-ABSL_FLAG(std::vector<std::string>, attention_levels, {}, "image: levels with attention (default 1,2)");
+ABSL_FLAG(std::vector<std::string>, attention_levels, {},
+          "image: levels with attention (default 1,2)");
 
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Trains in-process for a time budget; reports speed and quality");
-  absl::ParseCommandLine(argc, argv);
-  const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "tandem-train-bench: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+// The U-Net lists, when given: "--unet_widths=16,32" as {16, 32}.
+void SetInts(const std::vector<std::string>& flag, std::vector<int>* out) {
+  if (flag.empty()) return;
+  out->clear();
+  for (const std::string& v : flag) out->push_back(std::stoi(v));
+}
+
+// The job the flags describe: the LLM's shape (text), the U-Net's lists (image; the rest of the
+// diffusion config at its defaults), the schedule.
+tandem::TrainOptions OptionsFromFlags() {
   tandem::TrainOptions o;
   o.job_id = "bench";
   o.kind = absl::GetFlag(FLAGS_kind) == "image" ? tandem::ModelKind::kImage
                                                   : tandem::ModelKind::kText;
   o.dataset_path = absl::GetFlag(FLAGS_dataset);
   o.device = absl::GetFlag(FLAGS_device);
-  o.llama.dim = absl::GetFlag(FLAGS_dim);
-  o.llama.n_layers = absl::GetFlag(FLAGS_layers);
-  o.llama.n_heads = absl::GetFlag(FLAGS_heads);
-  o.llama.n_kv_heads = absl::GetFlag(FLAGS_kv_heads);
-  o.llama.seq_len = absl::GetFlag(FLAGS_seq_len);
-  o.llama.vocab_size = absl::GetFlag(FLAGS_vocab_size);
-  if (!absl::GetFlag(FLAGS_unet_widths).empty()) {
-    o.diffusion.unet_widths.clear();
-    for (const std::string& w : absl::GetFlag(FLAGS_unet_widths)) o.diffusion.unet_widths.push_back(std::stoi(w));
+  tandem::LlamaConfig& llama = o.llama;
+  llama.dim = absl::GetFlag(FLAGS_dim);
+  llama.n_layers = absl::GetFlag(FLAGS_layers);
+  llama.n_heads = absl::GetFlag(FLAGS_heads);
+  llama.n_kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  llama.seq_len = absl::GetFlag(FLAGS_seq_len);
+  llama.vocab_size = absl::GetFlag(FLAGS_vocab_size);
+  SetInts(absl::GetFlag(FLAGS_unet_widths), &o.diffusion.unet_widths);
+  SetInts(absl::GetFlag(FLAGS_attention_levels), &o.diffusion.attention_levels);
+  tandem::Hyperparams& hyper = o.hyper;
+  hyper.steps = absl::GetFlag(FLAGS_steps);
+  hyper.batch_size = absl::GetFlag(FLAGS_batch_size);
+  hyper.lr = absl::GetFlag(FLAGS_lr);
+  hyper.min_lr = absl::GetFlag(FLAGS_min_lr);
+  hyper.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  hyper.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  return o;
+}
+
+// What a timed run did.
+struct RunStats {
+  double trained = 0;  // seconds of training, evaluations excluded
+  double items = 0;    // tokens or images trained on
+  double last_loss = 0;
+};
+
+// Prints the step's line every 50 steps and evaluates every --eval_every steps (timed apart).
+void Report(tandem::Trainer& trainer, const tandem::StepMetrics& m, const RunStats& run,
+            double* eval_seconds) {
+  if (m.step % 50 == 0) {
+    std::printf("step %lld loss %.4f lr %.2e grad_norm %.3f  %.0f items/s\n",
+                static_cast<long long>(m.step), m.loss, m.lr, m.grad_norm, run.items / run.trained);
+    std::fflush(stdout);
   }
-  if (!absl::GetFlag(FLAGS_attention_levels).empty()) {
-    o.diffusion.attention_levels.clear();
-    for (const std::string& l : absl::GetFlag(FLAGS_attention_levels)) o.diffusion.attention_levels.push_back(std::stoi(l));
-  }
-  o.hyper.steps = absl::GetFlag(FLAGS_steps);
-  o.hyper.batch_size = absl::GetFlag(FLAGS_batch_size);
-  o.hyper.lr = absl::GetFlag(FLAGS_lr);
-  o.hyper.min_lr = absl::GetFlag(FLAGS_min_lr);
-  o.hyper.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
-  o.hyper.weight_decay = absl::GetFlag(FLAGS_weight_decay);
-  const std::string work = absl::GetFlag(FLAGS_work_dir);
-  using Clock = std::chrono::steady_clock;
-  const auto t0 = Clock::now();
-  auto trainer = o.kind == tandem::ModelKind::kText
-                     ? tandem::CreateTextTrainer(o, work, "", nullptr)
-                     : tandem::CreateImageTrainer(o, work, "", nullptr);
-  if (!trainer.ok()) {
-    std::fprintf(stderr, "tandem-train-bench: %s\n", trainer.status().ToString().c_str());
-    return 1;
-  }
-  const double setup = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::printf("setup %.1f s (tokenizer, data), %lld parameters, %d threads\n", setup,
-              static_cast<long long>((*trainer)->parameter_count()), threads);
-  const double budget = absl::GetFlag(FLAGS_minutes) * 60;
   const int64_t eval_every = absl::GetFlag(FLAGS_eval_every);
+  if (eval_every > 0 && m.step % eval_every == 0) {
+    const auto e0 = Clock::now();
+    absl::StatusOr<tandem::EvalMetrics> e = trainer.Evaluate();
+    *eval_seconds += SecondsSince(e0);
+    if (e.ok()) {
+      std::printf("eval step %lld loss %.4f bits/byte %.4f\n", static_cast<long long>(e->step),
+                  e->loss, e->bits_per_byte);
+    }
+  }
+}
+
+// Micro-steps until the schedule ends or --minutes of training have passed.
+absl::StatusOr<RunStats> TrainForBudget(tandem::Trainer& trainer) {
+  const double budget = absl::GetFlag(FLAGS_minutes) * 60;
   const auto start = Clock::now();
-  double trained = 0, items = 0, last_loss = 0, eval_seconds = 0;
-  while ((*trainer)->step() < (*trainer)->total_steps() && trained < budget) {
-    auto m = (*trainer)->MicroStep();
-    if (!m.ok()) {
-      std::fprintf(stderr, "tandem-train-bench: %s\n", m.status().ToString().c_str());
-      return 1;
-    }
-    trained = std::chrono::duration<double>(Clock::now() - start).count() - eval_seconds;
+  RunStats run;
+  double eval_seconds = 0;
+  while (trainer.step() < trainer.total_steps() && run.trained < budget) {
+    absl::StatusOr<std::optional<tandem::StepMetrics>> m = trainer.MicroStep();
+    if (!m.ok()) return m.status();
+    run.trained = SecondsSince(start) - eval_seconds;
     if (!m->has_value()) continue;
-    items += (*m)->tokens + (*m)->images;
-    last_loss = (*m)->loss;
-    if ((*m)->step % 50 == 0) {
-      std::printf("step %lld loss %.4f lr %.2e grad_norm %.3f  %.0f items/s\n",
-                  static_cast<long long>((*m)->step), (*m)->loss, (*m)->lr, (*m)->grad_norm,
-                  items / trained);
-      std::fflush(stdout);
-    }
-    if (eval_every > 0 && (*m)->step % eval_every == 0) {
-      const auto e0 = Clock::now();
-      auto e = (*trainer)->Evaluate();
-      eval_seconds += std::chrono::duration<double>(Clock::now() - e0).count();
-      if (e.ok()) {
-        std::printf("eval step %lld loss %.4f bits/byte %.4f\n",
-                    static_cast<long long>(e->step), e->loss, e->bits_per_byte);
-      }
-    }
+    run.items += (*m)->tokens + (*m)->images;
+    run.last_loss = (*m)->loss;
+    Report(trainer, **m, run, &eval_seconds);
   }
+  return run;
+}
+
+// The final evaluation, and the sample grid and model export when asked for.
+int Finish(tandem::Trainer& trainer, const RunStats& run) {
   const auto e0 = Clock::now();
-  auto e = (*trainer)->Evaluate();
-  const double eval_time = std::chrono::duration<double>(Clock::now() - e0).count();
-  if (!e.ok()) {
-    std::fprintf(stderr, "tandem-train-bench: %s\n", e.status().ToString().c_str());
-    return 1;
-  }
-  std::printf("trained %.1f s: %lld steps, %.0f items/s, last loss %.4f\n", trained,
-              static_cast<long long>((*trainer)->step()), items / trained, last_loss);
+  absl::StatusOr<tandem::EvalMetrics> e = trainer.Evaluate();
+  const double eval_time = SecondsSince(e0);
+  if (!e.ok()) return Fail(e.status());
+  std::printf("trained %.1f s: %lld steps, %.0f items/s, last loss %.4f\n", run.trained,
+              static_cast<long long>(trainer.step()), run.items / run.trained, run.last_loss);
   std::printf("held-out: loss %.4f, bits/byte %.4f (evaluation %.1f s)\n", e->loss,
               e->bits_per_byte, eval_time);
   if (!e->text_sample.empty()) std::printf("sample: %s\n", e->text_sample.c_str());
   const std::string png = absl::GetFlag(FLAGS_sample_png);
-  if (!png.empty() && !e->image_png.empty()) {
-    if (tandem::WriteFileAtomically(png, e->image_png).ok()) std::printf("samples: %s\n", png.c_str());
+  if (!png.empty() && !e->image_png.empty() &&
+      tandem::WriteFileAtomically(png, e->image_png).ok()) {
+    std::printf("samples: %s\n", png.c_str());
   }
   const std::string out = absl::GetFlag(FLAGS_export_dir);
   if (!out.empty()) {
-    auto s = (*trainer)->ExportModel(out, {"tandem-train-bench", "", (*trainer)->step()});
+    absl::Status s = trainer.ExportModel(out, {"tandem-train-bench", "", trainer.step()});
     if (!s.ok()) std::fprintf(stderr, "export: %s\n", s.ToString().c_str());
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Trains in-process for a time budget; reports speed and quality");
+  absl::ParseCommandLine(argc, argv);
+  const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  const tandem::TrainOptions o = OptionsFromFlags();
+  const std::string work = absl::GetFlag(FLAGS_work_dir);
+  const auto t0 = Clock::now();
+  absl::StatusOr<std::unique_ptr<tandem::Trainer>> trainer =
+      o.kind == tandem::ModelKind::kText ? tandem::CreateTextTrainer(o, work, "", nullptr)
+                                         : tandem::CreateImageTrainer(o, work, "", nullptr);
+  if (!trainer.ok()) return Fail(trainer.status());
+  std::printf("setup %.1f s (tokenizer, data), %lld parameters, %d threads\n", SecondsSince(t0),
+              static_cast<long long>((*trainer)->parameter_count()), threads);
+  absl::StatusOr<RunStats> run = TrainForBudget(**trainer);
+  if (!run.ok()) return Fail(run.status());
+  return Finish(**trainer, *run);
 }

@@ -37,8 +37,6 @@ using tandem::v1::TrainJobState;
 using tandem::v1::TrainKind;
 using tandem::v1::Training;
 
-constexpr char kDot[] = " \xC2\xB7 ";  // " · "
-
 // "tandem: CODE: message" on stderr; every RPC failure of `tandem train` exits 2.
 int ReportRpcError(const ConnectOptions& connect, const grpc::Status& status) {
   std::string message = status.error_message();
@@ -247,78 +245,67 @@ int ReportFinal(const TrainJob& job) {
   }
 }
 
-int WatchWith(Training::Stub* stub, const ConnectOptions& connect, const std::string& id,
-              const TrainWatchOptions& options) {
-  grpc::ClientContext ctx;  // no deadline: a watch lasts as long as the job
-  tandem::v1::WatchTrainJobRequest req;
-  req.set_id(id);
-  req.set_replay(options.replay);
-  WatchPrinter out;
+// What a watch has seen of the job so far.
+struct Watched {
   TrainJobState state = tandem::v1::TRAIN_JOB_STATE_UNSPECIFIED;
   TrainKind kind = tandem::v1::TRAIN_KIND_UNSPECIFIED;
-  grpc::Status status;
-  bool interrupted = false;
-  {
-    InterruptGuard guard(&ctx);
-    auto reader = stub->WatchTrainJob(&ctx, req);
-    TrainJobEvent e;
-    while (reader->Read(&e)) {
-      switch (e.event_case()) {
-        case TrainJobEvent::kSnapshot: {
-          const TrainJob& job = e.snapshot();
-          state = job.state();
-          kind = job.spec().kind();
-          out.Lines(Header(job));
-          if (job.latest().step() > 0 && !IsFinalState(state)) out.Progress(job.latest(), kind);
-          break;
-        }
-        case TrainJobEvent::kState:
-          state = e.state();
-          if (IsFinalState(state)) out.End();  // the last progress line stays, above
-          out.Lines(absl::StrCat(Clock(e.time()), " ", StateName(state)));
-          break;
-        case TrainJobEvent::kMetrics:
-          out.Progress(e.metrics(), kind);
-          break;
-        case TrainJobEvent::kEval: {
-          const auto& eval = e.eval();
-          std::string text = absl::StrCat(Clock(e.time()), " ", FormatEvalLine(eval), "\n");
-          if (!eval.text_sample().empty()) absl::StrAppend(&text, IndentSample(eval.text_sample()));
-          if (!eval.image_sample_png().empty()) {
-            const std::string path = SamplePath(options.samples_dir, id, eval.step());
-            std::string error;
-            if (WriteFile(path, eval.image_sample_png(), &error)) {
-              absl::StrAppend(&text, "  sample: ", path, "\n");
-            } else {
-              absl::StrAppend(&text, "  sample: cannot write ", path, ": ", error, "\n");
-            }
-          }
-          out.Lines(text);
-          break;
-        }
-        case TrainJobEvent::kLog:
-          out.Lines(absl::StrCat(Clock(e.time()), " ", e.log()));
-          break;
-        default:
-          break;
-      }
-      // The server ends the stream after a final state; should it not, stop shortly after.
-      if (IsFinalState(state)) guard.CancelIn(absl::Seconds(3));
+};
+
+// An evaluation's lines: the result, its text sample, where its image sample went.
+std::string EvalLines(const TrainJobEvent& e, const std::string& id,
+                      const TrainWatchOptions& options) {
+  const auto& eval = e.eval();
+  std::string text = absl::StrCat(Clock(e.time()), " ", FormatEvalLine(eval), "\n");
+  if (!eval.text_sample().empty()) absl::StrAppend(&text, IndentSample(eval.text_sample()));
+  if (!eval.image_sample_png().empty()) {
+    const std::string path = SamplePath(options.samples_dir, id, eval.step());
+    std::string error;
+    if (WriteFile(path, eval.image_sample_png(), &error)) {
+      absl::StrAppend(&text, "  sample: ", path, "\n");
+    } else {
+      absl::StrAppend(&text, "  sample: cannot write ", path, ": ", error, "\n");
     }
-    status = reader->Finish();
-    interrupted = guard.interrupted();
   }
-  out.End();
-  if (interrupted) {
-    std::fprintf(stderr, "tandem: stopped watching %s (the job goes on; `tandem train watch %s` "
-                 "to watch again)\n", id.c_str(), id.c_str());
-    return 130;
+  return text;
+}
+
+// Prints one event of the watch stream; updates *seen.
+void ShowEvent(const TrainJobEvent& e, const std::string& id, const TrainWatchOptions& options,
+               WatchPrinter& out, Watched* seen) {
+  switch (e.event_case()) {
+    case TrainJobEvent::kSnapshot: {
+      const TrainJob& job = e.snapshot();
+      seen->state = job.state();
+      seen->kind = job.spec().kind();
+      out.Lines(Header(job));
+      if (job.latest().step() > 0 && !IsFinalState(seen->state)) {
+        out.Progress(job.latest(), seen->kind);
+      }
+      break;
+    }
+    case TrainJobEvent::kState:
+      seen->state = e.state();
+      if (IsFinalState(seen->state)) out.End();  // the last progress line stays, above
+      out.Lines(absl::StrCat(Clock(e.time()), " ", StateName(seen->state)));
+      break;
+    case TrainJobEvent::kMetrics:
+      out.Progress(e.metrics(), seen->kind);
+      break;
+    case TrainJobEvent::kEval:
+      out.Lines(EvalLines(e, id, options));
+      break;
+    case TrainJobEvent::kLog:
+      out.Lines(absl::StrCat(Clock(e.time()), " ", e.log()));
+      break;
+    default:
+      break;
   }
-  if (!status.ok() &&
-      !(IsFinalState(state) && status.error_code() == grpc::StatusCode::CANCELLED)) {
-    return ReportRpcError(connect, status);
-  }
-  // The job as it ended: error message, best eval, deployment.
+}
+
+// After the watch stream ended in `state`: the job as it ended (error message, best eval,
+// deployment), fetched again, reported; the exit code.
+int ReportWatchEnd(Training::Stub* stub, const ConnectOptions& connect, const std::string& id,
+                   TrainJobState state) {
   grpc::ClientContext get_ctx;
   get_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   tandem::v1::GetTrainJobRequest get;
@@ -336,6 +323,41 @@ int WatchWith(Training::Stub* stub, const ConnectOptions& connect, const std::st
     return 2;
   }
   return ReportFinal(job);
+}
+
+int WatchWith(Training::Stub* stub, const ConnectOptions& connect, const std::string& id,
+              const TrainWatchOptions& options) {
+  grpc::ClientContext ctx;  // no deadline: a watch lasts as long as the job
+  tandem::v1::WatchTrainJobRequest req;
+  req.set_id(id);
+  req.set_replay(options.replay);
+  WatchPrinter out;
+  Watched seen;
+  grpc::Status status;
+  bool interrupted = false;
+  {
+    InterruptGuard guard(&ctx);
+    auto reader = stub->WatchTrainJob(&ctx, req);
+    TrainJobEvent e;
+    while (reader->Read(&e)) {
+      ShowEvent(e, id, options, out, &seen);
+      // The server ends the stream after a final state; should it not, stop shortly after.
+      if (IsFinalState(seen.state)) guard.CancelIn(absl::Seconds(3));
+    }
+    status = reader->Finish();
+    interrupted = guard.interrupted();
+  }
+  out.End();
+  if (interrupted) {
+    std::fprintf(stderr, "tandem: stopped watching %s (the job goes on; `tandem train watch %s` "
+                 "to watch again)\n", id.c_str(), id.c_str());
+    return 130;
+  }
+  if (!status.ok() &&
+      !(IsFinalState(seen.state) && status.error_code() == grpc::StatusCode::CANCELLED)) {
+    return ReportRpcError(connect, status);
+  }
+  return ReportWatchEnd(stub, connect, id, seen.state);
 }
 
 }  // namespace

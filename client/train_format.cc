@@ -23,15 +23,6 @@
 namespace tandem::client {
 namespace {
 
-using tandem::v1::EvalResult;
-using tandem::v1::TrainJob;
-using tandem::v1::TrainJobSpec;
-using tandem::v1::TrainJobState;
-using tandem::v1::TrainKind;
-using tandem::v1::TrainMetrics;
-
-constexpr char kDot[] = " \xC2\xB7 ";  // " · "
-
 template <typename T, typename Setter>
 void SetIf(const std::optional<T>& value, Setter set) {
   if (value) set(*value);
@@ -45,7 +36,7 @@ absl::Time FromTimestamp(const google::protobuf::Timestamp& ts) {
 
 bool HasTime(const google::protobuf::Timestamp& ts) { return ts.seconds() != 0 || ts.nanos() != 0; }
 
-int64_t TotalSteps(const TrainJob& job) {
+int64_t TotalSteps(const v1::TrainJob& job) {
   return job.latest().total_steps() > 0 ? job.latest().total_steps()
                                         : job.spec().hyperparameters().steps();
 }
@@ -54,9 +45,9 @@ int64_t TotalSteps(const TrainJob& job) {
 
 // --- spec assembly ------------------------------------------------------------------------------
 
-absl::StatusOr<TrainJobSpec> ParseTrainJobSpecJson(const std::string& json,
-                                                   const std::string& source) {
-  TrainJobSpec spec;
+absl::StatusOr<v1::TrainJobSpec> ParseTrainJobSpecJson(const std::string& json,
+                                                       const std::string& source) {
+  v1::TrainJobSpec spec;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = false;
   const auto status = google::protobuf::util::JsonStringToMessage(json, &spec, options);
@@ -85,7 +76,7 @@ absl::StatusOr<std::vector<int>> ParseIntList(const std::string& text, const std
   return out;
 }
 
-absl::StatusOr<TrainKind> ParseTrainKind(const std::string& text) {
+absl::StatusOr<v1::TrainKind> ParseTrainKind(const std::string& text) {
   const std::string lower = absl::AsciiStrToLower(text);
   if (lower == "text" || lower == "train_kind_text") return tandem::v1::TRAIN_KIND_TEXT;
   if (lower == "image" || lower == "train_kind_image") return tandem::v1::TRAIN_KIND_IMAGE;
@@ -93,8 +84,16 @@ absl::StatusOr<TrainKind> ParseTrainKind(const std::string& text) {
       absl::StrFormat("--kind must be text or image; got \"%s\"", text));
 }
 
-absl::Status ApplyTrainSpecFlags(const TrainSpecFlags& f, TrainJobSpec* spec) {
-  // Which model flags were given, by name, for the kind checks and their messages.
+namespace {
+
+// The first text-model and image-model flags given (nullptr: none), by name, for the kind checks
+// and their messages.
+struct GivenModelFlags {
+  const char* text = nullptr;
+  const char* image = nullptr;
+};
+
+GivenModelFlags FirstModelFlags(const TrainSpecFlags& f) {
   const std::vector<std::pair<const char*, bool>> text_flags = {
       {"layers", f.layers.has_value()},     {"dim", f.dim.has_value()},
       {"heads", f.heads.has_value()},       {"kv_heads", f.kv_heads.has_value()},
@@ -118,12 +117,15 @@ absl::Status ApplyTrainSpecFlags(const TrainSpecFlags& f, TrainJobSpec* spec) {
     }
     return nullptr;
   };
-  const char* text_flag = first_given(text_flags);
-  const char* image_flag = first_given(image_flags);
+  return {first_given(text_flags), first_given(image_flags)};
+}
 
-  // The kind: --kind, else the spec's, else its model config, else the model flags given.
+// The kind: --kind, else the spec's, else its model config, else the model flags given; then
+// the model flags and configs must fit it.
+absl::Status ResolveKind(const TrainSpecFlags& f, const GivenModelFlags& given,
+                         v1::TrainJobSpec* spec) {
   if (f.kind) {
-    absl::StatusOr<TrainKind> kind = ParseTrainKind(*f.kind);
+    absl::StatusOr<v1::TrainKind> kind = ParseTrainKind(*f.kind);
     if (!kind.ok()) return kind.status();
     spec->set_kind(*kind);
   }
@@ -132,24 +134,24 @@ absl::Status ApplyTrainSpecFlags(const TrainSpecFlags& f, TrainJobSpec* spec) {
       spec->set_kind(tandem::v1::TRAIN_KIND_TEXT);
     } else if (spec->has_image_model()) {
       spec->set_kind(tandem::v1::TRAIN_KIND_IMAGE);
-    } else if (text_flag && image_flag) {
+    } else if (given.text && given.image) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "both text-model (--%s) and image-model (--%s) flags given; which is it? (--kind)",
-          text_flag, image_flag));
-    } else if (text_flag) {
+          given.text, given.image));
+    } else if (given.text) {
       spec->set_kind(tandem::v1::TRAIN_KIND_TEXT);
-    } else if (image_flag) {
+    } else if (given.image) {
       spec->set_kind(tandem::v1::TRAIN_KIND_IMAGE);
     }
   }
-  const TrainKind kind = spec->kind();
-  if (kind == tandem::v1::TRAIN_KIND_TEXT && image_flag) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--%s is an image-model flag, but the job's kind is text", image_flag));
+  const v1::TrainKind kind = spec->kind();
+  if (kind == tandem::v1::TRAIN_KIND_TEXT && given.image) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--%s is an image-model flag, but the job's kind is text", given.image));
   }
-  if (kind == tandem::v1::TRAIN_KIND_IMAGE && text_flag) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--%s is a text-model flag, but the job's kind is image", text_flag));
+  if (kind == tandem::v1::TRAIN_KIND_IMAGE && given.text) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--%s is a text-model flag, but the job's kind is image", given.text));
   }
   if (kind == tandem::v1::TRAIN_KIND_TEXT && spec->has_image_model()) {
     return absl::InvalidArgumentError("the job's kind is text but its spec has an image_model");
@@ -160,87 +162,109 @@ absl::Status ApplyTrainSpecFlags(const TrainSpecFlags& f, TrainJobSpec* spec) {
   if (f.vocab_size && kind == tandem::v1::TRAIN_KIND_UNSPECIFIED) {
     return absl::InvalidArgumentError("--vocab_size needs the job's kind (--kind=text|image)");
   }
+  return absl::OkStatus();
+}
 
+void ApplyJobFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
   SetIf(f.name, [&](const std::string& v) { spec->set_name(v); });
   SetIf(f.dataset, [&](const std::string& v) { spec->set_dataset(v); });
   SetIf(f.init_from, [&](const std::string& v) { spec->set_init_from(v); });
   SetIf(f.deploy_as, [&](const std::string& v) { spec->set_deploy_as(v); });
   SetIf(f.deploy_on_improvement, [&](bool v) { spec->set_deploy_on_improvement(v); });
   SetIf(f.priority, [&](int v) { spec->set_priority(v); });
+}
 
+void ApplyHyperparameterFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
   const bool any_hyper = f.steps || f.batch_size || f.grad_accum || f.lr || f.min_lr ||
                          f.warmup_steps || f.weight_decay || f.beta1 || f.beta2 || f.grad_clip ||
                          f.eval_every || f.checkpoint_every || f.seed || f.caption_dropout ||
                          f.holdout_fraction;
-  if (any_hyper) {
-    auto* h = spec->mutable_hyperparameters();
-    SetIf(f.steps, [&](int64_t v) { h->set_steps(v); });
-    SetIf(f.batch_size, [&](int v) { h->set_batch_size(v); });
-    SetIf(f.grad_accum, [&](int v) { h->set_grad_accum(v); });
-    SetIf(f.lr, [&](double v) { h->set_lr(v); });
-    SetIf(f.min_lr, [&](double v) { h->set_min_lr(v); });
-    SetIf(f.warmup_steps, [&](int64_t v) { h->set_warmup_steps(v); });
-    SetIf(f.weight_decay, [&](double v) { h->set_weight_decay(v); });
-    SetIf(f.beta1, [&](double v) { h->set_beta1(v); });
-    SetIf(f.beta2, [&](double v) { h->set_beta2(v); });
-    SetIf(f.grad_clip, [&](double v) { h->set_grad_clip(v); });
-    SetIf(f.eval_every, [&](int64_t v) { h->set_eval_every(v); });
-    SetIf(f.checkpoint_every, [&](int64_t v) { h->set_checkpoint_every(v); });
-    SetIf(f.seed, [&](uint64_t v) { h->set_seed(v); });
-    SetIf(f.caption_dropout, [&](double v) { h->set_caption_dropout(v); });
-    SetIf(f.holdout_fraction, [&](double v) { h->set_holdout_fraction(v); });
-  }
+  if (!any_hyper) return;
+  auto* h = spec->mutable_hyperparameters();
+  SetIf(f.steps, [&](int64_t v) { h->set_steps(v); });
+  SetIf(f.batch_size, [&](int v) { h->set_batch_size(v); });
+  SetIf(f.grad_accum, [&](int v) { h->set_grad_accum(v); });
+  SetIf(f.lr, [&](double v) { h->set_lr(v); });
+  SetIf(f.min_lr, [&](double v) { h->set_min_lr(v); });
+  SetIf(f.warmup_steps, [&](int64_t v) { h->set_warmup_steps(v); });
+  SetIf(f.weight_decay, [&](double v) { h->set_weight_decay(v); });
+  SetIf(f.beta1, [&](double v) { h->set_beta1(v); });
+  SetIf(f.beta2, [&](double v) { h->set_beta2(v); });
+  SetIf(f.grad_clip, [&](double v) { h->set_grad_clip(v); });
+  SetIf(f.eval_every, [&](int64_t v) { h->set_eval_every(v); });
+  SetIf(f.checkpoint_every, [&](int64_t v) { h->set_checkpoint_every(v); });
+  SetIf(f.seed, [&](uint64_t v) { h->set_seed(v); });
+  SetIf(f.caption_dropout, [&](double v) { h->set_caption_dropout(v); });
+  SetIf(f.holdout_fraction, [&](double v) { h->set_holdout_fraction(v); });
+}
 
-  if (kind == tandem::v1::TRAIN_KIND_TEXT && (text_flag || f.vocab_size)) {
-    auto* m = spec->mutable_text_model();
-    SetIf(f.vocab_size, [&](int v) { m->set_vocab_size(v); });
-    SetIf(f.layers, [&](int v) { m->set_layers(v); });
-    SetIf(f.dim, [&](int v) { m->set_dim(v); });
-    SetIf(f.heads, [&](int v) { m->set_heads(v); });
-    SetIf(f.kv_heads, [&](int v) { m->set_kv_heads(v); });
-    SetIf(f.seq_len, [&](int v) { m->set_seq_len(v); });
-    SetIf(f.hidden_dim, [&](int v) { m->set_hidden_dim(v); });
-    SetIf(f.tie_embeddings, [&](bool v) { m->set_tie_embeddings(v); });
+void ApplyTextModelFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
+  auto* m = spec->mutable_text_model();
+  SetIf(f.vocab_size, [&](int v) { m->set_vocab_size(v); });
+  SetIf(f.layers, [&](int v) { m->set_layers(v); });
+  SetIf(f.dim, [&](int v) { m->set_dim(v); });
+  SetIf(f.heads, [&](int v) { m->set_heads(v); });
+  SetIf(f.kv_heads, [&](int v) { m->set_kv_heads(v); });
+  SetIf(f.seq_len, [&](int v) { m->set_seq_len(v); });
+  SetIf(f.hidden_dim, [&](int v) { m->set_hidden_dim(v); });
+  SetIf(f.tie_embeddings, [&](bool v) { m->set_tie_embeddings(v); });
+}
+
+absl::Status ApplyImageModelFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
+  auto* m = spec->mutable_image_model();
+  if (f.unet_widths) {
+    absl::StatusOr<std::vector<int>> widths = ParseIntList(*f.unet_widths, "unet_widths");
+    if (!widths.ok()) return widths.status();
+    m->clear_unet_widths();
+    for (int w : *widths) m->add_unet_widths(w);
   }
-  if (kind == tandem::v1::TRAIN_KIND_IMAGE && (image_flag || f.vocab_size)) {
-    auto* m = spec->mutable_image_model();
-    if (f.unet_widths) {
-      absl::StatusOr<std::vector<int>> widths = ParseIntList(*f.unet_widths, "unet_widths");
-      if (!widths.ok()) return widths.status();
-      m->clear_unet_widths();
-      for (int w : *widths) m->add_unet_widths(w);
+  if (f.attention_levels) {
+    m->clear_attention_levels();
+    if (!f.attention_levels->empty()) {  // --attention_levels= : none
+      absl::StatusOr<std::vector<int>> levels =
+          ParseIntList(*f.attention_levels, "attention_levels", /*allow_zero=*/true);
+      if (!levels.ok()) return levels.status();
+      for (int l : *levels) m->add_attention_levels(l);
     }
-    if (f.attention_levels) {
-      m->clear_attention_levels();
-      if (!f.attention_levels->empty()) {  // --attention_levels= : none
-        absl::StatusOr<std::vector<int>> levels =
-            ParseIntList(*f.attention_levels, "attention_levels", /*allow_zero=*/true);
-        if (!levels.ok()) return levels.status();
-        for (int l : *levels) m->add_attention_levels(l);
-      }
-    }
-    SetIf(f.vocab_size, [&](int v) { m->set_vocab_size(v); });
-    SetIf(f.image_size, [&](int v) { m->set_image_size(v); });
-    SetIf(f.channels, [&](int v) { m->set_channels(v); });
-    SetIf(f.res_blocks, [&](int v) { m->set_res_blocks(v); });
-    SetIf(f.text_dim, [&](int v) { m->set_text_dim(v); });
-    SetIf(f.text_layers, [&](int v) { m->set_text_layers(v); });
-    SetIf(f.text_heads, [&](int v) { m->set_text_heads(v); });
-    SetIf(f.text_seq_len, [&](int v) { m->set_text_seq_len(v); });
-    SetIf(f.diffusion_steps, [&](int v) { m->set_diffusion_steps(v); });
-    SetIf(f.v_prediction, [&](bool v) { m->set_v_prediction(v); });
+  }
+  SetIf(f.vocab_size, [&](int v) { m->set_vocab_size(v); });
+  SetIf(f.image_size, [&](int v) { m->set_image_size(v); });
+  SetIf(f.channels, [&](int v) { m->set_channels(v); });
+  SetIf(f.res_blocks, [&](int v) { m->set_res_blocks(v); });
+  SetIf(f.text_dim, [&](int v) { m->set_text_dim(v); });
+  SetIf(f.text_layers, [&](int v) { m->set_text_layers(v); });
+  SetIf(f.text_heads, [&](int v) { m->set_text_heads(v); });
+  SetIf(f.text_seq_len, [&](int v) { m->set_text_seq_len(v); });
+  SetIf(f.diffusion_steps, [&](int v) { m->set_diffusion_steps(v); });
+  SetIf(f.v_prediction, [&](bool v) { m->set_v_prediction(v); });
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ApplyTrainSpecFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
+  const GivenModelFlags given = FirstModelFlags(f);
+  if (absl::Status s = ResolveKind(f, given, spec); !s.ok()) return s;
+  ApplyJobFlags(f, spec);
+  ApplyHyperparameterFlags(f, spec);
+  const v1::TrainKind kind = spec->kind();
+  if (kind == tandem::v1::TRAIN_KIND_TEXT && (given.text || f.vocab_size)) {
+    ApplyTextModelFlags(f, spec);
+  }
+  if (kind == tandem::v1::TRAIN_KIND_IMAGE && (given.image || f.vocab_size)) {
+    return ApplyImageModelFlags(f, spec);
   }
   return absl::OkStatus();
 }
 
 // --- names --------------------------------------------------------------------------------------
 
-absl::StatusOr<std::vector<TrainJobState>> ParseStateList(const std::string& text) {
-  std::vector<TrainJobState> states;
+absl::StatusOr<std::vector<v1::TrainJobState>> ParseStateList(const std::string& text) {
+  std::vector<v1::TrainJobState> states;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     std::string name = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(part));
     if (name == "CANCELED") name = "CANCELLED";
-    TrainJobState state;
+    v1::TrainJobState state;
     if (!tandem::v1::TrainJobState_Parse(name, &state) ||
         state == tandem::v1::TRAIN_JOB_STATE_UNSPECIFIED) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -253,13 +277,13 @@ absl::StatusOr<std::vector<TrainJobState>> ParseStateList(const std::string& tex
   return states;
 }
 
-std::string StateName(TrainJobState state) {
+std::string StateName(v1::TrainJobState state) {
   if (state == tandem::v1::TRAIN_JOB_STATE_UNSPECIFIED) return "UNSPECIFIED";
   const std::string& name = tandem::v1::TrainJobState_Name(state);
   return name.empty() ? absl::StrCat("STATE_", static_cast<int>(state)) : name;
 }
 
-std::string KindName(TrainKind kind) {
+std::string KindName(v1::TrainKind kind) {
   switch (kind) {
     case tandem::v1::TRAIN_KIND_TEXT: return "text";
     case tandem::v1::TRAIN_KIND_IMAGE: return "image";
@@ -267,7 +291,7 @@ std::string KindName(TrainKind kind) {
   }
 }
 
-bool IsFinalState(TrainJobState state) {
+bool IsFinalState(v1::TrainJobState state) {
   return state == tandem::v1::SUCCEEDED || state == tandem::v1::FAILED ||
          state == tandem::v1::CANCELLED;
 }
@@ -293,7 +317,7 @@ std::string FormatRate(double v, const std::string& unit) {
   return absl::StrFormat("%.2fM %s", v / 1e6, unit);
 }
 
-std::string FormatProgressLine(const TrainMetrics& m, TrainKind kind, int bar_width) {
+std::string FormatProgressLine(const v1::TrainMetrics& m, v1::TrainKind kind, int bar_width) {
   std::string line;
   const int64_t total = m.total_steps();
   if (total > 0) {
@@ -327,7 +351,7 @@ size_t DisplayWidth(const std::string& s) {
   return n;
 }
 
-std::string FitProgressLine(const TrainMetrics& m, TrainKind kind, int columns) {
+std::string FitProgressLine(const v1::TrainMetrics& m, v1::TrainKind kind, int columns) {
   constexpr int kMaxBar = 20;
   constexpr int kMinBar = 5;
   const size_t room = columns > 1 ? static_cast<size_t>(columns - 1) : 0;
@@ -349,7 +373,7 @@ std::string FitProgressLine(const TrainMetrics& m, TrainKind kind, int columns) 
   return out;
 }
 
-std::string FormatEvalLine(const EvalResult& e) {
+std::string FormatEvalLine(const v1::EvalResult& e) {
   std::string line = absl::StrFormat("eval step %d: loss %.4f", e.step(), e.loss());
   if (e.bits_per_byte() > 0) {
     absl::StrAppend(&line, kDot, absl::StrFormat("%.4f bits/byte", e.bits_per_byte()));
@@ -374,7 +398,7 @@ std::string SamplePath(const std::string& dir, const std::string& job_id, int64_
 
 // --- jobs ---------------------------------------------------------------------------------------
 
-std::string FormatJobTable(const std::vector<TrainJob>& jobs) {
+std::string FormatJobTable(const std::vector<v1::TrainJob>& jobs) {
   std::vector<std::vector<std::string>> rows = {
       {"ID", "NAME", "KIND", "STATE", "STEP", "LOSS", "DEPLOYED"}};
   for (const auto& job : jobs) {
@@ -473,7 +497,7 @@ std::string FormatSetFields(const google::protobuf::Message& message) {
   return absl::StrJoin(parts, kDot);
 }
 
-std::string FormatJobDetails(const TrainJob& job, absl::TimeZone tz) {
+std::string FormatJobDetails(const v1::TrainJob& job, absl::TimeZone tz) {
   const auto& spec = job.spec();
   std::string out;
   auto line = [&](const char* key, const std::string& value) {
@@ -538,7 +562,7 @@ std::string FormatJobDetails(const TrainJob& job, absl::TimeZone tz) {
   return out;
 }
 
-std::string FormatHistory(const TrainJob& job) {
+std::string FormatHistory(const v1::TrainJob& job) {
   std::string out = "step loss lr grad_norm\n";
   for (const auto& m : job.history()) {
     absl::StrAppend(&out, absl::StrFormat("%d %.6g %.6g %.6g\n", m.step(), m.loss(), m.lr(),

@@ -16,6 +16,9 @@
 
 namespace tandem::client {
 
+// Between the parts of a summary or progress line: " · ".
+inline constexpr char kDot[] = " \xC2\xB7 ";
+
 // TrainJobSpec fields given on the command line. Only the fields that are set (the user passed
 // the flag) are written into the spec, over what a --spec file says.
 struct TrainSpecFlags {

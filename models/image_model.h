@@ -11,7 +11,6 @@
 #define TANDEM_MODELS_IMAGE_MODEL_H_
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,8 +60,9 @@ class ImageModel {
   virtual void ReleaseSample(int sample) = 0;
 };
 
-using TensorMap = std::map<std::string, TensorData>;
-
+// Builds the model on options.device from float32 (or bf16/f16, converted) weights. Checks that
+// every expected tensor is present with the right shape: INVALID_ARGUMENT naming the first
+// missing, misshapen or unexpected one otherwise.
 absl::StatusOr<std::unique_ptr<ImageModel>> CreateDiffusionModel(const DiffusionConfig& config,
                                                                  const TensorMap& weights,
                                                                  const ImageModelOptions& options);

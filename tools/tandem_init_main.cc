@@ -7,22 +7,29 @@
 //                                                         a text-conditioned diffusion model
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "models/torch/device.h"
-#include "trainer/data/image_dataset.h"
 #include "models/image_model.h"
 #include "models/llama/llama.h"
 #include "models/model_dir.h"
 #include "models/text/tokenizer.h"
+#include "models/torch/device.h"
+#include "trainer/data/image_data.h"
 
 ABSL_FLAG(std::string, corpus, "",
           "UTF-8 text file to train the tokenizer on (required for text; for image models the\n"
@@ -53,53 +60,54 @@ ABSL_FLAG(bool, force, false, "Overwrite an existing model directory");
 
 namespace {
 
+namespace fs = std::filesystem;
+
 int Fail(const std::string& message) {
   std::fprintf(stderr, "tandem-init: %s\n", message.c_str());
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "tandem-init --corpus=FILE --out=DIR [--vocab_size --dim --layers --heads --kv_heads "
-      "--seq_len --seed]");
-  absl::ParseCommandLine(argc, argv);
-  std::string corpus = absl::GetFlag(FLAGS_corpus);
-  const std::string out = absl::GetFlag(FLAGS_out);
-  const bool image_kind = absl::GetFlag(FLAGS_kind) == "image";
-  if (out.empty()) return Fail("--out is required");
-  if (corpus.empty() && !image_kind) return Fail("--corpus is required for a text model");
-  namespace fs = std::filesystem;
+// The flags' consistency, before anything is written.
+absl::Status CheckFlags(const std::string& kind, const std::string& corpus,
+                        const std::string& out) {
+  if (out.empty()) return absl::InvalidArgumentError("--out is required");
+  if (corpus.empty() && kind != "image") {
+    return absl::InvalidArgumentError("--corpus is required for a text model");
+  }
   if (!corpus.empty() && !fs::is_regular_file(corpus)) {
-    return Fail(absl::StrCat("corpus not found: ", corpus));
+    return absl::NotFoundError(absl::StrCat("corpus not found: ", corpus));
   }
   if (fs::exists(fs::path(out) / tandem::kConfigFile) && !absl::GetFlag(FLAGS_force)) {
-    return Fail(absl::StrCat(out, " already holds a model; pass --force to replace it"));
+    return absl::AlreadyExistsError(
+        absl::StrCat(out, " already holds a model; pass --force to replace it"));
   }
+  if (kind != "text" && kind != "image") {
+    return absl::InvalidArgumentError("--kind must be text or image");
+  }
+  return absl::OkStatus();
+}
 
-  tandem::SetComputeThreads(0);
+// The trained tokenizer: its serialized model and vocabulary size.
+struct TokenizerFile {
+  std::string bytes;
+  int vocab_size = 0;
+};
+
+// Trains the tokenizer on `corpus` (empty: every Fashion-MNIST caption phrasing, written to a
+// temporary file in `out`). Temporary files are removed whatever happens.
+absl::StatusOr<TokenizerFile> TrainTokenizer(const std::string& out, const std::string& kind,
+                                             std::string corpus) {
   std::error_code ec;
-  fs::create_directories(out, ec);
-  if (ec) return Fail(absl::StrCat("cannot create ", out, ": ", ec.message()));
-
   std::string captions_tmp;
   if (corpus.empty()) {
-    // The captions the Fashion-MNIST dataset produces, every phrasing of every class.
     captions_tmp = absl::StrCat(out, "/.captions.", ::getpid(), ".txt");
-    std::string text;
-    for (int label = 0; label < static_cast<int>(tandem::FashionMnistClasses().size()); ++label) {
-      for (uint64_t v = 0; v < 16; ++v) {
-        absl::StrAppend(&text, tandem::FashionMnistCaption(label, v), "\n");
-      }
-    }
-    if (absl::Status s = tandem::WriteFileAtomically(captions_tmp, text); !s.ok()) {
-      return Fail(std::string(s.message()));
+    if (absl::Status s =
+            tandem::WriteFileAtomically(captions_tmp, tandem::FashionMnistCaptionCorpus());
+        !s.ok()) {
+      return s;
     }
     corpus = captions_tmp;
   }
-  const std::string kind = absl::GetFlag(FLAGS_kind);
-  if (kind != "text" && kind != "image") return Fail("--kind must be text or image");
   tandem::TokenizerTrainOptions topts;
   topts.vocab_size = absl::GetFlag(FLAGS_vocab_size);
   topts.model_type = absl::GetFlag(FLAGS_tokenizer_type);
@@ -109,82 +117,129 @@ int main(int argc, char** argv) {
   const std::string tok_tmp = absl::StrCat(out, "/.tokenizer.", ::getpid(), ".model");
   std::fprintf(stderr, "tandem-init: training a %d-piece %s tokenizer on %s\n",
                topts.vocab_size, topts.model_type.c_str(), corpus.c_str());
-  if (absl::Status s = tandem::Tokenizer::Train(corpus, tok_tmp, topts); !s.ok()) {
-    fs::remove(tok_tmp, ec);
-    if (!captions_tmp.empty()) fs::remove(captions_tmp, ec);
-    return Fail(std::string(s.message()));
-  }
+  const absl::Status trained = tandem::Tokenizer::Train(corpus, tok_tmp, topts);
   if (!captions_tmp.empty()) fs::remove(captions_tmp, ec);
-  absl::StatusOr<std::string> tok_bytes = tandem::ReadFile(tok_tmp);
+  if (!trained.ok()) {
+    fs::remove(tok_tmp, ec);
+    return trained;
+  }
+  absl::StatusOr<std::string> bytes = tandem::ReadFile(tok_tmp);
   absl::StatusOr<std::unique_ptr<tandem::Tokenizer>> tok = tandem::Tokenizer::Load(tok_tmp);
   fs::remove(tok_tmp, ec);
-  if (!tok_bytes.ok()) return Fail(std::string(tok_bytes.status().message()));
-  if (!tok.ok()) return Fail(std::string(tok.status().message()));
-  const int vocab = (*tok)->vocab_size();
+  if (!bytes.ok()) return bytes.status();
+  if (!tok.ok()) return tok.status();
+  return TokenizerFile{*std::move(bytes), (*tok)->vocab_size()};
+}
 
+absl::StatusOr<tandem::LlamaConfig> LlamaConfigFromFlags(int vocab) {
+  tandem::LlamaConfig config;
+  config.vocab_size = vocab;
+  config.dim = absl::GetFlag(FLAGS_dim);
+  config.hidden_dim = absl::GetFlag(FLAGS_hidden_dim);
+  config.n_layers = absl::GetFlag(FLAGS_layers);
+  config.n_heads = absl::GetFlag(FLAGS_heads);
+  config.n_kv_heads =
+      absl::GetFlag(FLAGS_kv_heads) > 0 ? absl::GetFlag(FLAGS_kv_heads) : config.n_heads;
+  config.seq_len = absl::GetFlag(FLAGS_seq_len);
+  config.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
+  if (absl::Status s = config.Normalize(); !s.ok()) return s;
+  return config;
+}
+
+// Comma-separated integers: "32,64,128".
+absl::StatusOr<std::vector<int>> IntList(const char* flag, const std::string& csv) {
+  std::vector<int> out;
+  for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (!absl::SimpleAtoi(part, &v)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, " takes comma-separated integers, got \"", csv, "\""));
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+absl::StatusOr<tandem::DiffusionConfig> DiffusionConfigFromFlags(int vocab) {
+  tandem::DiffusionConfig config;
+  config.vocab_size = vocab;
+  config.image_size = absl::GetFlag(FLAGS_image_size);
+  config.channels = absl::GetFlag(FLAGS_channels);
+  absl::StatusOr<std::vector<int>> widths = IntList("widths", absl::GetFlag(FLAGS_widths));
+  if (!widths.ok()) return widths.status();
+  config.unet_widths = *std::move(widths);
+  absl::StatusOr<std::vector<int>> levels =
+      IntList("attention_levels", absl::GetFlag(FLAGS_attention_levels));
+  if (!levels.ok()) return levels.status();
+  config.attention_levels = *std::move(levels);
+  config.res_blocks = absl::GetFlag(FLAGS_res_blocks);
+  config.text_dim = absl::GetFlag(FLAGS_text_dim);
+  config.text_layers = absl::GetFlag(FLAGS_text_layers);
+  config.text_seq_len = absl::GetFlag(FLAGS_text_seq_len);
+  config.diffusion_steps = absl::GetFlag(FLAGS_diffusion_steps);
+  config.prediction = absl::GetFlag(FLAGS_prediction);
+  if (absl::Status s = config.Normalize(); !s.ok()) return s;
+  return config;
+}
+
+// Writes the model directory of `kind` with fresh weights; returns its parameter count.
+absl::StatusOr<int64_t> WriteModel(const std::string& out, const std::string& kind,
+                                   const TokenizerFile& tokenizer) {
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
   tandem::SafetensorsFile file;
   file.metadata["format"] = "pt";
   tandem::ModelProvenance prov;
-  prov.source = absl::StrCat("tandem-init (random, seed ", absl::GetFlag(FLAGS_seed), ")");
-  int64_t parameters = 0;
+  prov.source = absl::StrCat("tandem-init (random, seed ", seed, ")");
   if (kind == "text") {
-    tandem::LlamaConfig config;
-    config.vocab_size = vocab;
-    config.dim = absl::GetFlag(FLAGS_dim);
-    config.hidden_dim = absl::GetFlag(FLAGS_hidden_dim);
-    config.n_layers = absl::GetFlag(FLAGS_layers);
-    config.n_heads = absl::GetFlag(FLAGS_heads);
-    config.n_kv_heads = absl::GetFlag(FLAGS_kv_heads) > 0 ? absl::GetFlag(FLAGS_kv_heads)
-                                                          : config.n_heads;
-    config.seq_len = absl::GetFlag(FLAGS_seq_len);
-    config.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
-    if (absl::Status s = config.Normalize(); !s.ok()) return Fail(std::string(s.message()));
-    absl::StatusOr<tandem::TensorMap> weights =
-        tandem::RandomLlamaWeights(config, absl::GetFlag(FLAGS_seed));
-    if (!weights.ok()) return Fail(std::string(weights.status().message()));
+    absl::StatusOr<tandem::LlamaConfig> config = LlamaConfigFromFlags(tokenizer.vocab_size);
+    if (!config.ok()) return config.status();
+    absl::StatusOr<tandem::TensorMap> weights = tandem::RandomLlamaWeights(*config, seed);
+    if (!weights.ok()) return weights.status();
     file.tensors = *std::move(weights);
-    file.metadata["tandem.config"] = config.ToJson();
-    if (absl::Status s = tandem::WriteTextModelDir(out, config, file, *tok_bytes, prov); !s.ok()) {
-      return Fail(std::string(s.message()));
-    }
-    parameters = config.ParameterCount();
-  } else {
-    tandem::DiffusionConfig config;
-    config.vocab_size = vocab;
-    config.image_size = absl::GetFlag(FLAGS_image_size);
-    config.channels = absl::GetFlag(FLAGS_channels);
-    auto ints = [](const std::string& csv, std::vector<int>* out) {
-      out->clear();
-      for (absl::string_view part : absl::StrSplit(csv, ',', absl::SkipEmpty())) {
-        int v = 0;
-        if (!absl::SimpleAtoi(part, &v)) return false;
-        out->push_back(v);
-      }
-      return true;
-    };
-    if (!ints(absl::GetFlag(FLAGS_widths), &config.unet_widths) ||
-        !ints(absl::GetFlag(FLAGS_attention_levels), &config.attention_levels)) {
-      return Fail("--widths and --attention_levels take comma-separated integers");
-    }
-    config.res_blocks = absl::GetFlag(FLAGS_res_blocks);
-    config.text_dim = absl::GetFlag(FLAGS_text_dim);
-    config.text_layers = absl::GetFlag(FLAGS_text_layers);
-    config.text_seq_len = absl::GetFlag(FLAGS_text_seq_len);
-    config.diffusion_steps = absl::GetFlag(FLAGS_diffusion_steps);
-    config.prediction = absl::GetFlag(FLAGS_prediction);
-    if (absl::Status s = config.Normalize(); !s.ok()) return Fail(std::string(s.message()));
-    absl::StatusOr<tandem::TensorMap> weights =
-        tandem::RandomDiffusionWeights(config, absl::GetFlag(FLAGS_seed));
-    if (!weights.ok()) return Fail(std::string(weights.status().message()));
-    file.tensors = *std::move(weights);
-    file.metadata["tandem.config"] = config.ToJson();
-    if (absl::Status s = tandem::WriteImageModelDir(out, config, file, *tok_bytes, prov);
+    file.metadata["tandem.config"] = config->ToJson();
+    if (absl::Status s = tandem::WriteTextModelDir(out, *config, file, tokenizer.bytes, prov);
         !s.ok()) {
-      return Fail(std::string(s.message()));
+      return s;
     }
-    parameters = config.ParameterCount();
+    return config->ParameterCount();
   }
+  absl::StatusOr<tandem::DiffusionConfig> config = DiffusionConfigFromFlags(tokenizer.vocab_size);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<tandem::TensorMap> weights = tandem::RandomDiffusionWeights(*config, seed);
+  if (!weights.ok()) return weights.status();
+  file.tensors = *std::move(weights);
+  file.metadata["tandem.config"] = config->ToJson();
+  if (absl::Status s = tandem::WriteImageModelDir(out, *config, file, tokenizer.bytes, prov);
+      !s.ok()) {
+    return s;
+  }
+  return config->ParameterCount();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "tandem-init --corpus=FILE --out=DIR [--vocab_size --dim --layers --heads --kv_heads "
+      "--seq_len --seed]");
+  absl::ParseCommandLine(argc, argv);
+  const std::string corpus = absl::GetFlag(FLAGS_corpus);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  const std::string kind = absl::GetFlag(FLAGS_kind);
+  if (absl::Status s = CheckFlags(kind, corpus, out); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+
+  tandem::SetComputeThreads(0);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) return Fail(absl::StrCat("cannot create ", out, ": ", ec.message()));
+  absl::StatusOr<TokenizerFile> tokenizer = TrainTokenizer(out, kind, corpus);
+  if (!tokenizer.ok()) return Fail(std::string(tokenizer.status().message()));
+  absl::StatusOr<int64_t> parameters = WriteModel(out, kind, *tokenizer);
+  if (!parameters.ok()) return Fail(std::string(parameters.status().message()));
   std::fprintf(stderr, "tandem-init: wrote %s model %s (%lld parameters, %d-piece tokenizer)\n",
-               kind.c_str(), out.c_str(), static_cast<long long>(parameters), vocab);
+               kind.c_str(), out.c_str(), static_cast<long long>(*parameters),
+               tokenizer->vocab_size);
   return 0;
 }

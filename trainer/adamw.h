@@ -17,8 +17,6 @@
 
 namespace tandem {
 
-using TensorMap = std::map<std::string, TensorData>;
-
 // The default decay rule: matrices and convolution kernels decay; norms' gains, biases (1-D
 // tensors) and embeddings (names containing "embed") do not — unless `decay_all`.
 bool DecayByDefault(const std::string& name, const torch::Tensor& param, bool decay_all);

@@ -67,7 +67,7 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt) {
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", ec.message()));
 
   nlohmann::json files = nlohmann::json::object();
-  auto write = [&](const char* name, const std::map<std::string, TensorData>& tensors) {
+  auto write = [&](const char* name, const TensorMap& tensors) {
     SafetensorsFile f;
     f.tensors = tensors;
     const std::string bytes = SerializeSafetensors(f);

@@ -23,8 +23,8 @@ namespace tandem {
 
 struct Checkpoint {
   int64_t step = 0;
-  std::map<std::string, TensorData> model;
-  std::map<std::string, TensorData> optimizer;
+  TensorMap model;
+  TensorMap optimizer;
   std::map<std::string, std::string> state;
 };
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -9,6 +11,93 @@
 #include "trainer/lr_schedule.h"
 
 namespace tandem {
+namespace {
+
+namespace fs = std::filesystem;
+using torch_util::CatchTorch;
+
+// AdamW over the parameters with the job's betas and weight decay; DecayByDefault decides which
+// decay.
+std::unique_ptr<AdamW> MakeOptimizer(
+    const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h) {
+  std::vector<AdamW::Param> params;
+  for (const auto& [name, p] : parameters) {
+    params.push_back({name, p, DecayByDefault(name, p, h.decay_norms_and_embeddings)});
+  }
+  return std::make_unique<AdamW>(std::move(params),
+                                 AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
+}
+
+// Writes the checkpoint of `step` (the model as `export_model` gives it, the optimizer's state,
+// `state`) into `dir` and prunes all but the newest `keep` (at least 1).
+absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
+                                    const std::function<TensorMap()>& export_model,
+                                    const AdamW& optimizer,
+                                    std::map<std::string, std::string> state, int keep) {
+  Checkpoint ckpt;
+  ckpt.step = step;
+  absl::Status s = CatchTorch("checkpoint", [&]() -> absl::Status {
+    ckpt.model = export_model();
+    ckpt.optimizer = optimizer.State();
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  ckpt.state = std::move(state);
+  if (s = WriteCheckpoint(dir, ckpt); !s.ok()) return s;
+  return PruneCheckpoints(dir, std::max(1, keep));
+}
+
+// The newest checkpoint of `dir` that verifies, or none (an empty `dir`, or no checkpoint: a
+// fresh start). `*note` (may be null) says which step was restored and which checkpoints were
+// skipped as corrupt. Other errors (an unreadable folder) are returned.
+absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::string& dir,
+                                                                  std::string* note) {
+  std::optional<Checkpoint> out;
+  std::vector<std::string> skipped;
+  if (!dir.empty()) {
+    absl::StatusOr<Checkpoint> latest = LoadLatestCheckpoint(dir, &skipped);
+    if (latest.ok()) {
+      out = *std::move(latest);
+    } else if (!absl::IsNotFound(latest.status())) {
+      return latest.status();
+    }
+  }
+  if (note) {
+    std::vector<std::string> parts;
+    if (out) parts.push_back(absl::StrCat("resumed from the checkpoint of step ", out->step));
+    for (const std::string& s : skipped) parts.push_back(absl::StrCat("skipped ", s));
+    *note = absl::StrJoin(parts, "; ");
+  }
+  return out;
+}
+
+// FAILED_PRECONDITION when `ckpt` (if any) was written for another kind of model or another
+// config (its state's "kind" / "config" differ from these): restoring it would fail on shapes or,
+// worse, succeed with different meaning.
+absl::Status CheckCheckpointModel(const std::optional<Checkpoint>& ckpt, const std::string& kind,
+                                  const std::string& config_json, const std::string& dir) {
+  if (!ckpt) return absl::OkStatus();
+  auto saved_kind = ckpt->state.find("kind");
+  auto saved_config = ckpt->state.find("config");
+  if ((saved_kind != ckpt->state.end() && saved_kind->second != kind) ||
+      (saved_config != ckpt->state.end() && saved_config->second != config_json)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the checkpoint of step ", ckpt->step, " in ", dir,
+                     " was written for another model (kind or config differ)"));
+  }
+  return absl::OkStatus();
+}
+
+// The weights a run starts from: the restored checkpoint's (moved out of *ckpt), else
+// init_from's (moved out of *init_weights, when not empty), else what `fresh` draws.
+absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, TensorMap* init_weights,
+                                          const std::function<absl::StatusOr<TensorMap>()>& fresh) {
+  if (ckpt->has_value()) return std::move((*ckpt)->model);
+  if (!init_weights->empty()) return std::move(*init_weights);
+  return fresh();
+}
+
+}  // namespace
 
 absl::StatusOr<ModelDir> ReadInitModel(const std::string& dir, ModelKind kind, TensorMap* weights) {
   absl::StatusOr<ModelDir> model = ReadModelDir(dir);
@@ -33,16 +122,6 @@ absl::Status CheckTokenizerFits(const Tokenizer& tokenizer, int vocab_size) {
                                                  vocab_size));
 }
 
-std::unique_ptr<AdamW> MakeOptimizer(
-    const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h) {
-  std::vector<AdamW::Param> params;
-  for (const auto& [name, p] : parameters) {
-    params.push_back({name, p, DecayByDefault(name, p, h.decay_norms_and_embeddings)});
-  }
-  return std::make_unique<AdamW>(std::move(params),
-                                 AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
-}
-
 absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h,
     const std::optional<Checkpoint>& ckpt) {
@@ -51,6 +130,25 @@ absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
     if (absl::Status s = optimizer->LoadState(ckpt->optimizer, ckpt->step); !s.ok()) return s;
   }
   return optimizer;
+}
+
+absl::StatusOr<RunStart> StartRun(ModelStart model, const std::string& checkpoints_dir,
+                                  std::string* restored_note) {
+  absl::StatusOr<std::optional<Checkpoint>> restored =
+      RestoreLatestCheckpoint(checkpoints_dir, restored_note);
+  if (!restored.ok()) return restored.status();
+  RunStart run;
+  run.checkpoint = *std::move(restored);
+  if (absl::Status s =
+          CheckCheckpointModel(run.checkpoint, model.kind, model.config_json, checkpoints_dir);
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<TensorMap> weights =
+      StartingWeights(&run.checkpoint, &model.init_weights, model.fresh);
+  if (!weights.ok()) return weights.status();
+  run.weights = *std::move(weights);
+  return run;
 }
 
 absl::StatusOr<std::optional<StepMetrics>> GradientAccumulator::Backward(const torch::Tensor& loss,
@@ -75,63 +173,70 @@ absl::StatusOr<std::optional<StepMetrics>> GradientAccumulator::Backward(const t
   return std::optional<StepMetrics>(m);
 }
 
-absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
-                                    const std::function<TensorMap()>& export_model,
-                                    const AdamW& optimizer,
-                                    std::map<std::string, std::string> state, int keep) {
-  Checkpoint ckpt;
-  ckpt.step = step;
-  absl::Status s = torch_util::CatchTorch("checkpoint", [&]() -> absl::Status {
-    ckpt.model = export_model();
-    ckpt.optimizer = optimizer.State();
+// ---------------------------------------------------------------------------------------------
+// NetTrainer.
+
+NetTrainer::NetTrainer(TrainOptions options, std::string kind, std::string config_json,
+                       std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer,
+                       int64_t step)
+    : options_(std::move(options)),
+      kind_(std::move(kind)),
+      config_json_(std::move(config_json)),
+      tokenizer_(std::move(tokenizer)),
+      optimizer_(std::move(optimizer)),
+      step_(step) {}
+
+absl::StatusOr<std::optional<StepMetrics>> NetTrainer::MicroStep() {
+  if (step_ >= options_.hyper.steps) {
+    return absl::FailedPreconditionError("training is complete");
+  }
+  const std::string what = absl::StrCat(kind_, " training step");
+  return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<std::optional<StepMetrics>> {
+    const torch::Tensor loss = MicroBatchLoss(accumulator_.micro());  // []
+    absl::StatusOr<std::optional<StepMetrics>> m =
+        accumulator_.Backward(loss, options_.hyper, *optimizer_, &step_);
+    if (m.ok() && m->has_value()) CountTrained(&**m);
+    return m;
+  });
+}
+
+absl::StatusOr<EvalMetrics> NetTrainer::Evaluate() {
+  const std::string what = absl::StrCat(kind_, " evaluation");
+  return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<EvalMetrics> {
+    EvalMetrics e;
+    e.step = step_;
+    if (absl::Status s = EvaluateHeldOut(&e); !s.ok()) return s;
+    return e;
+  });
+}
+
+absl::Status NetTrainer::SaveCheckpoint(const std::string& checkpoints_dir) {
+  if (!at_step_boundary()) {
+    return absl::FailedPreconditionError("a checkpoint needs a step boundary");
+  }
+  std::map<std::string, std::string> state = SeenState();
+  state["kind"] = kind_;
+  state["seed"] = absl::StrCat(options_.hyper.seed);
+  state["step"] = absl::StrCat(step_);
+  // The data position and every random draw are functions of (seed, step, micro-step).
+  state["data_position"] = absl::StrCat("step ", step_, " of a counter-based stream");
+  state["config"] = config_json_;
+  return SaveTrainingCheckpoint(
+      checkpoints_dir, step_, [&] { return ExportWeights(); }, *optimizer_, std::move(state),
+      options_.keep_checkpoints);
+}
+
+absl::Status NetTrainer::ExportModel(const std::string& dir, const ModelProvenance& provenance) {
+  std::error_code ec;
+  if (fs::exists(dir, ec)) return absl::AlreadyExistsError(absl::StrCat(dir, " already exists"));
+  SafetensorsFile weights;
+  const std::string what = absl::StrCat(kind_, " export");
+  absl::Status s = CatchTorch(what.c_str(), [&]() -> absl::Status {
+    weights.tensors = ExportWeights();
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  ckpt.state = std::move(state);
-  if (s = WriteCheckpoint(dir, ckpt); !s.ok()) return s;
-  return PruneCheckpoints(dir, std::max(1, keep));
-}
-
-absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::string& dir,
-                                                                  std::string* note) {
-  std::optional<Checkpoint> out;
-  std::vector<std::string> skipped;
-  if (!dir.empty()) {
-    absl::StatusOr<Checkpoint> latest = LoadLatestCheckpoint(dir, &skipped);
-    if (latest.ok()) {
-      out = *std::move(latest);
-    } else if (!absl::IsNotFound(latest.status())) {
-      return latest.status();
-    }
-  }
-  if (note) {
-    std::vector<std::string> parts;
-    if (out) parts.push_back(absl::StrCat("resumed from the checkpoint of step ", out->step));
-    for (const std::string& s : skipped) parts.push_back(absl::StrCat("skipped ", s));
-    *note = absl::StrJoin(parts, "; ");
-  }
-  return out;
-}
-
-absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, TensorMap* init_weights,
-                                         const std::function<absl::StatusOr<TensorMap>()>& fresh) {
-  if (ckpt->has_value()) return std::move((*ckpt)->model);
-  if (!init_weights->empty()) return std::move(*init_weights);
-  return fresh();
-}
-
-absl::Status CheckCheckpointModel(const std::optional<Checkpoint>& ckpt, const std::string& kind,
-                                  const std::string& config_json, const std::string& dir) {
-  if (!ckpt) return absl::OkStatus();
-  auto saved_kind = ckpt->state.find("kind");
-  auto saved_config = ckpt->state.find("config");
-  if ((saved_kind != ckpt->state.end() && saved_kind->second != kind) ||
-      (saved_config != ckpt->state.end() && saved_config->second != config_json)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the checkpoint of step ", ckpt->step, " in ", dir,
-                     " was written for another model (kind or config differ)"));
-  }
-  return absl::OkStatus();
+  return WriteModelDir(dir, std::move(weights), provenance);
 }
 
 }  // namespace tandem

@@ -1,8 +1,11 @@
-// What the LLM and diffusion trainers share around their nets: the optimizer over a net's
-// parameters, gradient accumulation into optimizer steps, and checkpoint writing and restoring.
+// What the LLM and diffusion trainers share around their nets: the trainer skeleton (NetTrainer:
+// the step counter, gradient accumulation into optimizer steps, checkpoints, export), the
+// sequence that starts a run (restore a checkpoint, pick the starting weights, build the net,
+// restore the optimizer), and the small checks of a job's model and tokenizer.
 //
 // Internal to the trainer's LibTorch translation units (this header includes torch). Functions
-// that touch tensors may throw c10::Error; callers catch at their boundary (CatchTorch).
+// that touch tensors may throw c10::Error; callers catch at their boundary (CatchTorch). Not
+// thread-safe (as Trainer).
 #ifndef TANDEM_TRAINER_TRAIN_COMMON_H_
 #define TANDEM_TRAINER_TRAIN_COMMON_H_
 
@@ -19,14 +22,19 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "models/formats/safetensors.h"
 #include "models/model_dir.h"
 #include "models/text/tokenizer.h"
+#include "models/torch/torch_util.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/train_options.h"
 #include "trainer/trainer.h"
 
 namespace tandem {
+
+// ---------------------------------------------------------------------------------------------
+// A job's model and tokenizer.
 
 // The model directory a job fine-tunes from (options.init_from_dir): its config (ModelDir) and
 // its weights into *weights. INVALID_ARGUMENT when it holds the other kind of model.
@@ -35,15 +43,73 @@ absl::StatusOr<ModelDir> ReadInitModel(const std::string& dir, ModelKind kind, T
 // INVALID_ARGUMENT when the tokenizer has more pieces than the model's vocab_size.
 absl::Status CheckTokenizerFits(const Tokenizer& tokenizer, int vocab_size);
 
-// AdamW over a net's (name, leaf tensor) parameters with the job's betas and weight decay;
-// DecayByDefault decides which decay.
-std::unique_ptr<AdamW> MakeOptimizer(
-    const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h);
-// MakeOptimizer, then the state (moments, step count) of the restored checkpoint `ckpt` when
+// ---------------------------------------------------------------------------------------------
+// Starting a run.
+
+// What the model-specific half of a trainer's construction decides about its model.
+struct ModelStart {
+  std::string kind;         // "text" or "image": a restored checkpoint's state["kind"] must match
+  std::string config_json;  // the model's config: a restored checkpoint's state["config"] must too
+  TensorMap init_weights;   // init_from's weights; empty: `fresh` draws them
+  std::function<absl::StatusOr<TensorMap>()> fresh;
+};
+
+// Where a run starts: the newest checkpoint of its folder that verifies (none: a fresh start),
+// and the weights to build the net on — that checkpoint's, else init_from's, else fresh ones.
+struct RunStart {
+  std::optional<Checkpoint> checkpoint;  // its model tensors moved into `weights`
+  TensorMap weights;
+
+  int64_t step() const { return checkpoint ? checkpoint->step : 0; }
+};
+
+// Restores the newest good checkpoint of `checkpoints_dir` (empty: none), saying in
+// `*restored_note` (may be null) which step was restored and which checkpoints were skipped as
+// corrupt; FAILED_PRECONDITION when it was written for another kind of model or another config.
+// Then picks the starting weights.
+absl::StatusOr<RunStart> StartRun(ModelStart model, const std::string& checkpoints_dir,
+                                  std::string* restored_note);
+
+// AdamW over a net's (name, leaf tensor) parameters with the job's betas and weight decay
+// (DecayByDefault decides which decay), with the state (moments, step count) of `ckpt` when
 // there is one.
 absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h,
     const std::optional<Checkpoint>& ckpt);
+
+// A run's net and its optimizer, at the run's step.
+template <typename Net>
+struct StartedNet {
+  std::unique_ptr<Net> net;
+  std::unique_ptr<AdamW> optimizer;
+  int64_t step = 0;
+};
+
+// StartRun, then the net on its weights (create_net(const TensorMap&) ->
+// absl::StatusOr<std::unique_ptr<Net>>, e.g. LlamaTrainNet::Create on the job's device) and the
+// optimizer over the net's parameters.
+template <typename Net, typename CreateNet>
+absl::StatusOr<StartedNet<Net>> StartNet(ModelStart model, const Hyperparams& hyper,
+                                         const std::string& checkpoints_dir,
+                                         std::string* restored_note, CreateNet&& create_net) {
+  absl::StatusOr<RunStart> run = StartRun(std::move(model), checkpoints_dir, restored_note);
+  if (!run.ok()) return run.status();
+  absl::StatusOr<std::unique_ptr<Net>> net = create_net(run->weights);
+  if (!net.ok()) return net.status();
+  run->weights.clear();  // the net holds its own copies
+  absl::StatusOr<std::unique_ptr<AdamW>> optimizer = torch_util::CatchTorch(
+      "restoring the optimizer",
+      [&] { return RestoreOptimizer((*net)->parameters(), hyper, run->checkpoint); });
+  if (!optimizer.ok()) return optimizer.status();
+  StartedNet<Net> out;
+  out.net = *std::move(net);
+  out.optimizer = *std::move(optimizer);
+  out.step = run->step();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trainer skeleton.
 
 // Gradient accumulation: every micro-step's loss is backpropagated divided by grad_accum; every
 // grad_accum-th completes an optimizer step at LearningRate(h, step) with h.grad_clip.
@@ -65,29 +131,53 @@ class GradientAccumulator {
   double loss_sum_ = 0;
 };
 
-// Writes the checkpoint of `step` (the model as `export_model` gives it, the optimizer's state,
-// `state`) into `dir` and prunes all but the newest `keep` (at least 1).
-absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
-                                    const std::function<TensorMap()>& export_model,
-                                    const AdamW& optimizer,
-                                    std::map<std::string, std::string> state, int keep);
+// The Trainer both models' trainers are: it owns the step counter, the optimizer, the gradient
+// accumulation and the job's tokenizer, and implements the Trainer interface around hooks that
+// the model's trainer supplies (its loss, evaluation, weights and model directory). The hooks may
+// throw c10::Error: NetTrainer calls them inside its torch boundary.
+class NetTrainer : public Trainer {
+ public:
+  int64_t step() const final { return step_; }
+  int64_t total_steps() const final { return options_.hyper.steps; }
+  const TrainOptions& options() const final { return options_; }
+  bool at_step_boundary() const final { return accumulator_.at_step_boundary(); }
 
-// The newest checkpoint of `dir` that verifies, or none (an empty `dir`, or no checkpoint: a
-// fresh start). `*note` (may be null) says which step was restored and which checkpoints were
-// skipped as corrupt. Other errors (an unreadable folder) are returned.
-absl::StatusOr<std::optional<Checkpoint>> RestoreLatestCheckpoint(const std::string& dir,
-                                                                  std::string* note);
+  absl::StatusOr<std::optional<StepMetrics>> MicroStep() final;
+  absl::StatusOr<EvalMetrics> Evaluate() final;
+  absl::Status SaveCheckpoint(const std::string& checkpoints_dir) final;
+  absl::Status ExportModel(const std::string& dir, const ModelProvenance& provenance) final;
 
-// FAILED_PRECONDITION when `ckpt` (if any) was written for another kind of model or another
-// config (its state's "kind" / "config" differ from these): restoring it would fail on shapes or,
-// worse, succeed with different meaning.
-absl::Status CheckCheckpointModel(const std::optional<Checkpoint>& ckpt, const std::string& kind,
-                                  const std::string& config_json, const std::string& dir);
+ protected:
+  // `kind` and `config_json` as in ModelStart; `step` the run's (StartedNet::step).
+  NetTrainer(TrainOptions options, std::string kind, std::string config_json,
+             std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer, int64_t step);
 
-// The weights a run starts from: the restored checkpoint's (moved out of *ckpt), else
-// init_from's (moved out of *init_weights, when not empty), else what `fresh` draws.
-absl::StatusOr<TensorMap> StartingWeights(std::optional<Checkpoint>* ckpt, TensorMap* init_weights,
-                                         const std::function<absl::StatusOr<TensorMap>()>& fresh);
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  // The mean loss [] of micro-batch `micro` of the current step. Its data and every random draw
+  // are a function of (hyper.seed, step(), micro) alone.
+  virtual torch::Tensor MicroBatchLoss(int micro) = 0;
+  // What a completed step trained on: sets m->tokens or m->images.
+  virtual void CountTrained(StepMetrics* m) const = 0;
+  // The held-out metrics into *e (e->step is set); no effect on training's randomness.
+  virtual absl::Status EvaluateHeldOut(EvalMetrics* e) = 0;
+  // The net's parameters as float32 CPU tensors under their safetensors names.
+  virtual TensorMap ExportWeights() const = 0;
+  // Checkpoint state beyond what NetTrainer writes: how much has been trained on.
+  virtual std::map<std::string, std::string> SeenState() const = 0;
+  // Writes the servable model directory `dir` around the exported weights.
+  virtual absl::Status WriteModelDir(const std::string& dir, SafetensorsFile weights,
+                                     const ModelProvenance& provenance) const = 0;
+
+  const TrainOptions options_;
+  const std::string kind_;
+  const std::string config_json_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<AdamW> optimizer_;
+  int64_t step_ = 0;
+  GradientAccumulator accumulator_;
+};
 
 }  // namespace tandem
 

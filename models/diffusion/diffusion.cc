@@ -86,6 +86,8 @@
 // independent as long as a kernel treats all rows alike, which the same check verifies). The
 // environment variable TANDEM_DIFFUSION_FORWARD=batched|per_row_conv|per_row forces a mode
 // (benchmarks, tests).
+#include "models/diffusion/diffusion_model.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -110,7 +112,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "models/diffusion/diffusion_config.h"
-#include "models/diffusion/diffusion_hooks.h"
 #include "models/diffusion/diffusion_schedule.h"
 #include "models/diffusion/diffusion_weights.h"
 #include "models/image_model.h"
@@ -144,6 +145,10 @@ constexpr float kMaxGuidance = 1000.0f;
 // Self-attention scores are computed for this many bytes of [rows*heads, N, N] at most at once.
 constexpr int64_t kScoreBytes = int64_t{64} << 20;
 
+}  // namespace
+
+namespace diffusion_model {
+
 // ---------------------------------------------------------------------------------------------
 // Text contexts: a caption's key / value projections for every attention block.
 
@@ -160,22 +165,22 @@ struct BatchContext {
   torch::Tensor mask;            // [R, 1, 1, L]
 };
 
-enum class ForwardMode { kBatched, kPerRowConv, kPerRow };
-
 // ---------------------------------------------------------------------------------------------
 // Sampler arithmetic (float64, one sample's own tensors).
 
-struct UpdateResult {
-  torch::Tensor x_prev;  // [C, H, W] float32
-  torch::Tensor x0;      // [C, H, W] float32, clipped to [-1, 1]
-};
-
-// x: [C, H, W] x_t; out: [C, H, W] the guidance-combined model output (eps or v); ab: the
-// alpha_bar table; t_prev = -1 for the final step. Noise, when needed, is drawn from gen on the
-// CPU ([C, H, W] float32 standard normal) and moved to x's device.
-UpdateResult SamplerUpdate(const std::vector<double>& ab, bool v_prediction,
-                           DiffusionSampler sampler, double eta, int t, int t_prev,
-                           const torch::Tensor& x, const torch::Tensor& out, at::Generator& gen) {
+absl::StatusOr<UpdateResult> SamplerUpdate(const std::vector<double>& ab, bool v_prediction,
+                                           DiffusionSampler sampler, double eta, int t, int t_prev,
+                                           const torch::Tensor& x, const torch::Tensor& out,
+                                           at::Generator& gen) {
+  const int T = static_cast<int>(ab.size());
+  if (t < 0 || t >= T || t_prev < -1 || t_prev >= t) {
+    return absl::InvalidArgumentError(absl::StrCat("sampler update: need 0 <= t < ", T,
+                                                   " and -1 <= t_prev < t, got t ", t, ", t_prev ",
+                                                   t_prev));
+  }
+  if (!x.sizes().equals(out.sizes())) {
+    return absl::InvalidArgumentError("sampler update: x_t and the model output differ in shape");
+  }
   const double ab_t = ab[t];
   const double ab_prev = t_prev >= 0 ? ab[t_prev] : 1.0;
   const double s_t = std::sqrt(ab_t), r_t = std::sqrt(1.0 - ab_t);
@@ -207,112 +212,40 @@ UpdateResult SamplerUpdate(const std::vector<double>& ab, bool v_prediction,
       if (variance > 0) x_prev += noise() * std::sqrt(variance);
     }
   }
-  return {x_prev.to(torch::kFloat32), x0.to(torch::kFloat32)};
+  return UpdateResult{x_prev.to(torch::kFloat32), x0.to(torch::kFloat32)};
 }
+
+}  // namespace diffusion_model
+
+namespace {
+
+using diffusion_model::BatchContext;
+using diffusion_model::ForwardMode;
+using diffusion_model::Sample;
+using diffusion_model::SamplerUpdate;
+using diffusion_model::TextContext;
+using diffusion_model::UpdateResult;
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // The model.
 
-struct Sample {
-  bool active = false;
-  ImageSampleSpec spec;
-  std::vector<int> timesteps;  // descending
-  int done = 0;                // steps taken
-  at::Generator gen;           // CPU: x_T, then the per-step noise
-  torch::Tensor x;             // [C, H, W] x at timesteps[done] (the final image when done)
-  torch::Tensor x0;            // [C, H, W] latest clipped x_0 estimate; undefined before a step
-  std::shared_ptr<const TextContext> cond, uncond;  // uncond only when guided
-};
-
-class DiffusionModel final : public ImageModel {
- public:
-  DiffusionModel(DiffusionConfig config, torch::Device device, int max_samples,
-                 int64_t parameter_count)
-      : config_(std::move(config)),
-        device_(device),
-        device_string_(device.str()),
-        max_samples_(max_samples),
-        parameter_count_(parameter_count),
-        alpha_bar_(CosineAlphaBar(config_.diffusion_steps)),
-        samples_(max_samples) {}
-
-  // Takes the loaded weights (on the device), folds and tabulates, encodes the unconditional
-  // caption and settles the forward mode.
-  void Load(Weights weights, const char* forced_mode);
-
-  const DiffusionConfig& config() const override { return config_; }
-  const std::string& device() const override { return device_string_; }
-  int free_samples() const override { return max_samples_ - active_; }
-  int64_t parameter_count() const override { return parameter_count_; }
-
-  absl::StatusOr<int> StartSample(const ImageSampleSpec& spec) override;
-  absl::Status Step(absl::Span<const int> samples) override;
-  int StepsDone(int sample) const override {
-    return CheckSample(sample).ok() ? samples_[sample].done : 0;
-  }
-  int TotalSteps(int sample) const override {
-    return CheckSample(sample).ok() ? static_cast<int>(samples_[sample].timesteps.size()) : 0;
-  }
-  absl::Status Pixels(int sample, std::vector<uint8_t>* pixels) override;
-  void ReleaseSample(int sample) override;
-  // DiffusionSampleLatent.
-  absl::Status Latent(int sample, std::vector<float>* x, std::vector<float>* x0) const;
-  // DiffusionModelOutput: the U-Net's output for rows x [R, C, H, W] (device), timesteps and
-  // captions (without BOS) -> [R, C, H, W].
-  torch::Tensor RawOutput(const torch::Tensor& x, const std::vector<int64_t>& t,
-                          const std::vector<std::vector<int32_t>>& captions) const;
-
-  // The blocks WalkUNet calls (batch-invariant kernels; t: [R] int64 timesteps on the device).
-  torch::Tensor Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& t) const;
-  torch::Tensor Attn(const AttnW& a, const torch::Tensor& x, const BatchContext& ctx) const;
-  torch::Tensor Conv(const ConvW& c, const torch::Tensor& x) const;
-  torch::Tensor Silu(torch::Tensor x) const {
-    Activate(x, false);  // in place
-    return x;
-  }
-
- private:
-  absl::Status CheckSample(int sample) const;
-  absl::Status CheckTokens(absl::Span<const int32_t> ids, const char* what) const;
-
-  // Text: ids [B, L] int64, key mask [B, 1, 1, L] additive -> states [B, L, D].
-  torch::Tensor EncodeText(const torch::Tensor& ids, const torch::Tensor& mask) const;
-  std::shared_ptr<const TextContext> EncodeCaption(absl::Span<const int32_t> caption) const;
-  BatchContext Stack(const std::vector<const TextContext*>& rows) const;
-
-  // The U-Net over R rows: x [R, C, H, W], t [R] int64 (device) -> [R, C, H, W].
-  torch::Tensor UNet(const torch::Tensor& x, const torch::Tensor& t, const BatchContext& ctx) const;
-  // UNet under the forward mode (padding, or row by row).
-  torch::Tensor Forward(const torch::Tensor& x, const std::vector<int64_t>& t,
-                        const std::vector<const TextContext*>& rows) const;
-  torch::Tensor RowLinear(const LinearW& l, const torch::Tensor& x) const;
-  void Activate(torch::Tensor& x, bool gelu) const;
-  // Whether a row gives the same bits alone and in batches of 3 and 5.
-  bool Invariant() const;
-
-  const DiffusionConfig config_;
-  const torch::Device device_;
-  const std::string device_string_;
-  const int max_samples_;
-  const int64_t parameter_count_;
-  const std::vector<double> alpha_bar_;  // [T] float64, host: the sampler's coefficients
-  torch::Tensor alpha_bar_device_;       // [T] float32 on the device (for training code)
-  Weights w_;
-  ForwardMode mode_ = ForwardMode::kBatched;
-  bool row_elementwise_ = true;  // SiLU / GELU row by row (CPU)
-  int64_t fixed_rows_ = 0;       // pad every batched forward to this many rows (0: no padding)
-  std::shared_ptr<const TextContext> empty_caption_;
-  std::vector<Sample> samples_;
-  int active_ = 0;
-};
+DiffusionModel::DiffusionModel(DiffusionConfig config, torch::Device device, int max_samples,
+                               int64_t parameter_count)
+    : config_(std::move(config)),
+      device_(device),
+      device_string_(device.str()),
+      max_samples_(max_samples),
+      parameter_count_(parameter_count),
+      alpha_bar_(CosineAlphaBar(config_.diffusion_steps)),
+      samples_(max_samples) {}
 
 void DiffusionModel::Load(Weights weights, const char* forced_mode) {
   w_ = std::move(weights);
   const bool cpu = device_.is_cpu();
   row_elementwise_ = cpu;
   fixed_rows_ = cpu ? 0 : 2 * int64_t{max_samples_};
-  alpha_bar_device_ =
-      torch::tensor(alpha_bar_, torch::kFloat64).to(torch::kFloat32).to(device_);  // [T]
   // Transposed copies for the per-row GEMMs; the query projections absorb 1/sqrt(head_dim).
   ForEachAttn(w_, [&](AttnW& a) {
     const double scale = 1.0 / std::sqrt(static_cast<double>(a.c / a.heads));
@@ -684,8 +617,11 @@ absl::Status DiffusionModel::Step(absl::Span<const int> samples) {
       const int t = s.timesteps[s.done];
       const int t_prev =
           s.done + 1 < static_cast<int>(s.timesteps.size()) ? s.timesteps[s.done + 1] : -1;
-      results.push_back(SamplerUpdate(alpha_bar_, config_.prediction == "v", s.spec.sampler,
-                                      s.spec.eta, t, t_prev, s.x, o, s.gen));
+      absl::StatusOr<UpdateResult> r =
+          SamplerUpdate(alpha_bar_, config_.prediction == "v", s.spec.sampler, s.spec.eta, t,
+                        t_prev, s.x, o, s.gen);
+      if (!r.ok()) return r.status();
+      results.push_back(*std::move(r));
     }
     for (size_t i = 0; i < samples.size(); ++i) {
       Sample& s = samples_[samples[i]];
@@ -717,7 +653,7 @@ absl::Status DiffusionModel::Latent(int sample, std::vector<float>* x,
                                     std::vector<float>* x0) const {
   if (absl::Status s = CheckSample(sample); !s.ok()) return s;
   const Sample& s = samples_[sample];
-  return RunTorch("DiffusionSampleLatent", [&]() -> absl::Status {
+  return RunTorch("Latent", [&]() -> absl::Status {
     auto copy = [](const torch::Tensor& t, std::vector<float>* out) {
       out->clear();
       if (!t.defined()) return;
@@ -730,15 +666,42 @@ absl::Status DiffusionModel::Latent(int sample, std::vector<float>* x,
   });
 }
 
-torch::Tensor DiffusionModel::RawOutput(const torch::Tensor& x, const std::vector<int64_t>& t,
-                                        const std::vector<std::vector<int32_t>>& captions) const {
-  std::vector<std::shared_ptr<const TextContext>> texts;
-  std::vector<const TextContext*> rows;
-  for (const std::vector<int32_t>& caption : captions) {
-    texts.push_back(EncodeCaption(caption));
-    rows.push_back(texts.back().get());
+absl::StatusOr<torch::Tensor> DiffusionModel::RawOutput(
+    const torch::Tensor& x, const std::vector<int64_t>& t,
+    const std::vector<std::vector<int32_t>>& captions) const {
+  const int64_t rows = static_cast<int64_t>(t.size());
+  const std::vector<int64_t> shape = {rows, config_.channels, config_.image_size,
+                                      config_.image_size};
+  if (rows < 1 || static_cast<int64_t>(captions.size()) != rows || x.sizes().vec() != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RawOutput: need R >= 1 timesteps, R captions and x of shape [R, ", config_.channels, ", ",
+        config_.image_size, ", ", config_.image_size, "]; got ", t.size(), ", ", captions.size(),
+        " and ", torch_util::ShapeString(x.sizes().vec())));
   }
-  return Forward(x, t, rows);  // [R, C, H, W]
+  for (int64_t i = 0; i < rows; ++i) {
+    if (t[i] < 0 || t[i] >= config_.diffusion_steps) {
+      return absl::InvalidArgumentError(absl::StrCat("RawOutput: timestep ", t[i], " outside [0, ",
+                                                     config_.diffusion_steps, ")"));
+    }
+    if (absl::Status s = CheckTokens(captions[i], "RawOutput caption"); !s.ok()) return s;
+  }
+  return RunTorch("RawOutput", [&]() -> absl::StatusOr<torch::Tensor> {
+    std::vector<std::shared_ptr<const TextContext>> texts;
+    std::vector<const TextContext*> contexts;
+    for (const std::vector<int32_t>& caption : captions) {
+      texts.push_back(EncodeCaption(caption));
+      contexts.push_back(texts.back().get());
+    }
+    return Forward(x.to(device_, torch::kFloat32), t, contexts);  // [R, C, H, W]
+  });
+}
+
+int DiffusionModel::StepsDone(int sample) const {
+  return CheckSample(sample).ok() ? samples_[sample].done : 0;
+}
+
+int DiffusionModel::TotalSteps(int sample) const {
+  return CheckSample(sample).ok() ? static_cast<int>(samples_[sample].timesteps.size()) : 0;
 }
 
 void DiffusionModel::ReleaseSample(int sample) {
@@ -747,11 +710,8 @@ void DiffusionModel::ReleaseSample(int sample) {
   --active_;
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<ImageModel>> CreateDiffusionModel(const DiffusionConfig& config,
-                                                                 const TensorMap& weights,
-                                                                 const ImageModelOptions& options) {
+absl::StatusOr<std::unique_ptr<DiffusionModel>> DiffusionModel::Create(
+    const DiffusionConfig& config, const TensorMap& weights, const ImageModelOptions& options) {
   absl::StatusOr<DiffusionConfig> checked = CheckedConfig(config);
   if (!checked.ok()) return checked.status();
   const DiffusionConfig& c = *checked;
@@ -760,19 +720,29 @@ absl::StatusOr<std::unique_ptr<ImageModel>> CreateDiffusionModel(const Diffusion
         absl::StrCat("max_samples must be at least 1, got ", options.max_samples));
   }
   if (absl::Status s = CheckWeights(c, weights); !s.ok()) return s;
-  return RunTorch("CreateDiffusionModel", [&]() -> absl::StatusOr<std::unique_ptr<ImageModel>> {
-    absl::StatusOr<torch::Device> device = torch_util::ParseDevice(options.device);
-    if (!device.ok()) return device.status();
-    int64_t parameters = 0;
-    absl::StatusOr<Weights> w =
-        LoadWeights(c, weights, *device,
-                    [&](const std::string&, torch::Tensor& t) { parameters += t.numel(); });
-    if (!w.ok()) return w.status();
-    auto model = std::make_unique<DiffusionModel>(c, *device, options.max_samples, parameters);
-    const char* forced = std::getenv("TANDEM_DIFFUSION_FORWARD");
-    model->Load(*std::move(w), forced != nullptr && *forced != '\0' ? forced : nullptr);
-    return std::unique_ptr<ImageModel>(std::move(model));
-  });
+  return torch_util::RunOnDevice(
+      "CreateDiffusionModel", options.device,
+      [&](const torch::Device& device) -> absl::StatusOr<std::unique_ptr<DiffusionModel>> {
+        int64_t parameters = 0;
+        absl::StatusOr<Weights> w =
+            LoadWeights(c, weights, device,
+                        [&](const std::string&, torch::Tensor& t) { parameters += t.numel(); });
+        if (!w.ok()) return w.status();
+        std::unique_ptr<DiffusionModel> model(
+            new DiffusionModel(c, device, options.max_samples, parameters));
+        const char* forced = std::getenv("TANDEM_DIFFUSION_FORWARD");
+        model->Load(*std::move(w), forced != nullptr && *forced != '\0' ? forced : nullptr);
+        return model;
+      });
+}
+
+absl::StatusOr<std::unique_ptr<ImageModel>> CreateDiffusionModel(const DiffusionConfig& config,
+                                                                 const TensorMap& weights,
+                                                                 const ImageModelOptions& options) {
+  absl::StatusOr<std::unique_ptr<DiffusionModel>> model =
+      DiffusionModel::Create(config, weights, options);
+  if (!model.ok()) return model.status();
+  return std::unique_ptr<ImageModel>(*std::move(model));
 }
 
 absl::StatusOr<TensorMap> RandomDiffusionWeights(const DiffusionConfig& config, uint64_t seed) {
@@ -806,90 +776,6 @@ absl::StatusOr<TensorMap> RandomDiffusionWeights(const DiffusionConfig& config, 
       return torch::Tensor();
     });
     return out;
-  });
-}
-
-absl::Status DiffusionSamplerUpdate(const DiffusionConfig& config, DiffusionSampler sampler,
-                                    float eta, int t, int t_prev, absl::Span<const float> x_t,
-                                    absl::Span<const float> model_output, uint64_t noise_seed,
-                                    std::vector<float>* x_prev, std::vector<float>* x0) {
-  absl::StatusOr<DiffusionConfig> checked = CheckedConfig(config);
-  if (!checked.ok()) return checked.status();
-  const int T = checked->diffusion_steps;
-  const int64_t c = checked->channels, s = checked->image_size;
-  if (t < 0 || t >= T || t_prev < -1 || t_prev >= t) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("need 0 <= t < ", T, " and -1 <= t_prev < t, got t ", t, ", t_prev ", t_prev));
-  }
-  if (static_cast<int64_t>(x_t.size()) != c * s * s ||
-      static_cast<int64_t>(model_output.size()) != c * s * s) {
-    return absl::InvalidArgumentError(absl::StrCat("x_t and model_output need ", c * s * s,
-                                                   " values, got ", x_t.size(), " and ",
-                                                   model_output.size()));
-  }
-  return RunTorch("DiffusionSamplerUpdate", [&]() -> absl::Status {
-    const torch::Tensor x = torch::from_blob(const_cast<float*>(x_t.data()), {c, s, s}).clone();
-    const torch::Tensor o =
-        torch::from_blob(const_cast<float*>(model_output.data()), {c, s, s}).clone();
-    at::Generator gen = at::detail::createCPUGenerator(noise_seed);
-    const UpdateResult r = SamplerUpdate(CosineAlphaBar(T), checked->prediction == "v", sampler,
-                                         eta, t, t_prev, x, o, gen);
-    x_prev->assign(r.x_prev.data_ptr<float>(), r.x_prev.data_ptr<float>() + r.x_prev.numel());
-    x0->assign(r.x0.data_ptr<float>(), r.x0.data_ptr<float>() + r.x0.numel());
-    return absl::OkStatus();
-  });
-}
-
-absl::Status DiffusionSampleLatent(const ImageModel& model, int sample, std::vector<float>* x,
-                                   std::vector<float>* x0) {
-  const auto* diffusion = dynamic_cast<const DiffusionModel*>(&model);
-  if (diffusion == nullptr) {
-    return absl::InvalidArgumentError("DiffusionSampleLatent: not a diffusion model");
-  }
-  return diffusion->Latent(sample, x, x0);
-}
-
-absl::Status DiffusionModelOutput(const ImageModel& model, absl::Span<const float> x,
-                                  absl::Span<const int64_t> t,
-                                  const std::vector<std::vector<int32_t>>& captions,
-                                  std::vector<float>* out) {
-  const auto* diffusion = dynamic_cast<const DiffusionModel*>(&model);
-  if (diffusion == nullptr) {
-    return absl::InvalidArgumentError("DiffusionModelOutput: not a diffusion model");
-  }
-  const DiffusionConfig& c = model.config();
-  const int64_t rows = static_cast<int64_t>(t.size());
-  const int64_t per_row = int64_t{c.channels} * c.image_size * c.image_size;
-  if (rows < 1 || static_cast<int64_t>(captions.size()) != rows ||
-      static_cast<int64_t>(x.size()) != rows * per_row) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "DiffusionModelOutput: need R >= 1 timesteps, R captions and R * ", per_row,
-        " values of x; got ", t.size(), ", ", captions.size(), " and ", x.size()));
-  }
-  for (int64_t i = 0; i < rows; ++i) {
-    if (t[i] < 0 || t[i] >= c.diffusion_steps) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("DiffusionModelOutput: timestep ", t[i], " outside [0, ",
-                       c.diffusion_steps, ")"));
-    }
-    for (int32_t id : captions[i]) {
-      if (id < 0 || id >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("DiffusionModelOutput: token ", id, " outside the vocabulary"));
-      }
-    }
-  }
-  return RunTorch("DiffusionModelOutput", [&]() -> absl::Status {
-    const torch::Tensor xt =
-        torch::from_blob(const_cast<float*>(x.data()),
-                         {rows, int64_t{c.channels}, int64_t{c.image_size}, int64_t{c.image_size}})
-            .clone()
-            .to(torch::Device(diffusion->device()));  // [R, C, H, W]
-    const torch::Tensor o = diffusion->RawOutput(xt, {t.begin(), t.end()}, captions)
-                                .to(torch::kCPU)
-                                .contiguous();  // [R, C, H, W]
-    out->assign(o.data_ptr<float>(), o.data_ptr<float>() + o.numel());
-    return absl::OkStatus();
   });
 }
 

@@ -1,35 +1,20 @@
 #include "models/diffusion/diffusion_config.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <limits>
 #include <string>
-#include <system_error>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "models/diffusion/diffusion_schedule.h"
 #include "models/formats/config_json.h"
 #include "nlohmann/json.hpp"
 
 namespace tandem {
 namespace {
-
-using config_json::CheckString;
-using config_json::GetBool;
-using config_json::GetFloat;
-using config_json::GetInt;
-using config_json::GetIntList;
-using config_json::GetString;
-using config_json::ParseObject;
-using config_json::ShortestDouble;
 
 // Upper bounds that catch corrupt or mistyped configs long before they turn into absurd
 // allocations; real models sit far below them.
@@ -72,38 +57,61 @@ int64_t ResBlockParams(int64_t in, int64_t out, int64_t e) {
 // (4c^2 + 3c); output projection (c^2 + c).
 int64_t AttentionBlockParams(int64_t c, int64_t d) { return 11 * c * c + 2 * c * d + 14 * c; }
 
-}  // namespace
+// config.json's fields, in the order ToJson writes them. The shape of the network is required;
+// the serving defaults and the prediction target are not.
+std::vector<config_json::Field> JsonFields(DiffusionConfig* c) {
+  return {
+      {"kind", "image"},
+      {"architecture", "unet-cross-attention"},
+      {"image_size", &c->image_size, true},
+      {"channels", &c->channels, true},
+      {"unet_widths", &c->unet_widths, true},
+      {"res_blocks", &c->res_blocks, true},
+      {"attention_levels", &c->attention_levels, true},
+      {"attention_heads", &c->attention_heads, true},
+      {"groups", &c->groups, true},
+      {"vocab_size", &c->vocab_size, true},
+      {"text_dim", &c->text_dim, true},
+      {"text_layers", &c->text_layers, true},
+      {"text_heads", &c->text_heads, true},
+      {"text_seq_len", &c->text_seq_len, true},
+      {"diffusion_steps", &c->diffusion_steps, true},
+      {"prediction", &c->prediction},
+      {"default_steps", &c->default_steps},
+      {"default_guidance", &c->default_guidance},
+  };
+}
 
-absl::Status DiffusionConfig::Normalize() {
-  if (auto s = InRange("image_size", image_size, 1, kMaxImageSize); !s.ok()) return s;
-  if (channels != 1 && channels != 3) {
+// Every size within its bounds (the U-Net's level count and widths included).
+absl::Status CheckSizes(const DiffusionConfig& c) {
+  if (auto s = InRange("image_size", c.image_size, 1, kMaxImageSize); !s.ok()) return s;
+  if (c.channels != 1 && c.channels != 3) {
     return absl::InvalidArgumentError(
-        absl::StrCat("channels (", channels, ") must be 1 (grey) or 3 (RGB)"));
+        absl::StrCat("channels (", c.channels, ") must be 1 (grey) or 3 (RGB)"));
   }
-  if (unet_widths.empty() || static_cast<int>(unet_widths.size()) > kMaxLevels) {
+  if (c.unet_widths.empty() || static_cast<int>(c.unet_widths.size()) > kMaxLevels) {
     return absl::InvalidArgumentError(absl::StrCat("unet_widths must list 1 to ", kMaxLevels,
                                                    " widths (one per level), got ",
-                                                   unet_widths.size()));
+                                                   c.unet_widths.size()));
   }
-  for (size_t i = 0; i < unet_widths.size(); ++i) {
+  for (size_t i = 0; i < c.unet_widths.size(); ++i) {
     const std::string field = absl::StrCat("unet_widths[", i, "]");
-    if (auto s = InRange(field.c_str(), unet_widths[i], 1, kMaxWidth); !s.ok()) return s;
+    if (auto s = InRange(field.c_str(), c.unet_widths[i], 1, kMaxWidth); !s.ok()) return s;
   }
-  const int levels = static_cast<int>(unet_widths.size());
-  if (auto s = InRange("res_blocks", res_blocks, 1, kMaxResBlocks); !s.ok()) return s;
-  if (auto s = InRange("attention_heads", attention_heads, 1, kMaxHeads); !s.ok()) return s;
-  if (auto s = InRange("groups", groups, 1, kMaxWidth); !s.ok()) return s;
-  if (auto s = InRange("vocab_size", vocab_size, 2, kMaxVocab); !s.ok()) return s;  // BOS is 1
-  if (auto s = InRange("text_dim", text_dim, 1, kMaxTextDim); !s.ok()) return s;
-  if (auto s = InRange("text_layers", text_layers, 1, kMaxTextLayers); !s.ok()) return s;
-  if (auto s = InRange("text_heads", text_heads, 1, kMaxHeads); !s.ok()) return s;
-  if (auto s = InRange("text_seq_len", text_seq_len, 2, kMaxTextSeqLen); !s.ok()) return s;
-  if (auto s = InRange("diffusion_steps", diffusion_steps, 1, kMaxDiffusionSteps); !s.ok()) {
-    return s;
-  }
+  if (auto s = InRange("res_blocks", c.res_blocks, 1, kMaxResBlocks); !s.ok()) return s;
+  if (auto s = InRange("attention_heads", c.attention_heads, 1, kMaxHeads); !s.ok()) return s;
+  if (auto s = InRange("groups", c.groups, 1, kMaxWidth); !s.ok()) return s;
+  if (auto s = InRange("vocab_size", c.vocab_size, 2, kMaxVocab); !s.ok()) return s;  // BOS is 1
+  if (auto s = InRange("text_dim", c.text_dim, 1, kMaxTextDim); !s.ok()) return s;
+  if (auto s = InRange("text_layers", c.text_layers, 1, kMaxTextLayers); !s.ok()) return s;
+  if (auto s = InRange("text_heads", c.text_heads, 1, kMaxHeads); !s.ok()) return s;
+  if (auto s = InRange("text_seq_len", c.text_seq_len, 2, kMaxTextSeqLen); !s.ok()) return s;
+  return InRange("diffusion_steps", c.diffusion_steps, 1, kMaxDiffusionSteps);
+}
 
-  // Levels with attention: each in range, sorted, no repeats.
-  std::vector<int> sorted = attention_levels;
+// The levels with attention, sorted: each in range [0, levels), none repeated.
+absl::Status SortAttentionLevels(int levels, std::vector<int>* attention_levels) {
+  std::vector<int> sorted = *attention_levels;
   std::sort(sorted.begin(), sorted.end());
   for (size_t i = 0; i < sorted.size(); ++i) {
     if (sorted[i] < 0 || sorted[i] >= levels) {
@@ -115,38 +123,53 @@ absl::Status DiffusionConfig::Normalize() {
           absl::StrCat("attention_levels: level ", sorted[i], " is listed twice"));
     }
   }
-  attention_levels = sorted;
+  *attention_levels = std::move(sorted);
+  return absl::OkStatus();
+}
 
-  for (size_t i = 0; i < unet_widths.size(); ++i) {
-    if (unet_widths[i] % groups != 0) {
+// Group norms and heads divide the widths they split; the image halves at every level.
+absl::Status CheckDivisibility(const DiffusionConfig& c) {
+  const int levels = static_cast<int>(c.unet_widths.size());
+  for (size_t i = 0; i < c.unet_widths.size(); ++i) {
+    if (c.unet_widths[i] % c.groups != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "groups (", groups, ") must divide unet_widths[", i, "] (", unet_widths[i], ")"));
+          "groups (", c.groups, ") must divide unet_widths[", i, "] (", c.unet_widths[i], ")"));
     }
   }
-  if (text_dim % groups != 0) {
+  if (c.text_dim % c.groups != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("groups (", groups, ") must divide text_dim (", text_dim, ")"));
+        absl::StrCat("groups (", c.groups, ") must divide text_dim (", c.text_dim, ")"));
   }
   // Attention runs at the listed levels and always in the middle block (the last width).
-  std::vector<int> attended = attention_levels;
+  std::vector<int> attended = c.attention_levels;
   attended.push_back(levels - 1);
   for (int level : attended) {
-    if (unet_widths[level] % attention_heads != 0) {
+    if (c.unet_widths[level] % c.attention_heads != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "attention_heads (", attention_heads, ") must divide unet_widths[", level, "] (",
-          unet_widths[level], level == levels - 1 ? "), the width of the middle block" : ")"));
+          "attention_heads (", c.attention_heads, ") must divide unet_widths[", level, "] (",
+          c.unet_widths[level], level == levels - 1 ? "), the width of the middle block" : ")"));
     }
   }
-  if (text_dim % text_heads != 0) {
+  if (c.text_dim % c.text_heads != 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("text_heads (", text_heads, ") must divide text_dim (", text_dim, ")"));
+        absl::StrCat("text_heads (", c.text_heads, ") must divide text_dim (", c.text_dim, ")"));
   }
   const int64_t factor = int64_t{1} << (levels - 1);
-  if (image_size % factor != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("image_size (", image_size,
+  if (c.image_size % factor != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("image_size (", c.image_size,
                                                    ") must be divisible by 2^(levels-1) = ", factor,
                                                    " for ", levels, " U-Net levels"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status DiffusionConfig::Normalize() {
+  if (auto s = CheckSizes(*this); !s.ok()) return s;
+  const int levels = static_cast<int>(unet_widths.size());
+  if (auto s = SortAttentionLevels(levels, &attention_levels); !s.ok()) return s;
+  if (auto s = CheckDivisibility(*this); !s.ok()) return s;
   if (prediction != "eps" && prediction != "v") {
     return absl::InvalidArgumentError(
         absl::StrCat("prediction (\"", prediction, "\") must be \"eps\" or \"v\""));
@@ -209,102 +232,19 @@ int64_t DiffusionConfig::ParameterCount() const {
 }
 
 std::string DiffusionConfig::ToJson() const {
-  nlohmann::ordered_json j;
-  j["kind"] = "image";
-  j["architecture"] = "unet-cross-attention";
-  j["image_size"] = image_size;
-  j["channels"] = channels;
-  j["unet_widths"] = unet_widths;
-  j["res_blocks"] = res_blocks;
-  j["attention_levels"] = attention_levels;
-  j["attention_heads"] = attention_heads;
-  j["groups"] = groups;
-  j["vocab_size"] = vocab_size;
-  j["text_dim"] = text_dim;
-  j["text_layers"] = text_layers;
-  j["text_heads"] = text_heads;
-  j["text_seq_len"] = text_seq_len;
-  j["diffusion_steps"] = diffusion_steps;
-  j["prediction"] = prediction;
-  j["default_steps"] = default_steps;
-  j["default_guidance"] = ShortestDouble(default_guidance);
-  return j.dump(2);
+  DiffusionConfig c = *this;
+  return config_json::WriteFields(JsonFields(&c));
 }
 
 absl::StatusOr<DiffusionConfig> DiffusionConfig::FromJson(const std::string& json) {
-  nlohmann::json j;
-  if (auto s = ParseObject(json, &j); !s.ok()) return s;
-  if (auto s = CheckString(j, "kind", "image"); !s.ok()) return s;
-  if (auto s = CheckString(j, "architecture", "unet-cross-attention"); !s.ok()) return s;
-
   DiffusionConfig c;
-  // The shape of the network is required; the serving defaults and the prediction target are not.
-  for (auto [field, out, required] : {
-           std::make_tuple("image_size", &c.image_size, true),
-           std::make_tuple("channels", &c.channels, true),
-           std::make_tuple("res_blocks", &c.res_blocks, true),
-           std::make_tuple("attention_heads", &c.attention_heads, true),
-           std::make_tuple("groups", &c.groups, true),
-           std::make_tuple("vocab_size", &c.vocab_size, true),
-           std::make_tuple("text_dim", &c.text_dim, true),
-           std::make_tuple("text_layers", &c.text_layers, true),
-           std::make_tuple("text_heads", &c.text_heads, true),
-           std::make_tuple("text_seq_len", &c.text_seq_len, true),
-           std::make_tuple("diffusion_steps", &c.diffusion_steps, true),
-           std::make_tuple("default_steps", &c.default_steps, false),
-       }) {
-    if (auto s = GetInt(j, field, required, out); !s.ok()) return s;
-  }
-  if (auto s = GetIntList(j, "unet_widths", true, &c.unet_widths); !s.ok()) return s;
-  if (auto s = GetIntList(j, "attention_levels", true, &c.attention_levels); !s.ok()) return s;
-  if (auto s = GetString(j, "prediction", &c.prediction); !s.ok()) return s;
-  if (auto s = GetFloat(j, "default_guidance", &c.default_guidance); !s.ok()) return s;
+  nlohmann::json j;
+  if (auto s = config_json::ReadFields(json, JsonFields(&c), &j); !s.ok()) return s;
   if (j.find("default_steps") == j.end() && c.default_steps > c.diffusion_steps) {
     c.default_steps = c.diffusion_steps;  // the built-in default (50) suits T >= 50 only
   }
   if (auto s = c.Normalize(); !s.ok()) return s;
   return c;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Schedule (declared in diffusion_schedule.h).
-
-std::vector<double> CosineBetas(int diffusion_steps) {
-  const int T = diffusion_steps;
-  if (T <= 0) return {};
-  constexpr double kS = 0.008;
-  constexpr double kMaxBeta = 0.999;
-  const double half_pi = std::acos(-1.0) / 2;
-  auto f = [&](int t) {
-    const double c = std::cos((static_cast<double>(t) / T + kS) / (1 + kS) * half_pi);
-    return c * c;
-  };
-  std::vector<double> betas(T);
-  for (int t = 0; t < T; ++t) betas[t] = std::min(1.0 - f(t + 1) / f(t), kMaxBeta);
-  return betas;
-}
-
-std::vector<double> CosineAlphaBar(int diffusion_steps) {
-  std::vector<double> ab = CosineBetas(diffusion_steps);
-  double product = 1.0;
-  for (double& v : ab) {
-    product *= 1.0 - v;
-    v = product;
-  }
-  return ab;
-}
-
-std::vector<int> SamplingTimesteps(int diffusion_steps, int steps) {
-  const int64_t T = diffusion_steps;
-  if (steps < 1 || steps > T) return {};
-  if (steps == 1) return {static_cast<int>(T - 1)};
-  std::vector<int> out(steps);
-  const int64_t span = steps - 1;
-  for (int64_t i = 0; i < steps; ++i) {
-    // round((T-1) * (span-i) / span), half up, in integers.
-    out[i] = static_cast<int>(((T - 1) * (span - i) * 2 + span) / (2 * span));
-  }
-  return out;
 }
 
 }  // namespace tandem

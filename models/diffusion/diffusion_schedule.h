@@ -1,20 +1,12 @@
-// The diffusion model's noise schedule and sampler arithmetic, torch-free: the cosine schedule of
-// Nichol & Dhariwal (2021) over T training timesteps, the timesteps a sampler visits, and (for
-// tests) the entry points in diffusion_hooks.h.
+// The diffusion model's noise schedule, torch-free: the cosine schedule of Nichol & Dhariwal
+// (2021) over T training timesteps, and the timesteps a sampler visits. Pure functions.
 //
 // Timesteps are 0-based: timestep t in [0, T) is the state after t + 1 forward noising steps,
 // x_t = sqrt(ab[t]) x_0 + sqrt(1 - ab[t]) eps; "timestep -1" is the clean image (ab = 1).
-//
-// Implemented in diffusion_config.cc (tandem_diffusion_config).
 #ifndef TANDEM_MODELS_DIFFUSION_DIFFUSION_SCHEDULE_H_
 #define TANDEM_MODELS_DIFFUSION_DIFFUSION_SCHEDULE_H_
 
-#include <cstdint>
 #include <vector>
-
-#include "absl/status/status.h"
-#include "absl/types/span.h"
-#include "models/diffusion/diffusion_config.h"
 
 namespace tandem {
 

@@ -108,20 +108,19 @@ absl::StatusOr<std::unique_ptr<DiffusionTrainNet>> DiffusionTrainNet::Create(
   if (!checked.ok()) return checked.status();
   const DiffusionConfig& c = *checked;
   if (absl::Status s = diffusion_net::CheckWeights(c, weights); !s.ok()) return s;
-  return torch_util::CatchTorch(
-      "DiffusionTrainNet::Create", [&]() -> absl::StatusOr<std::unique_ptr<DiffusionTrainNet>> {
-        absl::StatusOr<torch::Device> dev = torch_util::ParseDevice(device);
-        if (!dev.ok()) return dev.status();
-        std::unique_ptr<DiffusionTrainNet> net(new DiffusionTrainNet(c, *dev));
+  return torch_util::CatchOnDevice(
+      "DiffusionTrainNet::Create", device,
+      [&](const torch::Device& dev) -> absl::StatusOr<std::unique_ptr<DiffusionTrainNet>> {
+        std::unique_ptr<DiffusionTrainNet> net(new DiffusionTrainNet(c, dev));
         absl::StatusOr<Weights> w = diffusion_net::LoadWeights(
-            c, weights, *dev, [&](const std::string& name, torch::Tensor& t) {
+            c, weights, dev, [&](const std::string& name, torch::Tensor& t) {
               t.requires_grad_(true);  // a leaf: the optimizer updates it in place
               net->params_.emplace_back(name, t);
             });
         if (!w.ok()) return w.status();
         net->w_ = std::make_unique<Weights>(*std::move(w));
         net->sinusoid_ =
-            diffusion_net::Sinusoid(c.diffusion_steps, c.unet_widths[0]).to(*dev);  // [T, W0]
+            diffusion_net::Sinusoid(c.diffusion_steps, c.unet_widths[0]).to(dev);  // [T, W0]
         return net;
       });
 }
@@ -169,7 +168,7 @@ torch::Tensor DiffusionTrainNet::Forward(const torch::Tensor& x_t, const torch::
                                  text);  // [B, C, H, W]
 }
 
-DiffusionTrainNet::TensorMap DiffusionTrainNet::ExportWeights() const {
+TensorMap DiffusionTrainNet::ExportWeights() const {
   torch::NoGradGuard no_grad;
   TensorMap out;
   for (const auto& [name, p] : params_) out.emplace(name, torch_util::FromFloatTensor(p.detach()));

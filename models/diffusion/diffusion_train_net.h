@@ -16,7 +16,6 @@
 #include <torch/torch.h>
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -34,8 +33,6 @@ struct Weights;
 
 class DiffusionTrainNet {
  public:
-  using TensorMap = std::map<std::string, TensorData>;
-
   // Parameters on `device` ("cpu", "cuda:N") from `weights` (every tensor of the config with its
   // shape: INVALID_ARGUMENT naming the first missing, misshapen or unexpected one).
   static absl::StatusOr<std::unique_ptr<DiffusionTrainNet>> Create(const DiffusionConfig& config,

@@ -6,7 +6,10 @@
 #include <cstdlib>
 #include <limits>
 #include <system_error>
+#include <type_traits>
 #include <utility>
+#include <variant>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -124,6 +127,55 @@ absl::Status CheckString(const nlohmann::json& j, const char* field, const char*
     return absl::InvalidArgumentError(
         absl::StrCat(field, " must be \"", expected, "\", got ", it->dump()));
   }
+  return absl::OkStatus();
+}
+
+std::string WriteFields(const std::vector<Field>& fields) {
+  nlohmann::ordered_json j;
+  for (const Field& f : fields) {
+    std::visit(
+        [&](auto* value) {
+          using T = std::remove_const_t<std::remove_pointer_t<decltype(value)>>;
+          if constexpr (std::is_same_v<T, char>) {
+            j[f.name] = value;  // a constant
+          } else if constexpr (std::is_same_v<T, float>) {
+            j[f.name] = ShortestDouble(*value);
+          } else {
+            j[f.name] = *value;
+          }
+        },
+        f.value);
+  }
+  return j.dump(2);
+}
+
+absl::Status ReadFields(const std::string& json, const std::vector<Field>& fields,
+                        nlohmann::json* parsed) {
+  nlohmann::json j;
+  if (absl::Status s = ParseObject(json, &j); !s.ok()) return s;
+  for (const Field& f : fields) {
+    absl::Status s = std::visit(
+        [&](auto* value) -> absl::Status {
+          using T = std::remove_const_t<std::remove_pointer_t<decltype(value)>>;
+          if constexpr (std::is_same_v<T, char>) {
+            return CheckString(j, f.name, value);
+          } else if constexpr (std::is_same_v<T, int>) {
+            return GetInt(j, f.name, f.required, value);
+          } else if constexpr (std::is_same_v<T, std::vector<int>>) {
+            return GetIntList(j, f.name, f.required, value);
+          } else if constexpr (std::is_same_v<T, float>) {
+            return GetFloat(j, f.name, value);
+          } else if constexpr (std::is_same_v<T, bool>) {
+            return GetBool(j, f.name, value);
+          } else {
+            static_assert(std::is_same_v<T, std::string>);
+            return GetString(j, f.name, value);
+          }
+        },
+        f.value);
+    if (!s.ok()) return s;
+  }
+  if (parsed != nullptr) *parsed = std::move(j);
   return absl::OkStatus();
 }
 

@@ -32,8 +32,12 @@ struct TensorData {
   static TensorData F32(std::vector<int64_t> shape, const float* values);
 };
 
+// Tensors by name: a safetensors file's contents, a model's weights, an optimizer's state. The one
+// declaration every layer uses.
+using TensorMap = std::map<std::string, TensorData>;
+
 struct SafetensorsFile {
-  std::map<std::string, TensorData> tensors;
+  TensorMap tensors;
   std::map<std::string, std::string> metadata;  // the "__metadata__" entry
 };
 

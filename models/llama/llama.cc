@@ -45,14 +45,11 @@
 #include "models/torch/torch_util.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <string>
@@ -63,14 +60,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 
 namespace tandem {
 namespace {
 
 using torch_util::FromFloatTensor;
-using torch_util::Numel;
 using torch_util::RunTorch;
 using torch_util::ToFloatTensor;
 
@@ -120,26 +115,13 @@ namespace {
 
 std::vector<NamedShape> ExpectedTensors(const LlamaConfig& c) { return LlamaTensorShapes(c); }
 
-// The checks of LlamaConfig::Normalize plus what this implementation needs.
+// The config after LlamaConfig::Normalize, whose checks (sizes, divisibility, an even head_dim
+// for RoPE) are all this implementation needs.
 absl::StatusOr<LlamaConfig> CheckedConfig(const LlamaConfig& config) {
   LlamaConfig c = config;
   if (absl::Status s = c.Normalize(); !s.ok()) return s;
-  if (c.dim <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.n_layers <= 0 || c.hidden_dim <= 0 ||
-      c.vocab_size <= 0 || c.seq_len <= 0) {
-    return absl::InvalidArgumentError("llama config: every size must be positive");
-  }
-  if (c.dim % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "llama config: need dim % n_heads == 0 and n_heads % n_kv_heads == 0, got dim ", c.dim,
-        ", n_heads ", c.n_heads, ", n_kv_heads ", c.n_kv_heads));
-  }
-  if (c.head_dim() % 2 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("llama config: rotary embedding needs an even head_dim, got ", c.head_dim()));
-  }
   return c;
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Weights and run state.
@@ -447,6 +429,12 @@ class LlamaModel final : public TextModel {
   torch::Tensor TokensTensor(absl::Span<const int32_t> tokens) const;
   absl::Status CheckTokens(absl::Span<const int32_t> tokens) const;
   absl::Status CheckSlot(int slot) const;
+  // The additive mask of a decode step on the ATen path: row i's kv heads see positions up to
+  // positions[i] of [0, length): [b*KV, 1, length] on the device.
+  torch::Tensor DecodeMask(const int64_t* positions, int64_t b, int64_t length) const;
+  // Decode's slots: acquired, distinct, each with room for one more position. The highest
+  // physical row among them and the longest length after the step.
+  absl::Status CheckDecodeSlots(absl::Span<const int> slots, int* max_row, int* max_length) const;
 
   const LlamaConfig config_;
   const torch::Device device_;
@@ -685,17 +673,20 @@ absl::Status LlamaModel::Forward(absl::Span<const int32_t> tokens, std::vector<f
   });
 }
 
-absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
-                                float* logits) {
-  if (slots.size() != tokens.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Decode: ", slots.size(), " slots but ", tokens.size(), " tokens"));
+torch::Tensor LlamaModel::DecodeMask(const int64_t* positions, int64_t b, int64_t length) const {
+  const int64_t kv = kv_heads_;
+  torch::Tensor mask = torch::zeros({b * kv, 1, length});  // [b*KV, 1, L]
+  float* m = mask.data_ptr<float>();
+  for (int64_t r = 0; r < b * kv; ++r) {
+    std::fill(m + r * length + positions[r / kv] + 1, m + (r + 1) * length,
+              -std::numeric_limits<float>::infinity());
   }
-  if (slots.empty()) return absl::OkStatus();
-  if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
-  const int64_t b = slots.size(), kv = kv_heads_, g = group_, hd = head_dim_;
+  return mask.to(device_);
+}
+
+absl::Status LlamaModel::CheckDecodeSlots(absl::Span<const int> slots, int* max_row,
+                                          int* max_length) const {
   std::vector<bool> seen(max_slots_, false);
-  int max_row = 0, max_length = 0;
   for (int slot : slots) {
     if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
     if (seen[slot]) {
@@ -708,9 +699,23 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
           absl::StrCat("context overflow: slot ", slot, " holds ", length,
                        " positions, one more would exceed seq_len ", config_.seq_len));
     }
-    max_row = std::max(max_row, row);
-    max_length = std::max(max_length, length + 1);
+    *max_row = std::max(*max_row, row);
+    *max_length = std::max(*max_length, length + 1);
   }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                                float* logits) {
+  if (slots.size() != tokens.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Decode: ", slots.size(), " slots but ", tokens.size(), " tokens"));
+  }
+  if (slots.empty()) return absl::OkStatus();
+  if (absl::Status s = CheckTokens(tokens); !s.ok()) return s;
+  int max_row = 0, max_length = 0;
+  if (absl::Status s = CheckDecodeSlots(slots, &max_row, &max_length); !s.ok()) return s;
+  const int64_t b = slots.size(), kv = kv_heads_, g = group_, hd = head_dim_;
   // Distinct rows all below b are exactly the rows [0, b): compute in physical-row order, so that
   // the ATen path attends over views of the cache. Otherwise (a subset of the active rows)
   // compute in caller order, gathering the rows.
@@ -732,17 +737,8 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
       host[b + at] = state_.row_length[row];
       host[2 * b + at] = row;
     }
-    // Additive mask for the ATen path: computed row i sees positions <= its own: [b*KV, 1, L].
-    torch::Tensor dev_mask;
-    if (!loops) {
-      torch::Tensor mask = torch::zeros({b * kv, 1, length});
-      float* m = mask.data_ptr<float>();
-      for (int64_t r = 0; r < b * kv; ++r) {
-        std::fill(m + r * length + host[b + r / kv] + 1, m + (r + 1) * length,
-                  -std::numeric_limits<float>::infinity());
-      }
-      dev_mask = mask.to(device_);
-    }
+    const torch::Tensor dev_mask =
+        loops ? torch::Tensor() : DecodeMask(host + b, b, length);  // [b*KV, 1, L]
     const torch::Tensor dev_index = index.to(device_);  // [3, b]
     const torch::Tensor token_ids = dev_index[0], positions = dev_index[1], rows = dev_index[2];
     const torch::Tensor rope =
@@ -805,21 +801,21 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
                                : "");
       });
   if (!shapes.ok()) return shapes;
-  return RunTorch("CreateLlamaModel", [&]() -> absl::StatusOr<std::unique_ptr<TextModel>> {
-    absl::StatusOr<torch::Device> device = torch_util::ParseDevice(options.device);
-    if (!device.ok()) return device.status();
-    std::map<std::string, torch::Tensor> tensors;
-    int64_t parameters = 0;
-    for (const NamedShape& e : expected) {
-      absl::StatusOr<torch::Tensor> t = ToFloatTensor(e.name, weights.at(e.name));
-      if (!t.ok()) return t.status();
-      parameters += t->numel();
-      tensors.emplace(e.name, *std::move(t));
-    }
-    auto model = std::make_unique<LlamaModel>(c, *device, options.max_slots, parameters);
-    model->Load(tensors);
-    return std::unique_ptr<TextModel>(std::move(model));
-  });
+  return torch_util::RunOnDevice(
+      "CreateLlamaModel", options.device,
+      [&](const torch::Device& device) -> absl::StatusOr<std::unique_ptr<TextModel>> {
+        std::map<std::string, torch::Tensor> tensors;
+        int64_t parameters = 0;
+        for (const NamedShape& e : expected) {
+          absl::StatusOr<torch::Tensor> t = ToFloatTensor(e.name, weights.at(e.name));
+          if (!t.ok()) return t.status();
+          parameters += t->numel();
+          tensors.emplace(e.name, *std::move(t));
+        }
+        auto model = std::make_unique<LlamaModel>(c, device, options.max_slots, parameters);
+        model->Load(tensors);
+        return std::unique_ptr<TextModel>(std::move(model));
+      });
 }
 
 absl::StatusOr<TensorMap> RandomLlamaWeights(const LlamaConfig& config, uint64_t seed) {
@@ -840,104 +836,6 @@ absl::StatusOr<TensorMap> RandomLlamaWeights(const LlamaConfig& config, uint64_t
     }
     return out;
   });
-}
-
-absl::StatusOr<TensorMap> ReadLlama2cCheckpoint(const std::string& path, LlamaConfig* config) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
-    return absl::NotFoundError(absl::StrCat("no llama2.c checkpoint at ", path));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::PermissionDeniedError(absl::StrCat("cannot open ", path));
-  in.seekg(0, std::ios::end);
-  const int64_t file_size = static_cast<int64_t>(in.tellg());
-  in.seekg(0, std::ios::beg);
-  int32_t raw[7];
-  if (file_size < static_cast<int64_t>(sizeof(raw)) ||
-      !in.read(reinterpret_cast<char*>(raw), sizeof(raw))) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": ", file_size, " bytes, shorter than a llama2.c header"));
-  }
-  const std::vector<int32_t> header(raw, raw + 7);
-  const int64_t dim = header[0], hidden = header[1], n_layers = header[2], n_heads = header[3],
-                n_kv_heads = header[4], seq_len = header[6];
-  const bool shared = header[5] > 0;  // a negative vocab_size: an untied classifier follows
-  const int64_t vocab = std::abs(static_cast<int64_t>(header[5]));
-  constexpr int64_t kMax = int64_t{1} << 20;  // keeps every size product below 2^63
-  for (int64_t v : {dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len}) {
-    if (v <= 0 || v > kMax) {
-      return absl::DataLossError(
-          absl::StrCat(path, ": implausible llama2.c header [", absl::StrJoin(header, ", "), "]"));
-    }
-  }
-  if (dim % n_heads != 0 || n_heads % n_kv_heads != 0 || (dim / n_heads) % 2 != 0) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": inconsistent llama2.c header [", absl::StrJoin(header, ", "), "]"));
-  }
-  const int64_t hd = dim / n_heads, kv_dim = n_kv_heads * hd;
-  // Floats in run.c's order (memory_map_weights), counted in 128 bits.
-  const __int128 layer_floats =
-      dim + dim * dim + 2 * kv_dim * dim + dim * dim + dim + 3 * hidden * dim;  // one layer, < 2^44
-  const __int128 floats =
-      vocab * dim + layer_floats * n_layers + dim + seq_len * hd + (shared ? 0 : vocab * dim);
-  const __int128 expected_size = static_cast<__int128>(sizeof(raw)) + 4 * floats;
-  if (file_size != expected_size) {
-    return absl::DataLossError(absl::StrCat(path, ": ", file_size,
-                                            " bytes, but a llama2.c checkpoint with header [",
-                                            absl::StrJoin(header, ", "), "] has ",
-                                            expected_size <= std::numeric_limits<int64_t>::max()
-                                                ? absl::StrCat(static_cast<int64_t>(expected_size))
-                                                : std::string("over 2^63"),
-                                            " (truncated, or not a llama2.c legacy checkpoint)"));
-  }
-
-  TensorMap out;
-  // Reads count floats into one tensor of the given shape.
-  auto read = [&](std::vector<int64_t> shape) -> TensorData {
-    TensorData t;
-    t.dtype = DType::kF32;
-    t.bytes.resize(Numel(shape) * sizeof(float));
-    in.read(t.bytes.data(), t.bytes.size());
-    t.shape = std::move(shape);
-    return t;
-  };
-  // Reads one [n_layers, rows, cols] block into per-layer tensors.
-  auto read_layers = [&](const char* suffix, std::vector<int64_t> shape) {
-    for (int64_t l = 0; l < n_layers; ++l) out[LayerName(l, suffix)] = read(shape);
-  };
-  out["tok_embeddings.weight"] = read({vocab, dim});
-  read_layers("attention_norm.weight", {dim});
-  read_layers("attention.wq.weight", {dim, dim});
-  read_layers("attention.wk.weight", {kv_dim, dim});
-  read_layers("attention.wv.weight", {kv_dim, dim});
-  read_layers("attention.wo.weight", {dim, dim});
-  read_layers("ffn_norm.weight", {dim});
-  read_layers("feed_forward.w1.weight", {hidden, dim});
-  read_layers("feed_forward.w2.weight", {dim, hidden});
-  read_layers("feed_forward.w3.weight", {hidden, dim});
-  out["norm.weight"] = read({dim});
-  in.seekg(static_cast<std::streamoff>(seq_len * hd * sizeof(float)), std::ios::cur);  // freq_cis
-  if (!shared) out["output.weight"] = read({vocab, dim});
-  if (!in) return absl::DataLossError(absl::StrCat(path, ": read failed"));
-
-  LlamaConfig c;
-  c.dim = static_cast<int>(dim);
-  c.hidden_dim = static_cast<int>(hidden);
-  c.n_layers = static_cast<int>(n_layers);
-  c.n_heads = static_cast<int>(n_heads);
-  c.n_kv_heads = static_cast<int>(n_kv_heads);
-  c.vocab_size = static_cast<int>(vocab);
-  c.seq_len = static_cast<int>(seq_len);
-  c.norm_eps = 1e-5f;
-  c.rope_theta = 10000.0f;
-  c.tie_embeddings = shared;
-  c.bos_id = 1;
-  c.eos_id = 2;
-  if (absl::Status s = c.Normalize(); !s.ok()) {
-    return absl::DataLossError(absl::StrCat(path, ": ", s.message()));
-  }
-  *config = c;
-  return out;
 }
 
 }  // namespace tandem

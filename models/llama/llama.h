@@ -1,5 +1,6 @@
-// Factories for the LibTorch Llama implementation of TextModel, random initialisation, and the
-// llama2.c checkpoint reader. Torch-free header: callers never see torch types.
+// Factories for the LibTorch Llama implementation of TextModel, and random initialisation.
+// Torch-free header: callers never see torch types. (llama2.c checkpoints are read by
+// models/formats/llama2c.h, under these names.)
 //
 // Weight names (safetensors, as in Meta's / llama2.c's model.py):
 //   tok_embeddings.weight [vocab, dim]
@@ -18,7 +19,6 @@
 #define TANDEM_MODELS_LLAMA_LLAMA_H_
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,8 +34,6 @@ struct TextModelOptions {
   std::string device = "cpu";  // "cpu" or "cuda:N"
   int max_slots = 32;          // concurrent sequences (KV caches are preallocated for all)
 };
-
-using TensorMap = std::map<std::string, TensorData>;
 
 struct LlamaTensorShape {
   std::string name;
@@ -53,10 +51,6 @@ absl::StatusOr<std::unique_ptr<TextModel>> CreateLlamaModel(const LlamaConfig& c
 // Fresh weights: normal(0, 0.02) matrices (output projections scaled by 1/sqrt(2*n_layers)),
 // norms at 1. Deterministic in `seed`.
 absl::StatusOr<TensorMap> RandomLlamaWeights(const LlamaConfig& config, uint64_t seed);
-
-// Reads a llama2.c legacy checkpoint (seven int32 header fields, then float32 weights in run.c's
-// order; a negative vocab_size means an untied classifier follows). Fills *config.
-absl::StatusOr<TensorMap> ReadLlama2cCheckpoint(const std::string& path, LlamaConfig* config);
 
 }  // namespace tandem
 

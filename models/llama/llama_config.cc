@@ -1,31 +1,17 @@
 #include "models/llama/llama_config.h"
 
-#include <charconv>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <limits>
 #include <string>
-#include <system_error>
-#include <tuple>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "models/formats/config_json.h"
-#include "nlohmann/json.hpp"
 
 namespace tandem {
 namespace {
-
-using config_json::CheckString;
-using config_json::GetBool;
-using config_json::GetFloat;
-using config_json::GetInt;
-using config_json::GetIntList;
-using config_json::GetString;
-using config_json::ParseObject;
-using config_json::ShortestDouble;
 
 // Upper bounds that catch corrupt or mistyped configs long before they turn into absurd
 // allocations; real models sit orders of magnitude below them.
@@ -81,8 +67,27 @@ absl::Status AtMost(const char* field, int64_t value, int64_t limit) {
   return absl::OkStatus();
 }
 
-// A float written as its shortest round-tripping decimal (1e-05, not 9.99999974738e-06), so
-// config.json stays readable and reading it back gives the identical float.
+// config.json's fields, in the order ToJson writes them. The sizes are required; 0 for hidden_dim
+// or n_kv_heads asks Normalize to derive them.
+std::vector<config_json::Field> JsonFields(LlamaConfig* c) {
+  return {
+      {"architecture", "llama"},
+      {"kind", "text"},
+      {"dim", &c->dim, true},
+      {"hidden_dim", &c->hidden_dim},
+      {"n_layers", &c->n_layers, true},
+      {"n_heads", &c->n_heads, true},
+      {"n_kv_heads", &c->n_kv_heads},
+      {"vocab_size", &c->vocab_size, true},
+      {"seq_len", &c->seq_len, true},
+      {"norm_eps", &c->norm_eps},
+      {"rope_theta", &c->rope_theta},
+      {"tie_embeddings", &c->tie_embeddings},
+      {"bos_id", &c->bos_id},
+      {"eos_id", &c->eos_id},
+  };
+}
+
 }  // namespace
 
 absl::Status LlamaConfig::Normalize() {
@@ -167,47 +172,13 @@ double LlamaConfig::FlopsPerToken(int pos) const {
 }
 
 std::string LlamaConfig::ToJson() const {
-  nlohmann::ordered_json j;
-  j["architecture"] = "llama";
-  j["kind"] = "text";
-  j["dim"] = dim;
-  j["hidden_dim"] = hidden_dim;
-  j["n_layers"] = n_layers;
-  j["n_heads"] = n_heads;
-  j["n_kv_heads"] = n_kv_heads;
-  j["vocab_size"] = vocab_size;
-  j["seq_len"] = seq_len;
-  j["norm_eps"] = ShortestDouble(norm_eps);
-  j["rope_theta"] = ShortestDouble(rope_theta);
-  j["tie_embeddings"] = tie_embeddings;
-  j["bos_id"] = bos_id;
-  j["eos_id"] = eos_id;
-  return j.dump(2);
+  LlamaConfig c = *this;
+  return config_json::WriteFields(JsonFields(&c));
 }
 
 absl::StatusOr<LlamaConfig> LlamaConfig::FromJson(const std::string& json) {
-  nlohmann::json j;
-  if (auto s = ParseObject(json, &j); !s.ok()) return s;
-  if (auto s = CheckString(j, "architecture", "llama"); !s.ok()) return s;
-  if (auto s = CheckString(j, "kind", "text"); !s.ok()) return s;
-
   LlamaConfig c;
-  for (auto [field, out, required] : {
-           std::make_tuple("dim", &c.dim, true),
-           std::make_tuple("hidden_dim", &c.hidden_dim, false),
-           std::make_tuple("n_layers", &c.n_layers, true),
-           std::make_tuple("n_heads", &c.n_heads, true),
-           std::make_tuple("n_kv_heads", &c.n_kv_heads, false),
-           std::make_tuple("vocab_size", &c.vocab_size, true),
-           std::make_tuple("seq_len", &c.seq_len, true),
-           std::make_tuple("bos_id", &c.bos_id, false),
-           std::make_tuple("eos_id", &c.eos_id, false),
-       }) {
-    if (auto s = GetInt(j, field, required, out); !s.ok()) return s;
-  }
-  if (auto s = GetFloat(j, "norm_eps", &c.norm_eps); !s.ok()) return s;
-  if (auto s = GetFloat(j, "rope_theta", &c.rope_theta); !s.ok()) return s;
-  if (auto s = GetBool(j, "tie_embeddings", &c.tie_embeddings); !s.ok()) return s;
+  if (auto s = config_json::ReadFields(json, JsonFields(&c)); !s.ok()) return s;
   if (auto s = c.Normalize(); !s.ok()) return s;
   return c;
 }

@@ -16,11 +16,10 @@ absl::StatusOr<std::unique_ptr<LlamaTrainNet>> LlamaTrainNet::Create(const Llama
                                                                      const std::string& device) {
   LlamaConfig c = config;
   if (absl::Status s = c.Normalize(); !s.ok()) return s;
-  return torch_util::CatchTorch(
-      "LlamaTrainNet::Create", [&]() -> absl::StatusOr<std::unique_ptr<LlamaTrainNet>> {
-        absl::StatusOr<torch::Device> dev = torch_util::ParseDevice(device);
-        if (!dev.ok()) return dev.status();
-        std::unique_ptr<LlamaTrainNet> net(new LlamaTrainNet(c, *dev));
+  return torch_util::CatchOnDevice(
+      "LlamaTrainNet::Create", device,
+      [&](const torch::Device& dev) -> absl::StatusOr<std::unique_ptr<LlamaTrainNet>> {
+        std::unique_ptr<LlamaTrainNet> net(new LlamaTrainNet(c, dev));
         for (const LlamaTensorShape& e : LlamaTensorShapes(c)) {
           auto it = weights.find(e.name);
           if (it == weights.end()) {
@@ -33,7 +32,7 @@ absl::StatusOr<std::unique_ptr<LlamaTrainNet>> LlamaTrainNet::Create(const Llama
           }
           absl::StatusOr<torch::Tensor> t = torch_util::ToFloatTensor(e.name, it->second);
           if (!t.ok()) return t.status();
-          torch::Tensor p = t->to(*dev).set_requires_grad(true);
+          torch::Tensor p = t->to(dev).set_requires_grad(true);
           net->params_.emplace_back(e.name, p);
           net->by_name_.emplace(e.name, p);
         }
@@ -45,8 +44,8 @@ absl::StatusOr<std::unique_ptr<LlamaTrainNet>> LlamaTrainNet::Create(const Llama
             c.rope_theta, -torch::arange(0, hd, 2, torch::kFloat64) / static_cast<double>(hd));
         const torch::Tensor angle =
             torch::outer(torch::arange(c.seq_len, torch::kFloat64), inv_freq);  // [S, hd/2]
-        net->cos_ = angle.cos().to(torch::kFloat32).to(*dev);
-        net->sin_ = angle.sin().to(torch::kFloat32).to(*dev);
+        net->cos_ = angle.cos().to(torch::kFloat32).to(dev);
+        net->sin_ = angle.sin().to(torch::kFloat32).to(dev);
         return net;
       });
 }
@@ -114,7 +113,7 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens) const {
   return torch::linear(x, out);  // [B, T, vocab]
 }
 
-LlamaTrainNet::TensorMap LlamaTrainNet::ExportWeights() const {
+TensorMap LlamaTrainNet::ExportWeights() const {
   TensorMap out;
   torch::NoGradGuard no_grad;
   for (const auto& [name, p] : params_) out[name] = torch_util::FromFloatTensor(p.detach());

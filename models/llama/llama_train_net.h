@@ -25,8 +25,6 @@ namespace tandem {
 
 class LlamaTrainNet {
  public:
-  using TensorMap = std::map<std::string, TensorData>;
-
   // Parameters on `device` from `weights` (every tensor of the config, with its shape:
   // INVALID_ARGUMENT naming the first wrong one).
   static absl::StatusOr<std::unique_ptr<LlamaTrainNet>> Create(const LlamaConfig& config,

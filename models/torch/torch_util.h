@@ -12,6 +12,7 @@
 #include <map>
 #include <new>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -72,6 +73,29 @@ inline absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
   return device;
 }
 
+// The torch half of a factory that builds on a named device: build(const torch::Device&) under
+// CatchTorch (training nets: autograd stays on) or RunTorch (serving models), after ParseDevice
+// (whose errors it returns).
+template <typename Build>
+auto CatchOnDevice(const char* what, const std::string& device, Build&& build)
+    -> decltype(build(std::declval<const torch::Device&>())) {
+  using Result = decltype(build(std::declval<const torch::Device&>()));
+  return CatchTorch(what, [&]() -> Result {
+    absl::StatusOr<torch::Device> d = ParseDevice(device);
+    if (!d.ok()) return d.status();
+    return build(*d);
+  });
+}
+template <typename Build>
+auto RunOnDevice(const char* what, const std::string& device, Build&& build)
+    -> decltype(build(std::declval<const torch::Device&>())) {
+  using Result = decltype(build(std::declval<const torch::Device&>()));
+  return CatchOnDevice(what, device, [&](const torch::Device& d) -> Result {
+    c10::InferenceMode inference_mode;
+    return build(d);
+  });
+}
+
 inline std::string ShapeString(absl::Span<const int64_t> shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -88,7 +112,7 @@ inline int64_t Numel(absl::Span<const int64_t> shape) {
 // unexpected_note(name) where given (why that tensor does not belong).
 template <typename NamedShapes>
 absl::Status CheckTensorShapes(
-    const NamedShapes& expected, const std::map<std::string, TensorData>& weights,
+    const NamedShapes& expected, const TensorMap& weights,
     const std::function<std::string(const std::string& name)>& unexpected_note = nullptr) {
   for (const auto& e : expected) {
     auto it = weights.find(e.name);

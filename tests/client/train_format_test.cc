@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "tests/testing/base/matchers.h"
 
 namespace tandem::client {
 namespace {
@@ -16,11 +17,7 @@ using tandem::v1::TrainJob;
 using tandem::v1::TrainJobSpec;
 using tandem::v1::TrainMetrics;
 
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part
-                                       << "\"";
-}
+using testing::Contains;
 
 TEST(TrainSpecJson, ParsesProtoAndCamelCaseNamesAndEnums) {
   absl::StatusOr<TrainJobSpec> spec = ParseTrainJobSpecJson(R"({

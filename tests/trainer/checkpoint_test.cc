@@ -14,18 +14,17 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "models/model_dir.h"
 #include "models/formats/safetensors.h"
+#include "models/model_dir.h"
+#include "tests/testing/base/files.h"
+#include "tests/testing/base/matchers.h"
 
 namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
 
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
-}
+using testing::Contains;
 
 // A checkpoint whose every value depends on `step` and `salt`.
 Checkpoint MakeCheckpoint(int64_t step, float salt = 0) {
@@ -52,8 +51,7 @@ Checkpoint MakeCheckpoint(int64_t step, float salt = 0) {
   return c;
 }
 
-void ExpectSameTensors(const std::map<std::string, TensorData>& got,
-                       const std::map<std::string, TensorData>& want) {
+void ExpectSameTensors(const TensorMap& got, const TensorMap& want) {
   ASSERT_EQ(got.size(), want.size());
   for (const auto& [name, t] : want) {
     auto it = got.find(name);
@@ -64,21 +62,15 @@ void ExpectSameTensors(const std::map<std::string, TensorData>& got,
   }
 }
 
-class CheckpointTest : public ::testing::Test {
+// dir_ does not exist at the start of a test: WriteCheckpoint creates it.
+class CheckpointTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = absl::StrCat(::testing::TempDir(), "/tandem_checkpoint_", getpid(), "_",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  CheckpointTest() : TempDirTest(/*create_dir=*/false) {}
 
   std::string Folder(const std::string& name) const { return dir_ + "/" + name; }
   void Write(int64_t step, float salt = 0) {
     ASSERT_TRUE(WriteCheckpoint(dir_, MakeCheckpoint(step, salt)).ok()) << step;
   }
-
-  std::string dir_;
 };
 
 TEST_F(CheckpointTest, RoundTripIsExact) {

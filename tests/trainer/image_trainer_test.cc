@@ -5,7 +5,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -21,12 +20,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "models/diffusion/diffusion_config.h"
-#include "models/diffusion/diffusion_hooks.h"
+#include "models/diffusion/diffusion_model.h"
 #include "models/diffusion/diffusion_schedule.h"
 #include "models/diffusion/diffusion_train_net.h"
+#include "models/formats/png.h"
 #include "models/image_model.h"
 #include "models/model_dir.h"
-#include "models/formats/png.h"
+#include "tests/testing/base/files.h"
+#include "tests/testing/base/tiny_configs.h"
 #include "trainer/checkpoint.h"
 #include "trainer/train_options.h"
 #include "trainer/trainer.h"
@@ -38,40 +39,17 @@ namespace fs = std::filesystem;
 
 constexpr char kFashionMnist[] = "/usr/share/datasets/fashion-mnist";
 
-// A fresh folder under the test temp dir, removed at the end.
-class TempDir {
- public:
-  explicit TempDir(const std::string& name)
-      : path_(
-            (fs::path(::testing::TempDir()) / absl::StrCat("image_trainer_", name, "_", ::getpid()))
-                .string()) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& child) const { return path_ + "/" + child; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 // Grey 12x12, two levels, attention at full resolution and in the middle, two res blocks.
 DiffusionConfig NetConfig() {
-  DiffusionConfig c;
+  DiffusionConfig c = testing::TinyDiffusionShape();
   c.image_size = 12;
   c.channels = 1;
-  c.unet_widths = {8, 16};
   c.res_blocks = 2;
   c.attention_levels = {0};
-  c.attention_heads = 2;
-  c.groups = 4;
-  c.vocab_size = 64;
-  c.text_dim = 16;
   c.text_layers = 2;
-  c.text_heads = 2;
   c.text_seq_len = 6;
-  c.diffusion_steps = 100;
   EXPECT_TRUE(c.Normalize().ok());
   return c;
 }
@@ -87,7 +65,8 @@ TEST(DiffusionTrainNetTest, ForwardMatchesServing) {
     ASSERT_TRUE(weights.ok()) << weights.status();
     ImageModelOptions mo;
     mo.max_samples = 4;
-    absl::StatusOr<std::unique_ptr<ImageModel>> model = CreateDiffusionModel(config, *weights, mo);
+    absl::StatusOr<std::unique_ptr<DiffusionModel>> model =
+        DiffusionModel::Create(config, *weights, mo);
     ASSERT_TRUE(model.ok()) << model.status();
     absl::StatusOr<std::unique_ptr<DiffusionTrainNet>> net =
         DiffusionTrainNet::Create(config, *weights, "cpu");
@@ -99,10 +78,8 @@ TEST(DiffusionTrainNetTest, ForwardMatchesServing) {
     const std::vector<int64_t> t = {0, 17, 63, 99};
     const std::vector<std::vector<int32_t>> captions = {
         {}, {5, 9}, {3, 0, 7}, {2, 4, 6, 8, 10, 12, 14, 16, 18}};
-    std::vector<float> served;
-    ASSERT_TRUE(DiffusionModelOutput(**model, {x.data_ptr<float>(), size_t(x.numel())}, t, captions,
-                                     &served)
-                    .ok());
+    const absl::StatusOr<torch::Tensor> served = (*model)->RawOutput(x, t, captions);
+    ASSERT_TRUE(served.ok()) << served.status();
     const torch::Tensor ids = DiffusionTrainNet::CaptionIds(captions, config.text_seq_len);
     EXPECT_EQ(ids[0][0].item<int64_t>(), 1);   // BOS
     EXPECT_EQ(ids[0][1].item<int64_t>(), 0);   // padding
@@ -110,7 +87,7 @@ TEST(DiffusionTrainNetTest, ForwardMatchesServing) {
     const torch::Tensor out =
         (*net)->Forward(x, torch::tensor(t, torch::kInt64), ids);  // [R, C, H, W]
     ASSERT_EQ(out.sizes(), x.sizes());
-    const torch::Tensor expected = torch::from_blob(served.data(), x.sizes()).clone();
+    const torch::Tensor expected = served->to(torch::kCPU).clone();
     const double diff = (out.detach() - expected).abs().max().item<double>();
     EXPECT_LT(diff, 1e-4) << "max |train - serve| = " << diff;
     EXPECT_GT(expected.abs().max().item<double>(), 0.1);  // not trivially zero
@@ -248,7 +225,7 @@ double Mean(const std::vector<double>& v, size_t from, size_t to) {
 // Overfitting 8 images: the loss falls well below where it starts; then the model exports as a
 // servable directory and evaluation draws a grid of its samples.
 TEST(ImageTrainerTest, LossFallsOnTinyFolderAndExports) {
-  TempDir dir("overfit");
+  TempDir dir("image_trainer_overfit");
   const TrainOptions options = TinyOptions(WriteTinyFolder(dir), 16);
   std::unique_ptr<Trainer> trainer = MakeTrainer(options, dir / "work", dir / "ckpt");
   ASSERT_NE(trainer, nullptr);
@@ -298,7 +275,7 @@ TEST(ImageTrainerTest, LossFallsOnTinyFolderAndExports) {
 // Training 6 steps straight gives exactly the losses of 3 steps, a checkpoint, a new trainer
 // restored from it, and 3 more steps (v-prediction, gradient accumulation).
 TEST(ImageTrainerTest, RestoredRunContinuesWithEqualLosses) {
-  TempDir dir("restore");
+  TempDir dir("image_trainer_restore");
   TrainOptions options = TinyOptions(WriteTinyFolder(dir), 16);
   options.hyper.steps = 6;
   options.hyper.batch_size = 3;
@@ -347,7 +324,7 @@ TEST(ImageTrainerTest, EvaluatesFashionMnist) {
   if (!fs::exists(fs::path(kFashionMnist) / "train-images-idx3-ubyte.gz")) {
     GTEST_SKIP() << "no Fashion-MNIST at " << kFashionMnist;
   }
-  TempDir dir("fashion");
+  TempDir dir("image_trainer_fashion");
   TrainOptions options = TinyOptions(kFashionMnist, 28);
   options.hyper.steps = 2;
   options.hyper.batch_size = 4;
@@ -369,7 +346,7 @@ TEST(ImageTrainerTest, EvaluatesFashionMnist) {
 }
 
 TEST(ImageTrainerTest, RejectsMismatchedImages) {
-  TempDir dir("mismatch");
+  TempDir dir("image_trainer_mismatch");
   const TrainOptions options = TinyOptions(WriteTinyFolder(dir), 28);  // images are 16x16
   std::string note;
   EXPECT_EQ(CreateImageTrainer(options, dir / "work", dir / "ckpt", &note).status().code(),

@@ -3,7 +3,6 @@
 // the losses of an uninterrupted run; evaluation reports bits per byte and a sample; export
 // gives a servable model directory.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <filesystem>
@@ -13,10 +12,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "models/formats/safetensors.h"
 #include "models/llama/llama.h"
 #include "models/llama/llama_train_net.h"
 #include "models/model_dir.h"
-#include "models/formats/safetensors.h"
+#include "tests/testing/base/files.h"
+#include "tests/testing/base/tiny_configs.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
 #include "trainer/trainer.h"
@@ -26,11 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string MakeTempDir() {
-  std::string dir = ::testing::TempDir() + "text_trainer_test_XXXXXX";
-  EXPECT_NE(::mkdtemp(dir.data()), nullptr);
-  return dir;
-}
+using testing::MakeTempDir;
 
 // 60 short fortune-format documents with some repeated structure to learn.
 std::string WriteCorpus(const std::string& dir) {
@@ -51,12 +48,8 @@ TrainOptions TinyOptions(const std::string& corpus) {
   o.job_id = "test";
   o.kind = ModelKind::kText;
   o.dataset_path = corpus;
-  o.llama.dim = 32;
-  o.llama.n_layers = 2;
-  o.llama.n_heads = 4;
-  o.llama.n_kv_heads = 2;
-  o.llama.vocab_size = 300;
-  o.llama.seq_len = 32;
+  o.llama = testing::LlamaShape({/*dim=*/32, /*layers=*/2, /*heads=*/4, /*kv_heads=*/2,
+                                 /*seq_len=*/32, /*vocab=*/300});
   o.hyper.steps = 60;
   o.hyper.batch_size = 4;
   o.hyper.grad_accum = 1;
@@ -80,13 +73,8 @@ std::vector<double> Train(Trainer* trainer, int64_t steps) {
 }
 
 TEST(LlamaTrainNetTest, ForwardMatchesTheServingModel) {
-  LlamaConfig c;
-  c.dim = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 64;
-  c.seq_len = 16;
+  LlamaConfig c = testing::LlamaShape({/*dim=*/32, /*layers=*/2, /*heads=*/4, /*kv_heads=*/2,
+                                       /*seq_len=*/16, /*vocab=*/64});
   ASSERT_TRUE(c.Normalize().ok());
   absl::StatusOr<TensorMap> weights = RandomLlamaWeights(c, 3);
   ASSERT_TRUE(weights.ok());
@@ -139,7 +127,7 @@ TEST(AdamWTest, ClippingScalesTheGradientToTheLimit) {
 }
 
 TEST(TextTrainerTest, LossFallsWhenOverfittingATinyCorpus) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   absl::StatusOr<std::unique_ptr<Trainer>> t = CreateTextTrainer(o, dir + "/work", "", nullptr);
   ASSERT_TRUE(t.ok()) << t.status();
@@ -159,7 +147,7 @@ TEST(TextTrainerTest, LossFallsWhenOverfittingATinyCorpus) {
 }
 
 TEST(TextTrainerTest, RestoredRunContinuesWithExactlyTheSameLosses) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.steps = 8;
   o.hyper.grad_accum = 2;  // the restore happens between steps of two micro-batches each
@@ -190,7 +178,7 @@ TEST(TextTrainerTest, RestoredRunContinuesWithExactlyTheSameLosses) {
 }
 
 TEST(TextTrainerTest, CorruptNewestCheckpointFallsBackToThePreviousOne) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.steps = 4;
   const std::string ckpts = dir + "/checkpoints";
@@ -216,7 +204,7 @@ TEST(TextTrainerTest, CorruptNewestCheckpointFallsBackToThePreviousOne) {
 }
 
 TEST(TextTrainerTest, CheckpointOfAnotherConfigIsRefused) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.steps = 2;
   const std::string ckpts = dir + "/checkpoints";
@@ -233,7 +221,7 @@ TEST(TextTrainerTest, CheckpointOfAnotherConfigIsRefused) {
 }
 
 TEST(TextTrainerTest, ExportedModelServesWithTheTrainedWeights) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.steps = 3;
   auto t = CreateTextTrainer(o, dir + "/work", "", nullptr);

@@ -2,7 +2,9 @@
 // schedule against the forward process it stands for, the sampler update against an oracle,
 // seed determinism, and batch invariance (a sample's pixels are bit-for-bit the same whether it
 // was stepped alone or batched with other samples at other steps).
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,36 +19,22 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "models/torch/device.h"
 #include "models/diffusion/diffusion_config.h"
-#include "models/diffusion/diffusion_hooks.h"
+#include "models/diffusion/diffusion_model.h"
 #include "models/diffusion/diffusion_schedule.h"
 #include "models/image_model.h"
+#include "models/torch/device.h"
+#include "tests/testing/base/matchers.h"
+#include "tests/testing/base/tiny_configs.h"
 
 namespace tandem {
 namespace {
 
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
-}
+using testing::Contains;
 
-// 8x8 RGB, two levels (attention at the second and in the middle), T = 100.
+// 8x8 RGB, two levels (attention at the second and in the middle), T = 100, eps-prediction.
 DiffusionConfig TinyConfig() {
-  DiffusionConfig c;
-  c.image_size = 8;
-  c.channels = 3;
-  c.unet_widths = {8, 16};
-  c.res_blocks = 1;
-  c.attention_levels = {1};
-  c.attention_heads = 2;
-  c.groups = 4;
-  c.vocab_size = 64;
-  c.text_dim = 16;
-  c.text_layers = 1;
-  c.text_heads = 2;
-  c.text_seq_len = 8;
-  c.diffusion_steps = 100;
+  DiffusionConfig c = testing::TinyDiffusionShape();
   c.prediction = "eps";
   c.default_steps = 20;
   c.default_guidance = 3.0f;
@@ -69,16 +57,16 @@ DiffusionConfig TinyConfigV() {
   return c;
 }
 
-std::unique_ptr<ImageModel> MakeModel(const DiffusionConfig& config, uint64_t seed,
-                                      int max_samples = 8, const std::string& device = "cpu") {
+std::unique_ptr<DiffusionModel> MakeModel(const DiffusionConfig& config, uint64_t seed,
+                                          int max_samples = 8, const std::string& device = "cpu") {
   absl::StatusOr<TensorMap> weights = RandomDiffusionWeights(config, seed);
   EXPECT_TRUE(weights.ok()) << weights.status();
   if (!weights.ok()) return nullptr;
   ImageModelOptions options;
   options.device = device;
   options.max_samples = max_samples;
-  absl::StatusOr<std::unique_ptr<ImageModel>> model =
-      CreateDiffusionModel(config, *weights, options);
+  absl::StatusOr<std::unique_ptr<DiffusionModel>> model =
+      DiffusionModel::Create(config, *weights, options);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *std::move(model) : nullptr;
 }
@@ -111,9 +99,9 @@ struct SampleRun {
 };
 
 // Appends the sample's current x and x_0 estimate.
-void Record(const ImageModel& model, int sample, SampleRun* run) {
+void Record(const DiffusionModel& model, int sample, SampleRun* run) {
   std::vector<float> x, x0;
-  const absl::Status s = DiffusionSampleLatent(model, sample, &x, &x0);
+  const absl::Status s = model.Latent(sample, &x, &x0);
   EXPECT_TRUE(s.ok()) << s;
   run->xs.push_back(std::move(x));
   run->xs.push_back(std::move(x0));
@@ -140,7 +128,7 @@ void Record(const ImageModel& model, int sample, SampleRun* run) {
 }
 
 // Runs one sample to the end on its own.
-SampleRun RunAlone(ImageModel* model, const ImageSampleSpec& spec) {
+SampleRun RunAlone(DiffusionModel* model, const ImageSampleSpec& spec) {
   SampleRun run;
   absl::StatusOr<int> id = model->StartSample(spec);
   EXPECT_TRUE(id.ok()) << id.status();
@@ -172,7 +160,7 @@ std::vector<ImageSampleSpec> MixedSpecs(int vocab) {
 // Runs the specs interleaved: samples start at different times and are stepped in varying
 // batches and orders, so that each is batched with others at different steps. Returns the final
 // pixels of each spec, in spec order.
-std::vector<SampleRun> RunInterleaved(ImageModel* model,
+std::vector<SampleRun> RunInterleaved(DiffusionModel* model,
                                       const std::vector<ImageSampleSpec>& specs) {
   std::vector<int> ids(specs.size(), -1);
   std::vector<SampleRun> out(specs.size());
@@ -229,6 +217,17 @@ std::vector<SampleRun> RunInterleaved(ImageModel* model,
     model->ReleaseSample(ids[i]);
   }
   return out;
+}
+
+// A CHW image of `config` from its floats, and back.
+torch::Tensor Chw(const DiffusionConfig& config, const std::vector<float>& values) {
+  const int64_t c = config.channels, s = config.image_size;
+  return torch::tensor(values).view({c, s, s});  // [C, H, W]
+}
+
+std::vector<float> Floats(const torch::Tensor& t) {
+  const torch::Tensor c = t.to(torch::kCPU, torch::kFloat32).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
 int64_t WeightCount(const TensorMap& weights) {
@@ -355,7 +354,7 @@ TEST(DiffusionModelTest, ParameterCountIsExact) {
     absl::StatusOr<TensorMap> weights = RandomDiffusionWeights(c, 1);
     ASSERT_TRUE(weights.ok()) << weights.status();
     EXPECT_EQ(c.ParameterCount(), WeightCount(*weights)) << c.ToJson();
-    std::unique_ptr<ImageModel> model = MakeModel(c, 1);
+    std::unique_ptr<DiffusionModel> model = MakeModel(c, 1);
     ASSERT_NE(model, nullptr);
     EXPECT_EQ(model->parameter_count(), c.ParameterCount());
   }
@@ -375,7 +374,7 @@ TEST(DiffusionModelTest, ParameterCountIsExact) {
 
 TEST(DiffusionModelTest, ShapesAndProgress) {
   const DiffusionConfig c = TinyConfig();
-  std::unique_ptr<ImageModel> model = MakeModel(c, 3, 4);
+  std::unique_ptr<DiffusionModel> model = MakeModel(c, 3, 4);
   ASSERT_NE(model, nullptr);
   EXPECT_EQ(model->device(), "cpu");
   EXPECT_EQ(model->free_samples(), 4);
@@ -489,10 +488,13 @@ TEST(DiffusionScheduleTest, SamplerUpdateWithTheTrueNoiseRecoversX0) {
       for (int t_prev : {-1, t / 2, t - 1}) {
         for (DiffusionSampler sampler : {DiffusionSampler::kDdim, DiffusionSampler::kDdpm}) {
           if (sampler == DiffusionSampler::kDdpm && t_prev != -1) continue;  // noisy otherwise
-          std::vector<float> x_prev, x0_hat;
-          ASSERT_TRUE(
-              DiffusionSamplerUpdate(c, sampler, 0.0f, t, t_prev, xt, out, 1, &x_prev, &x0_hat)
-                  .ok());
+          at::Generator gen = at::detail::createCPUGenerator(1);
+          const absl::StatusOr<diffusion_model::UpdateResult> update =
+              diffusion_model::SamplerUpdate(ab, v, sampler, 0.0, t, t_prev, Chw(c, xt),
+                                             Chw(c, out), gen);
+          ASSERT_TRUE(update.ok()) << update.status();
+          const std::vector<float> x_prev = Floats(update->x_prev);
+          const std::vector<float> x0_hat = Floats(update->x0);
           ASSERT_EQ(x_prev.size(), static_cast<size_t>(n));
           const double ap = t_prev >= 0 ? std::sqrt(ab[t_prev]) : 1.0;
           const double bp = t_prev >= 0 ? std::sqrt(1 - ab[t_prev]) : 0.0;
@@ -513,7 +515,7 @@ TEST(DiffusionScheduleTest, SamplerUpdateWithTheTrueNoiseRecoversX0) {
 
 TEST(DiffusionModelTest, SeedDeterminism) {
   const DiffusionConfig c = TinyConfig();
-  std::unique_ptr<ImageModel> model = MakeModel(c, 5);
+  std::unique_ptr<DiffusionModel> model = MakeModel(c, 5);
   ASSERT_NE(model, nullptr);
   for (DiffusionSampler sampler : {DiffusionSampler::kDdim, DiffusionSampler::kDdpm}) {
     const ImageSampleSpec spec = Spec({4, 5, 6}, 5, 3.0f, sampler, 0.5f, 42);
@@ -531,7 +533,7 @@ TEST(DiffusionModelTest, SeedDeterminism) {
     EXPECT_NE(RunAlone(model.get(), negative).pixels, a.pixels);
   }
   // A fresh model from the same weights seed gives the same pixels.
-  std::unique_ptr<ImageModel> again = MakeModel(c, 5);
+  std::unique_ptr<DiffusionModel> again = MakeModel(c, 5);
   const ImageSampleSpec spec = Spec({9}, 4, 2.0f, DiffusionSampler::kDdpm, 0.0f, 8);
   EXPECT_TRUE(SameBits(RunAlone(model.get(), spec), RunAlone(again.get(), spec)));
 }
@@ -550,7 +552,7 @@ TEST(DiffusionModelTest, RandomWeightsAreDeterministicInTheSeed) {
 }
 
 void ExpectBatchInvariant(const DiffusionConfig& c, uint64_t weights_seed) {
-  std::unique_ptr<ImageModel> model = MakeModel(c, weights_seed, 8);
+  std::unique_ptr<DiffusionModel> model = MakeModel(c, weights_seed, 8);
   ASSERT_NE(model, nullptr);
   const std::vector<ImageSampleSpec> specs = MixedSpecs(c.vocab_size);
   std::vector<SampleRun> alone;
@@ -589,7 +591,7 @@ TEST(DiffusionModelTest, BatchedEqualsAloneInEveryForwardMode) {
 
 TEST(DiffusionModelTest, BadSpecs) {
   const DiffusionConfig c = TinyConfig();
-  std::unique_ptr<ImageModel> model = MakeModel(c, 2, 2);
+  std::unique_ptr<DiffusionModel> model = MakeModel(c, 2, 2);
   ASSERT_NE(model, nullptr);
   auto code = [&](ImageSampleSpec spec) { return model->StartSample(spec).status().code(); };
   const ImageSampleSpec good = Spec({1}, 3, 2.0f, DiffusionSampler::kDdim, 0.0f, 1);
@@ -678,7 +680,7 @@ TEST(DiffusionModelTest, BadWeights) {
       t.bytes = std::move(bytes);
       t.dtype = DType::kBF16;
     }
-    absl::StatusOr<std::unique_ptr<ImageModel>> m = CreateDiffusionModel(c, w, options);
+    absl::StatusOr<std::unique_ptr<DiffusionModel>> m = DiffusionModel::Create(c, w, options);
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_EQ(RunAlone(m->get(), Spec({1}, 2, 2.0f, DiffusionSampler::kDdim, 0, 1)).pixels.size(),
               static_cast<size_t>(c.image_size * c.image_size * c.channels));
@@ -690,8 +692,8 @@ TEST(DiffusionModelTest, BadWeights) {
 TEST(DiffusionModelTest, BatchedEqualsAloneAndMatchesCpu_CUDA) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   const DiffusionConfig c = TinyConfig();
-  std::unique_ptr<ImageModel> gpu = MakeModel(c, 21, 8, "cuda:0");
-  std::unique_ptr<ImageModel> cpu = MakeModel(c, 21, 8, "cpu");
+  std::unique_ptr<DiffusionModel> gpu = MakeModel(c, 21, 8, "cuda:0");
+  std::unique_ptr<DiffusionModel> cpu = MakeModel(c, 21, 8, "cpu");
   ASSERT_NE(gpu, nullptr);
   ASSERT_NE(cpu, nullptr);
   EXPECT_EQ(gpu->device(), "cuda:0");

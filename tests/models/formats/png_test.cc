@@ -8,29 +8,15 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "tests/testing/base/images.h"
+#include "tests/testing/base/matchers.h"
 
 namespace tandem {
 namespace {
 
-// gmock is not linked into the unit tests; a substring check with a readable failure.
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part
-                                       << "\"";
-}
+using testing::Contains;
 
-// Every byte value appears somewhere, so a gamma or alpha conversion would show.
-RawImage Pattern(int width, int height, int channels, int seed = 0) {
-  RawImage im;
-  im.width = width;
-  im.height = height;
-  im.channels = channels;
-  im.pixels.resize(static_cast<size_t>(width) * height * channels);
-  for (size_t i = 0; i < im.pixels.size(); ++i) {
-    im.pixels[i] = static_cast<uint8_t>((i * 37 + seed * 101 + i / 7) % 256);
-  }
-  return im;
-}
+using testing::PatternImage;
 
 RawImage Solid(int width, int height, int channels, uint8_t value) {
   RawImage im;
@@ -85,7 +71,7 @@ std::string HandMadePng(int width, int height, int bit_depth, int color_type,
 
 TEST(PngTest, RoundTripsOneToFourChannelsExactly) {
   for (int channels = 1; channels <= 4; ++channels) {
-    const RawImage im = Pattern(17, 13, channels, channels);
+    const RawImage im = PatternImage(17, 13, channels, channels);
     absl::StatusOr<std::string> png = EncodePng(im);
     ASSERT_TRUE(png.ok()) << png.status();
     EXPECT_EQ(png->substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
@@ -99,7 +85,8 @@ TEST(PngTest, RoundTripsOneToFourChannelsExactly) {
 }
 
 TEST(PngTest, RoundTripsOnePixelAndWideImages) {
-  for (const RawImage& im : {Pattern(1, 1, 3), Pattern(300, 2, 1), Pattern(2, 300, 4)}) {
+  for (const RawImage& im :
+       {PatternImage(1, 1, 3), PatternImage(300, 2, 1), PatternImage(2, 300, 4)}) {
     absl::StatusOr<std::string> png = EncodePng(im);
     ASSERT_TRUE(png.ok()) << png.status();
     absl::StatusOr<RawImage> back = DecodePng(*png);
@@ -109,16 +96,16 @@ TEST(PngTest, RoundTripsOnePixelAndWideImages) {
 }
 
 TEST(PngTest, EncodeRejectsInconsistentSizes) {
-  RawImage short_pixels = Pattern(4, 4, 3);
+  RawImage short_pixels = PatternImage(4, 4, 3);
   short_pixels.pixels.pop_back();
-  RawImage zero_width = Pattern(4, 4, 1);
+  RawImage zero_width = PatternImage(4, 4, 1);
   zero_width.width = 0;
-  RawImage negative = Pattern(4, 4, 1);
+  RawImage negative = PatternImage(4, 4, 1);
   negative.height = -4;
   negative.width = -4;
-  RawImage no_channels = Pattern(4, 4, 1);
+  RawImage no_channels = PatternImage(4, 4, 1);
   no_channels.channels = 0;
-  RawImage five_channels = Pattern(4, 4, 1);
+  RawImage five_channels = PatternImage(4, 4, 1);
   five_channels.channels = 5;
   for (const RawImage& im : {short_pixels, zero_width, negative, no_channels, five_channels,
                              RawImage{}}) {
@@ -139,7 +126,7 @@ TEST(PngTest, DecodeRejectsGarbage) {
 }
 
 TEST(PngTest, DecodeRejectsEveryTruncation) {
-  absl::StatusOr<std::string> png = EncodePng(Pattern(9, 7, 3));
+  absl::StatusOr<std::string> png = EncodePng(PatternImage(9, 7, 3));
   ASSERT_TRUE(png.ok());
   for (size_t n = 0; n < png->size(); ++n) {
     absl::StatusOr<RawImage> im = DecodePng(png->substr(0, n));
@@ -149,7 +136,7 @@ TEST(PngTest, DecodeRejectsEveryTruncation) {
 
 TEST(PngTest, DecodeSurvivesFlippedBytes) {
   // A flip in an ancillary chunk may be tolerated; anything else must fail cleanly, never crash.
-  absl::StatusOr<std::string> png = EncodePng(Pattern(9, 7, 2));
+  absl::StatusOr<std::string> png = EncodePng(PatternImage(9, 7, 2));
   ASSERT_TRUE(png.ok());
   for (size_t i = 8; i < png->size(); ++i) {
     std::string bad = *png;

@@ -1,58 +1,23 @@
 #include "models/formats/safetensors.h"
 
-#include <dirent.h>
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "tests/testing/base/files.h"
+#include "tests/testing/base/matchers.h"
 
 namespace tandem {
 namespace {
 
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part
-                                       << "\"";
-}
-
-std::string MakeTempDir() {
-  std::string pattern = ::testing::TempDir() + "safetensors_test_XXXXXX";
-  char* dir = ::mkdtemp(pattern.data());
-  EXPECT_NE(dir, nullptr);
-  return pattern;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void WriteRaw(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  ::closedir(d);
-  return names;
-}
+using testing::Contains;
+using testing::ListDir;
+using testing::MakeTempDir;
+using testing::ReadAll;
+using testing::WriteAll;
 
 std::string U64Le(uint64_t v) {
   std::string s(8, '\0');
@@ -138,7 +103,7 @@ TEST(SafetensorsTest, GoldenBytes) {
 }
 
 TEST(SafetensorsTest, RoundTripThroughFile) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("safetensors_test");
   const std::string path = dir + "/model.safetensors";
 
   SafetensorsFile file;
@@ -202,7 +167,7 @@ TEST(SafetensorsTest, EmptyFileOfTensors) {
 }
 
 TEST(SafetensorsTest, WriteRejectsInconsistentTensors) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("safetensors_test");
   SafetensorsFile file;
   file.tensors["w"] = Bytes(DType::kF32, {2, 2}, std::string(12, '\0'));  // needs 16
   absl::Status s = WriteSafetensors(dir + "/bad.safetensors", file);
@@ -220,7 +185,8 @@ TEST(SafetensorsTest, WriteRejectsInconsistentTensors) {
 }
 
 TEST(SafetensorsTest, MissingFileIsNotFound) {
-  absl::StatusOr<SafetensorsFile> f = ReadSafetensors(MakeTempDir() + "/nope.safetensors");
+  absl::StatusOr<SafetensorsFile> f =
+      ReadSafetensors(MakeTempDir("safetensors_test") + "/nope.safetensors");
   EXPECT_EQ(f.status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(Contains(std::string(f.status().message()), "nope.safetensors"));
 }
@@ -280,23 +246,23 @@ TEST(SafetensorsTest, RejectsMalformedFiles) {
 }
 
 TEST(SafetensorsTest, ReadReportsCorruptFilesWithPath) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("safetensors_test");
   const std::string path = dir + "/trunc.safetensors";
   SafetensorsFile file;
   const float v[4] = {1, 2, 3, 4};
   file.tensors["v"] = TensorData::F32({4}, v);
   std::string bytes = SerializeSafetensors(file);
-  WriteRaw(path, bytes.substr(0, bytes.size() - 3));
+  WriteAll(path, bytes.substr(0, bytes.size() - 3));
   absl::StatusOr<SafetensorsFile> f = ReadSafetensors(path);
   EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(Contains(std::string(f.status().message()), path));
 
   // Header length past the end of the file, and a file too short for the length itself.
-  WriteRaw(path, bytes.substr(0, 40));
+  WriteAll(path, bytes.substr(0, 40));
   f = ReadSafetensors(path);
   EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(Contains(std::string(f.status().message()), "runs past the end of the 40-byte file"));
-  WriteRaw(path, "abc");
+  WriteAll(path, "abc");
   f = ReadSafetensors(path);
   EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(Contains(std::string(f.status().message()), "too short"));

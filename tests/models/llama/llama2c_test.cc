@@ -1,5 +1,6 @@
-// The real pretrained llama2.c model (stories260K) through ReadLlama2cCheckpoint and the LibTorch
-// model, against a plain C++ port of llama2.c's run.c forward() reading the same file on its own.
+// The real pretrained llama2.c model (stories260K) through ReadLlama2cCheckpoint (models/formats)
+// and the LibTorch model, against a plain C++ port of llama2.c's run.c forward() reading the same
+// file on its own.
 // Agreement proves the architecture: interleaved rotary pairs, grouped-query attention (kv_mul),
 // SwiGLU, RMSNorm and the checkpoint layout.
 #include <gtest/gtest.h>
@@ -10,32 +11,28 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "models/formats/llama2c.h"
 #include "models/llama/llama.h"
 #include "models/llama/llama_config.h"
 #include "models/text_model.h"
+#include "tests/testing/base/files.h"
+#include "tests/testing/base/tiny_configs.h"
 
 namespace tandem {
 namespace {
 
 const char kStories260K[] = TANDEM_SOURCE_DIR "/../shared/models/stories260K.bin";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), bytes.size());
-}
+using testing::ReadAll;
+using testing::WriteAll;
 
 // ---- reference: llama2.c run.c, ported line by line (float32, one token at a time) ----------
 
@@ -46,7 +43,7 @@ struct RefConfig {
 class RunC {
  public:
   explicit RunC(const std::string& path) {
-    std::string bytes = ReadFile(path);
+    std::string bytes = ReadAll(path);
     std::memcpy(&p_, bytes.data(), sizeof(p_));
     const bool shared_weights = p_.vocab_size > 0;
     p_.vocab_size = std::abs(p_.vocab_size);
@@ -207,6 +204,36 @@ class RunC {
   std::vector<float> x_, xb_, xb2_, hb_, hb2_, q_, key_cache_, value_cache_, att_, logits_;
 };
 
+// The model a llama2.c header describes: its sizes, and llama2.c's fixed norm_eps, rope_theta,
+// BOS and EOS.
+absl::StatusOr<LlamaConfig> ConfigFromHeader(const Llama2cHeader& h) {
+  LlamaConfig c;
+  c.dim = h.dim;
+  c.hidden_dim = h.hidden_dim;
+  c.n_layers = h.n_layers;
+  c.n_heads = h.n_heads;
+  c.n_kv_heads = h.n_kv_heads;
+  c.vocab_size = h.vocab_size;
+  c.seq_len = h.seq_len;
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  c.tie_embeddings = h.shared_classifier;
+  c.bos_id = 1;
+  c.eos_id = 2;
+  if (absl::Status s = c.Normalize(); !s.ok()) return s;
+  return c;
+}
+
+// The checkpoint's weights, and its header as a LlamaConfig in *config.
+absl::StatusOr<TensorMap> ReadLlama2c(const std::string& path, LlamaConfig* config) {
+  absl::StatusOr<Llama2cCheckpoint> ckpt = ReadLlama2cCheckpoint(path);
+  if (!ckpt.ok()) return ckpt.status();
+  absl::StatusOr<LlamaConfig> c = ConfigFromHeader(ckpt->header);
+  if (!c.ok()) return c.status();
+  *config = *c;
+  return std::move(ckpt->weights);
+}
+
 int Argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 
 float MaxAbsDiff(const float* a, const float* b, int n) {
@@ -219,7 +246,7 @@ class Stories260KTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!std::ifstream(kStories260K).good()) GTEST_SKIP() << "no " << kStories260K;
-    absl::StatusOr<TensorMap> weights = ReadLlama2cCheckpoint(kStories260K, &config_);
+    absl::StatusOr<TensorMap> weights = ReadLlama2c(kStories260K, &config_);
     ASSERT_TRUE(weights.ok()) << weights.status();
     TextModelOptions options;
     options.max_slots = 2;
@@ -309,31 +336,26 @@ TEST_F(Stories260KTest, GreedyGenerationMatchesRunC) {
 
 TEST(Llama2cCheckpointTest, TruncatedFileIsDataLoss) {
   if (!std::ifstream(kStories260K).good()) GTEST_SKIP() << "no " << kStories260K;
-  std::string bytes = ReadFile(kStories260K);
+  std::string bytes = ReadAll(kStories260K);
   const std::string path = ::testing::TempDir() + "/truncated_stories.bin";
-  WriteFile(path, bytes.substr(0, bytes.size() - 4));
+  WriteAll(path, bytes.substr(0, bytes.size() - 4));
   LlamaConfig config;
-  absl::StatusOr<TensorMap> weights = ReadLlama2cCheckpoint(path, &config);
+  absl::StatusOr<TensorMap> weights = ReadLlama2c(path, &config);
   EXPECT_EQ(weights.status().code(), absl::StatusCode::kDataLoss) << weights.status();
-  WriteFile(path, bytes + std::string(4, '\0'));  // one float too many
-  EXPECT_EQ(ReadLlama2cCheckpoint(path, &config).status().code(), absl::StatusCode::kDataLoss);
-  WriteFile(path, bytes.substr(0, 10));  // not even a header
-  EXPECT_EQ(ReadLlama2cCheckpoint(path, &config).status().code(), absl::StatusCode::kDataLoss);
+  WriteAll(path, bytes + std::string(4, '\0'));  // one float too many
+  EXPECT_EQ(ReadLlama2c(path, &config).status().code(), absl::StatusCode::kDataLoss);
+  WriteAll(path, bytes.substr(0, 10));  // not even a header
+  EXPECT_EQ(ReadLlama2c(path, &config).status().code(), absl::StatusCode::kDataLoss);
   std::remove(path.c_str());
-  EXPECT_EQ(ReadLlama2cCheckpoint(path, &config).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ReadLlama2c(path, &config).status().code(), absl::StatusCode::kNotFound);
 }
 
 // An untied checkpoint (negative vocab_size, wcls after the freq_cis tables) written by hand in
 // run.c's layout reads back tensor for tensor.
 TEST(Llama2cCheckpointTest, UntiedClassifierRoundTrip) {
-  LlamaConfig config;
-  config.dim = 16;
+  LlamaConfig config = testing::LlamaShape({/*dim=*/16, /*layers=*/2, /*heads=*/4,
+                                            /*kv_heads=*/2, /*seq_len=*/8, /*vocab=*/32});
   config.hidden_dim = 40;
-  config.n_layers = 2;
-  config.n_heads = 4;
-  config.n_kv_heads = 2;
-  config.vocab_size = 32;
-  config.seq_len = 8;
   config.tie_embeddings = false;
   ASSERT_TRUE(config.Normalize().ok());
   const TensorMap weights = *RandomLlamaWeights(config, 5);
@@ -357,9 +379,9 @@ TEST(Llama2cCheckpointTest, UntiedClassifierRoundTrip) {
   bytes += std::string(2 * 8 * 4 / 2 * sizeof(float), '\x7f');  // freq_cis_real, freq_cis_imag
   put("output.weight");
   const std::string path = ::testing::TempDir() + "/untied_llama2c.bin";
-  WriteFile(path, bytes);
+  WriteAll(path, bytes);
   LlamaConfig read_config;
-  absl::StatusOr<TensorMap> read = ReadLlama2cCheckpoint(path, &read_config);
+  absl::StatusOr<TensorMap> read = ReadLlama2c(path, &read_config);
   std::remove(path.c_str());
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_FALSE(read_config.tie_embeddings);

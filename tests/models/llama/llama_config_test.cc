@@ -5,27 +5,18 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/base/matchers.h"
+#include "tests/testing/base/tiny_configs.h"
 
 namespace tandem {
 namespace {
 
-// gmock is not linked into the unit tests; a substring check with a readable failure.
-::testing::AssertionResult Contains(const std::string& text, const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part
-                                       << "\"";
-}
+using testing::Contains;
 
 // dim 64, 4 heads of 16, 2 KV heads (GQA), 2 layers, hidden derived (192), vocab 100.
 LlamaConfig Small() {
-  LlamaConfig c;
-  c.dim = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 100;
-  c.seq_len = 32;
-  return c;
+  return testing::LlamaShape({/*dim=*/64, /*layers=*/2, /*heads=*/4, /*kv_heads=*/2,
+                              /*seq_len=*/32, /*vocab=*/100});
 }
 
 TEST(LlamaConfigTest, DerivesHiddenDimLikeLlama2c) {

@@ -1,20 +1,17 @@
 #include "models/text/tokenizer.h"
 
-#include <dirent.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <fstream>
+#include <cstdio>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "tests/testing/base/files.h"
 
 namespace tandem {
 namespace {
@@ -57,46 +54,20 @@ std::string Corpus() {
   return corpus;
 }
 
-std::string MakeTempDir() {
-  std::string pattern = ::testing::TempDir() + "tokenizer_test_XXXXXX";
-  EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
-  return pattern;
-}
-
-void WriteFile(const std::string& path, const std::string& contents) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << contents;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using testing::ListDir;
+using testing::MakeTempDir;
+using testing::ReadAll;
+using testing::WriteAll;
 
 class TokenizerTest : public ::testing::Test {
  protected:
   static constexpr int kVocab = 400;
 
   static void SetUpTestSuite() {
-    dir_ = new std::string(MakeTempDir());
+    dir_ = new std::string(MakeTempDir("tokenizer_test"));
     corpus_path_ = new std::string(*dir_ + "/corpus.txt");
     model_path_ = new std::string(*dir_ + "/tokenizer.model");
-    WriteFile(*corpus_path_, Corpus());
+    WriteAll(*corpus_path_, Corpus());
     TokenizerTrainOptions options;
     options.vocab_size = kVocab;
     options.num_threads = 2;
@@ -305,7 +276,7 @@ TEST_F(TokenizerTest, TrainRejectsBadOptions) {
 
   // An empty corpus.
   const std::string empty = *dir_ + "/empty.txt";
-  WriteFile(empty, "");
+  WriteAll(empty, "");
   options.vocab_size = 300;
   options.model_type = "bpe";
   s = Tokenizer::Train(empty, *dir_ + "/x.model", options);
@@ -317,15 +288,15 @@ TEST_F(TokenizerTest, TrainRejectsBadOptions) {
 }
 
 TEST(TokenizerLoadTest, MissingFileIsNotFound) {
-  const std::string path = MakeTempDir() + "/missing.model";
+  const std::string path = MakeTempDir("tokenizer_test") + "/missing.model";
   absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
 }
 
 TEST(TokenizerLoadTest, CorruptFileIsInvalidArgument) {
-  const std::string path = MakeTempDir() + "/corrupt.model";
-  WriteFile(path, "this is not a sentencepiece model");
+  const std::string path = MakeTempDir("tokenizer_test") + "/corrupt.model";
+  WriteAll(path, "this is not a sentencepiece model");
   absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);

@@ -14,6 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "models/formats/png.h"
+#include "tests/testing/base/files.h"
+#include "tests/testing/base/images.h"
+#include "tests/testing/base/matchers.h"
 
 namespace tandem {
 namespace {
@@ -22,32 +25,13 @@ namespace fs = std::filesystem;
 
 constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
 
-// gmock is not linked into the unit tests; a substring check with a readable failure.
-::testing::AssertionResult Contains(absl::string_view text, absl::string_view part) {
-  if (text.find(part) != absl::string_view::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part
-                                       << "\"";
-}
+using testing::Contains;
 
-// A fresh directory per test, removed afterwards.
-class TempDirTest : public ::testing::Test {
+// A fresh directory per test (dir_), removed afterwards, and its files.
+class DatasetDirTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = absl::StrCat(::testing::TempDir(), "/tandem_image_dataset_", getpid(), "_",
-                        info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
-
   void WriteFile(const std::string& name, const std::string& bytes) const {
-    fs::create_directories(fs::path(Path(name)).parent_path());
-    std::ofstream out(Path(name), std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    ASSERT_TRUE(out.good()) << Path(name);
+    testing::WriteAll(Path(name), bytes);
   }
 
   void WriteGz(const std::string& name, const std::string& bytes) const {
@@ -58,12 +42,7 @@ class TempDirTest : public ::testing::Test {
     ASSERT_EQ(gzclose(f), Z_OK);
   }
 
-  std::string ReadFile(const std::string& name) const {
-    std::ifstream in(Path(name), std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  }
-
-  std::string dir_;
+  std::string ReadFile(const std::string& name) const { return testing::ReadAll(Path(name)); }
 };
 
 // --- Fashion-MNIST ------------------------------------------------------------------------------
@@ -97,7 +76,7 @@ std::string ThreeImagesPixels() {
 
 const std::string kThreeLabels("\x09\x00\x03", 3);
 
-class FashionMnistTest : public TempDirTest {
+class FashionMnistTest : public DatasetDirTest {
  protected:
   // A valid hand-made "train" split of 3 images.
   void WriteThree() const {
@@ -298,19 +277,9 @@ TEST_F(FashionMnistTest, CorruptGzipCrcIsDataLoss) {
 
 // --- Image folder -------------------------------------------------------------------------------
 
-RawImage Pattern(int width, int height, int channels, int seed) {
-  RawImage im;
-  im.width = width;
-  im.height = height;
-  im.channels = channels;
-  im.pixels.resize(static_cast<size_t>(width) * height * channels);
-  for (size_t i = 0; i < im.pixels.size(); ++i) {
-    im.pixels[i] = static_cast<uint8_t>((i * 29 + seed * 71) % 256);
-  }
-  return im;
-}
+using testing::PatternImage;
 
-class ImageFolderTest : public TempDirTest {
+class ImageFolderTest : public DatasetDirTest {
  protected:
   void WritePng(const std::string& name, const RawImage& im) const {
     absl::StatusOr<std::string> png = EncodePng(im);
@@ -322,8 +291,8 @@ class ImageFolderTest : public TempDirTest {
 };
 
 TEST_F(ImageFolderTest, ReadsImagesAndCaptionsBackExactly) {
-  const std::vector<RawImage> images = {Pattern(5, 4, 3, 1), Pattern(5, 4, 3, 2),
-                                        Pattern(5, 4, 3, 3)};
+  const std::vector<RawImage> images = {PatternImage(5, 4, 3, 1), PatternImage(5, 4, 3, 2),
+                                        PatternImage(5, 4, 3, 3)};
   WritePng("a.png", images[0]);
   WritePng("b.png", images[1]);
   WritePng("sub/c.png", images[2]);
@@ -352,16 +321,16 @@ TEST_F(ImageFolderTest, ReadsImagesAndCaptionsBackExactly) {
 }
 
 TEST_F(ImageFolderTest, GreyImagesStayOneChannel) {
-  WritePng("g.png", Pattern(3, 3, 1, 5));
+  WritePng("g.png", PatternImage(3, 3, 1, 5));
   WriteFile("metadata.jsonl", "{\"file_name\": \"g.png\", \"text\": \"grey\"}\n");
   absl::StatusOr<std::unique_ptr<ImageDataset>> ds = LoadImageFolder(dir_);
   ASSERT_TRUE(ds.ok()) << ds.status();
   EXPECT_EQ((*ds)->channels(), 1);
-  EXPECT_EQ((*ds)->Get(0, 0).image.pixels, Pattern(3, 3, 1, 5).pixels);
+  EXPECT_EQ((*ds)->Get(0, 0).image.pixels, PatternImage(3, 3, 1, 5).pixels);
 }
 
 TEST_F(ImageFolderTest, BadJsonNamesTheLine) {
-  WritePng("a.png", Pattern(2, 2, 1, 0));
+  WritePng("a.png", PatternImage(2, 2, 1, 0));
   WriteFile("metadata.jsonl",
             "{\"file_name\": \"a.png\", \"text\": \"ok\"}\n"
             "\n"
@@ -372,7 +341,7 @@ TEST_F(ImageFolderTest, BadJsonNamesTheLine) {
 }
 
 TEST_F(ImageFolderTest, MissingOrMistypedKeysNameTheLine) {
-  WritePng("a.png", Pattern(2, 2, 1, 0));
+  WritePng("a.png", PatternImage(2, 2, 1, 0));
   for (const std::string& line :
        {std::string("{\"file_name\": \"a.png\"}"), std::string("{\"text\": \"x\"}"),
         std::string("{\"file_name\": 3, \"text\": \"x\"}"), std::string("[\"a.png\", \"x\"]")}) {
@@ -384,7 +353,7 @@ TEST_F(ImageFolderTest, MissingOrMistypedKeysNameTheLine) {
 }
 
 TEST_F(ImageFolderTest, MissingImageIsNotFound) {
-  WritePng("a.png", Pattern(2, 2, 1, 0));
+  WritePng("a.png", PatternImage(2, 2, 1, 0));
   WriteFile("metadata.jsonl",
             "{\"file_name\": \"a.png\", \"text\": \"ok\"}\n"
             "{\"file_name\": \"gone.png\", \"text\": \"missing\"}\n");
@@ -394,7 +363,7 @@ TEST_F(ImageFolderTest, MissingImageIsNotFound) {
 }
 
 TEST_F(ImageFolderTest, PathsOutsideTheFolderAreRejected) {
-  WritePng("a.png", Pattern(2, 2, 1, 0));
+  WritePng("a.png", PatternImage(2, 2, 1, 0));
   for (const std::string name : {"../x.png", "sub/../../x.png", "..", "/etc/passwd", ""}) {
     WriteFile("metadata.jsonl", "{\"file_name\": \"" + name + "\", \"text\": \"x\"}\n");
     absl::Status s = LoadStatus();
@@ -402,16 +371,16 @@ TEST_F(ImageFolderTest, PathsOutsideTheFolderAreRejected) {
     EXPECT_TRUE(Contains(s.message(), "line 1")) << name;
   }
   // ".." inside a name is fine.
-  WritePng("a..b.png", Pattern(2, 2, 1, 0));
+  WritePng("a..b.png", PatternImage(2, 2, 1, 0));
   WriteFile("metadata.jsonl", "{\"file_name\": \"a..b.png\", \"text\": \"x\"}\n");
   EXPECT_TRUE(LoadStatus().ok()) << LoadStatus();
 }
 
 TEST_F(ImageFolderTest, MismatchedSizesOrChannelsNameTheOddFile) {
-  WritePng("a.png", Pattern(4, 4, 3, 0));
-  WritePng("b.png", Pattern(4, 4, 3, 1));
-  WritePng("small.png", Pattern(4, 3, 3, 2));
-  WritePng("rgba.png", Pattern(4, 4, 4, 3));
+  WritePng("a.png", PatternImage(4, 4, 3, 0));
+  WritePng("b.png", PatternImage(4, 4, 3, 1));
+  WritePng("small.png", PatternImage(4, 3, 3, 2));
+  WritePng("rgba.png", PatternImage(4, 4, 4, 3));
   for (const char* odd : {"small.png", "rgba.png"}) {
     WriteFile("metadata.jsonl", absl::StrCat("{\"file_name\": \"a.png\", \"text\": \"x\"}\n",
                                              "{\"file_name\": \"b.png\", \"text\": \"y\"}\n",

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "models/model_dir.h"
+#include "tests/testing/base/files.h"
 
 namespace tandem {
 namespace {
@@ -24,24 +25,14 @@ int64_t Bytes(const std::vector<std::string>& docs) {
   return n;
 }
 
-class TextDatasetTest : public ::testing::Test {
+class TextDatasetTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = absl::StrCat(::testing::TempDir(), "/tandem_text_dataset_", getpid(), "_",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string Write(const std::string& name, const std::string& text) {
     const std::string path = dir_ + "/" + name;
     fs::create_directories(fs::path(path).parent_path());
     EXPECT_TRUE(WriteFileAtomically(path, text).ok()) << path;
     return path;
   }
-
-  std::string dir_;
 };
 
 // "doc 0" .. "doc n-1", each a line of its own, "%" lines between (fortune format).
