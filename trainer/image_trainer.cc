@@ -4,9 +4,10 @@
 // hyper.caption_dropout (so classifier-free guidance works), draws timesteps t ~ U[0, T) and
 // noise eps ~ N(0, I), forms x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps (pixels in [-1, 1]) and
 // regresses the prediction on eps, or on v = sqrt(ab_t) eps - sqrt(1 - ab_t) x_0, with MSE.
-// AdamW with warmup + cosine decay, global-norm clipping, gradient accumulation. Evaluation:
-// the held-out noise MSE on fixed images, timesteps and noise, and a PNG grid of samples drawn
-// through the serving path (CreateDiffusionModel, DDIM with guidance).
+// AdamW with warmup + cosine decay, global-norm clipping, gradient accumulation over chunks of a
+// micro-batch (a micro-batch's images, captions, timesteps and noise are drawn whole, chunks
+// slice them). Evaluation: the held-out noise MSE on fixed images, timesteps and noise, in
+// chunks of images, and a grid of samples (EvalSamples: DDIM with guidance, one per class).
 //
 // Datasets: a Fashion-MNIST IDX folder (train split for training, test split held out) or an
 // image folder with metadata.jsonl (every round(1 / holdout_fraction)-th image held out): see
@@ -54,10 +55,12 @@ constexpr int64_t kEvalImages = 256;  // held-out images per evaluation
 constexpr int kSampleSteps = 20;      // DDIM steps of the evaluation samples at most
 constexpr int kFolderSamples = 8;     // samples in the grid of an image-folder job
 
-// A micro-batch on the CPU.
+// A batch on the CPU, with its draws.
 struct Batch {
   torch::Tensor x0;   // [B, C, H, W] float32 in [-1, 1]
   torch::Tensor ids;  // [B, L] int64 (DiffusionTrainNet::CaptionIds)
+  torch::Tensor t;    // [B] int64 timesteps in [0, T)
+  torch::Tensor eps;  // [B, C, H, W] float32 noise
 };
 
 // What an image job trains on, prepared before its run starts.
@@ -137,53 +140,56 @@ class ImageTrainer final : public NetTrainer {
   int64_t parameter_count() const override { return net_->parameter_count(); }
 
  private:
-  torch::Tensor MicroBatchLoss(int micro) override;
+  void DrawMicroBatch(int micro) override;
+  torch::Tensor ChunkLoss(int64_t row, int64_t rows) override;
   void CountTrained(StepMetrics* m) const override {
     const Hyperparams& h = options().hyper;
     m->images = int64_t{h.batch_size} * h.grad_accum;
   }
-  absl::Status EvaluateHeldOut(EvalMetrics* e) override;
+  // No gradients: far less memory a row than a training chunk, so larger units.
+  int64_t EvalRows() const override { return 4 * int64_t{chunk_rows()}; }
+  int64_t BeginHeldOut(int64_t rows) override;
+  double HeldOutUnit(int64_t unit) override;
+  void FinishHeldOut(double sum, EvalMetrics* e) const override {
+    e->loss = sum / static_cast<double>(std::max<int64_t>(1, eval_.x0.numel()));
+  }
   TensorMap ExportWeights() const override { return net_->ExportWeights(); }
   std::map<std::string, std::string> SeenState() const override {
     const Hyperparams& h = options().hyper;
     return {{"images_seen", absl::StrCat(step() * h.grad_accum * h.batch_size)}};
   }
-  absl::Status WriteModelDir(const std::string& dir, SafetensorsFile weights,
-                             const ModelProvenance& provenance) const override {
-    weights.metadata["format"] = "pt";
-    weights.metadata["tandem.config"] = config_.ToJson();
-    return WriteImageModelDir(dir, config_, weights, tokenizer().Serialized(), provenance);
+  void DescribeModel(TrainSnapshot* s) const override {
+    s->kind = ModelKind::kImage;
+    s->diffusion = config_;
   }
-
-  // The mean held-out noise MSE on the first held-out images with fixed phrasings, timesteps and
-  // noise: evaluations at different steps see the very same x_t.
-  double HeldOutLoss();
+  // One image per GridCaptions() caption: DDIM with the config's default steps (kSampleSteps
+  // at most) and guidance, seeds 1, 2, ...
+  EvalSamples Samples() const override;
 
   // Token ids of a caption (without BOS), cached: captions repeat (phrasings of classes).
-  const std::vector<int32_t>& CaptionTokens(const std::string& caption);
+  const std::vector<int32_t>& CaptionTokens(const std::string& caption) const;
   // The listed images of `set` with caption phrasing variants[i], or the empty caption where
-  // drop[i].
+  // drop[i]; then timesteps (first) and noise drawn from `gen`.
   Batch MakeBatch(const ImageDataset& set, const std::vector<int64_t>& indices,
-                  const std::vector<uint64_t>& variants, const std::vector<bool>& drop);
-  // The mean noise-prediction MSE [] of a batch at timesteps and noise drawn from gen (t first,
-  // then eps; on the CPU, then moved to the device).
-  torch::Tensor Loss(const Batch& batch, at::Generator& gen) const;
+                  const std::vector<uint64_t>& variants, const std::vector<bool>& drop,
+                  at::Generator& gen) const;
+  // The summed squared error [] of the noise (or v) prediction over rows [row, row + rows).
+  torch::Tensor SquaredError(const Batch& batch, int64_t row, int64_t rows) const;
   // The captions of the evaluation grid: one per Fashion-MNIST class ("a photo of a t-shirt",
   // ...), or the captions of the first held-out images of a folder.
   std::vector<std::string> GridCaptions() const;
-  // Samples through the serving path from the current weights, one per GridCaptions() caption:
-  // DDIM with the config's default steps (kSampleSteps at most) and guidance, seeds 1, 2, ...;
-  // tiled, PNG.
-  absl::StatusOr<std::string> SampleGrid();
 
   const DiffusionConfig config_;
   const ImageData data_;
   std::unique_ptr<DiffusionTrainNet> net_;
   torch::Tensor sqrt_ab_, sqrt_1mab_;  // [T] float32 on the device
-  std::unordered_map<std::string, std::vector<int32_t>> caption_tokens_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> caption_tokens_;
+  Batch batch_;  // the drawn micro-batch
+  Batch eval_;   // the held-out images of an evaluation, with their fixed draws
+  int64_t eval_rows_ = 0;
 };
 
-torch::Tensor ImageTrainer::MicroBatchLoss(int micro) {
+void ImageTrainer::DrawMicroBatch(int micro) {
   const Hyperparams& h = options().hyper;
   const int64_t b = h.batch_size;
   // Images, phrasings and dropout from the data stream; t and noise from the noise stream.
@@ -198,38 +204,35 @@ torch::Tensor ImageTrainer::MicroBatchLoss(int micro) {
   }
   at::Generator gen =
       at::detail::createCPUGenerator(DeriveSeed(h.seed, kNoiseStream, step(), micro));
-  return Loss(MakeBatch(*data_.train_set, indices, variants, drop), gen);  // []
+  batch_ = MakeBatch(*data_.train_set, indices, variants, drop, gen);
 }
 
-absl::Status ImageTrainer::EvaluateHeldOut(EvalMetrics* e) {
-  e->loss = HeldOutLoss();
-  absl::StatusOr<std::string> png = SampleGrid();
-  if (!png.ok()) return png.status();
-  e->image_png = *std::move(png);
-  return absl::OkStatus();
+torch::Tensor ImageTrainer::ChunkLoss(int64_t row, int64_t rows) {
+  // The chunk's share of the micro-batch's mean over B * C * H * W elements.
+  return SquaredError(batch_, row, rows) / static_cast<double>(batch_.x0.numel());  // []
 }
 
-double ImageTrainer::HeldOutLoss() {
-  torch::NoGradGuard no_grad;
+int64_t ImageTrainer::BeginHeldOut(int64_t rows) {
+  // The first held-out images with fixed phrasings, timesteps and noise: evaluations at
+  // different steps, and with other unit sizes, see the very same x_t.
   const int64_t n = std::min<int64_t>(kEvalImages, static_cast<int64_t>(data_.heldout.size()));
-  // No gradients: far less memory a row than a training micro-batch, so larger batches.
-  const int64_t rows = 4 * std::max(1, options().hyper.batch_size);
+  std::vector<int64_t> indices(data_.heldout.begin(), data_.heldout.begin() + n);
+  std::vector<uint64_t> variants(n);
+  for (int64_t i = 0; i < n; ++i) variants[i] = static_cast<uint64_t>(i);
   at::Generator gen =
       at::detail::createCPUGenerator(DeriveSeed(options().hyper.seed, kEvalStream, 0, 0));
-  double sum = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += rows) {
-    const int64_t r = std::min(rows, n - i0);
-    std::vector<int64_t> indices(data_.heldout.begin() + i0, data_.heldout.begin() + i0 + r);
-    std::vector<uint64_t> variants(r);
-    for (int64_t i = 0; i < r; ++i) variants[i] = static_cast<uint64_t>(i0 + i);
-    const std::vector<bool> drop(r, false);
-    sum += Loss(MakeBatch(*data_.heldout_set, indices, variants, drop), gen).item<double>() *
-           static_cast<double>(r);
-  }
-  return sum / static_cast<double>(std::max<int64_t>(1, n));
+  eval_ = MakeBatch(*data_.heldout_set, indices, variants, std::vector<bool>(n, false), gen);
+  eval_rows_ = std::max<int64_t>(1, rows);
+  return (n + eval_rows_ - 1) / eval_rows_;
 }
 
-const std::vector<int32_t>& ImageTrainer::CaptionTokens(const std::string& caption) {
+double ImageTrainer::HeldOutUnit(int64_t unit) {
+  const int64_t row = unit * eval_rows_;
+  const int64_t rows = std::min(eval_rows_, eval_.x0.size(0) - row);
+  return SquaredError(eval_, row, rows).item<double>();
+}
+
+const std::vector<int32_t>& ImageTrainer::CaptionTokens(const std::string& caption) const {
   auto it = caption_tokens_.find(caption);
   if (it == caption_tokens_.end()) {
     it = caption_tokens_.emplace(caption, tokenizer().Encode(caption)).first;
@@ -239,7 +242,7 @@ const std::vector<int32_t>& ImageTrainer::CaptionTokens(const std::string& capti
 
 Batch ImageTrainer::MakeBatch(const ImageDataset& set, const std::vector<int64_t>& indices,
                               const std::vector<uint64_t>& variants,
-                              const std::vector<bool>& drop) {
+                              const std::vector<bool>& drop, at::Generator& gen) const {
   const int64_t b = static_cast<int64_t>(indices.size());
   const int64_t c = config_.channels, s = config_.image_size;
   torch::Tensor pixels = torch::empty({b, s, s, c}, torch::kUInt8);  // [B, H, W, C]
@@ -257,25 +260,25 @@ Batch ImageTrainer::MakeBatch(const ImageDataset& set, const std::vector<int64_t
                  .sub_(1.0)
                  .contiguous();  // [B, C, H, W] in [-1, 1]
   batch.ids = DiffusionTrainNet::CaptionIds(captions, config_.text_seq_len);  // [B, L]
+  batch.t = at::randint(config_.diffusion_steps, {b}, gen,
+                        torch::TensorOptions().dtype(torch::kInt64));  // [B]
+  batch.eps = at::randn(batch.x0.sizes(), gen,
+                        torch::TensorOptions().dtype(torch::kFloat32));  // [B, C, H, W]
   return batch;
 }
 
-torch::Tensor ImageTrainer::Loss(const Batch& batch, at::Generator& gen) const {
-  const int64_t b = batch.x0.size(0);
+torch::Tensor ImageTrainer::SquaredError(const Batch& batch, int64_t row, int64_t rows) const {
   const torch::Device device = net_->device();
-  const torch::Tensor t = at::randint(config_.diffusion_steps, {b}, gen,
-                                      torch::TensorOptions().dtype(torch::kInt64))
-                              .to(device);  // [B]
-  const torch::Tensor eps =
-      at::randn(batch.x0.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32))
-          .to(device);                                                        // [B, C, H, W]
-  const torch::Tensor x0 = batch.x0.to(device);                               // [B, C, H, W]
-  const torch::Tensor sa = sqrt_ab_.index_select(0, t).view({b, 1, 1, 1});    // [B, 1, 1, 1]
-  const torch::Tensor sr = sqrt_1mab_.index_select(0, t).view({b, 1, 1, 1});  // [B, 1, 1, 1]
-  const torch::Tensor x_t = sa * x0 + sr * eps;                               // [B, C, H, W]
+  const torch::Tensor t = batch.t.narrow(0, row, rows).to(device);        // [R]
+  const torch::Tensor eps = batch.eps.narrow(0, row, rows).to(device);    // [R, C, H, W]
+  const torch::Tensor x0 = batch.x0.narrow(0, row, rows).to(device);      // [R, C, H, W]
+  const torch::Tensor sa = sqrt_ab_.index_select(0, t).view({rows, 1, 1, 1});    // [R, 1, 1, 1]
+  const torch::Tensor sr = sqrt_1mab_.index_select(0, t).view({rows, 1, 1, 1});  // [R, 1, 1, 1]
+  const torch::Tensor x_t = sa * x0 + sr * eps;                                  // [R, C, H, W]
   const torch::Tensor target = config_.prediction == "v" ? sa * eps - sr * x0 : eps;
-  const torch::Tensor pred = net_->Forward(x_t, t, batch.ids.to(device));  // [B, C, H, W]
-  return torch::mse_loss(pred, target);                                    // []
+  const torch::Tensor pred =
+      net_->Forward(x_t, t, batch.ids.narrow(0, row, rows).to(device));  // [R, C, H, W]
+  return torch::mse_loss(pred, target, at::Reduction::Sum);             // []
 }
 
 std::vector<std::string> ImageTrainer::GridCaptions() const {
@@ -293,41 +296,20 @@ std::vector<std::string> ImageTrainer::GridCaptions() const {
   return captions;
 }
 
-absl::StatusOr<std::string> ImageTrainer::SampleGrid() {
+EvalSamples ImageTrainer::Samples() const {
+  EvalSamples out;
   const std::vector<std::string> captions = GridCaptions();
-  const int n = static_cast<int>(captions.size());
-  ImageModelOptions mo;
-  mo.device = net_->device().str();
-  mo.max_samples = n;
-  absl::StatusOr<std::unique_ptr<ImageModel>> model =
-      CreateDiffusionModel(config_, net_->ExportWeights(), mo);
-  if (!model.ok()) return model.status();
-  std::vector<int> samples;
-  for (int i = 0; i < n; ++i) {
+  for (size_t i = 0; i < captions.size(); ++i) {
     ImageSampleSpec spec;
     spec.caption = CaptionTokens(captions[i]);
     spec.steps = std::min({kSampleSteps, config_.default_steps, config_.diffusion_steps});
     spec.guidance = config_.default_guidance;
     spec.sampler = DiffusionSampler::kDdim;
     spec.seed = static_cast<uint64_t>(i) + 1;
-    absl::StatusOr<int> sample = (*model)->StartSample(spec);
-    if (!sample.ok()) return sample.status();
-    samples.push_back(*sample);
+    out.images.push_back(std::move(spec));
   }
-  for (int k = 0; k < (*model)->TotalSteps(samples[0]); ++k) {
-    if (absl::Status s = (*model)->Step(samples); !s.ok()) return s;
-  }
-  std::vector<RawImage> images;
-  for (int sample : samples) {
-    RawImage image;
-    image.width = image.height = config_.image_size;
-    image.channels = config_.channels;
-    if (absl::Status s = (*model)->Pixels(sample, &image.pixels); !s.ok()) return s;
-    images.push_back(std::move(image));
-  }
-  absl::StatusOr<RawImage> grid = TileImages(images, data_.fashion_mnist ? 5 : std::min(n, 4));
-  if (!grid.ok()) return grid.status();
-  return EncodePng(*grid);
+  out.columns = data_.fashion_mnist ? 5 : std::min<int>(captions.size(), 4);
+  return out;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The LLM trainer: next-token cross-entropy on packed token windows drawn from the training
-// documents, AdamW with warmup + cosine decay, global-norm clipping, gradient accumulation (the
-// skeleton in train_common.h); held-out bits per byte and a text sample at each evaluation.
+// documents, AdamW with warmup + cosine decay, global-norm clipping, gradient accumulation over
+// chunks of a micro-batch (the skeleton in train_common.h); held-out bits per byte, evaluated
+// in chunks of windows, and a text sample at each evaluation.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -98,26 +99,37 @@ class TextTrainer final : public NetTrainer {
   int64_t parameter_count() const override { return config_.ParameterCount(); }
 
  private:
-  torch::Tensor MicroBatchLoss(int micro) override;
+  void DrawMicroBatch(int micro) override;
+  torch::Tensor ChunkLoss(int64_t row, int64_t rows) override;
   void CountTrained(StepMetrics* m) const override {
     const Hyperparams& h = options().hyper;
     m->tokens = int64_t{h.batch_size} * window_ * h.grad_accum;
   }
-  absl::Status EvaluateHeldOut(EvalMetrics* e) override;
+  int64_t EvalRows() const override { return chunk_rows(); }
+  int64_t BeginHeldOut(int64_t rows) override;
+  double HeldOutUnit(int64_t unit) override;
+  void FinishHeldOut(double nats, EvalMetrics* e) const override {
+    const int64_t n = static_cast<int64_t>(heldout_tokens_.size());
+    e->loss = nats / static_cast<double>(std::max<int64_t>(1, n - 1));
+    e->bits_per_byte = nats / std::log(2.0) / static_cast<double>(heldout_bytes_);
+  }
   TensorMap ExportWeights() const override { return net_->ExportWeights(); }
   std::map<std::string, std::string> SeenState() const override {
     const Hyperparams& h = options().hyper;
     return {{"tokens_seen", absl::StrCat(step() * h.grad_accum * h.batch_size * window_)}};
   }
-  absl::Status WriteModelDir(const std::string& dir, SafetensorsFile weights,
-                             const ModelProvenance& provenance) const override {
-    return WriteTextModelDir(dir, config_, weights, tokenizer().Serialized(), provenance);
+  void DescribeModel(TrainSnapshot* s) const override {
+    s->kind = ModelKind::kText;
+    s->llama = config_;
   }
+  // A short sample from BOS, with a sampler seeded by (seed, step).
+  EvalSamples Samples() const override;
 
-  // The held-out stream's total cross-entropy in nats.
-  double HeldOutNats() const;
-  // A short sample from BOS, drawn with a Sampler seeded by (seed, step).
-  std::string Sample() const;
+  // A group of held-out windows of one length, evaluated in one forward.
+  struct EvalGroup {
+    size_t first = 0, count = 0;  // into eval_starts_
+    int64_t len = 0;              // predicted tokens per window
+  };
 
   const LlamaConfig config_;
   const std::vector<int32_t> train_tokens_;
@@ -125,91 +137,81 @@ class TextTrainer final : public NetTrainer {
   const int64_t heldout_bytes_;
   std::unique_ptr<LlamaTrainNet> net_;
   const int64_t window_;  // tokens per training sequence (seq_len, or less for a tiny corpus)
+  torch::Tensor batch_;   // [B, T+1] int64 on the CPU: the drawn micro-batch
+  std::vector<int64_t> eval_starts_;  // held-out windows' first tokens
+  std::vector<EvalGroup> eval_groups_;
 };
 
-torch::Tensor TextTrainer::MicroBatchLoss(int micro) {
+void TextTrainer::DrawMicroBatch(int micro) {
   const Hyperparams& h = options().hyper;
   const int64_t b = h.batch_size, t = window_;
   // [B, T+1] windows at seeded random offsets of the packed training stream.
   SeededRandom rng(DeriveSeed(h.seed, kDataStream, step(), micro));
-  torch::Tensor batch = torch::empty({b, t + 1}, torch::kInt64);  // [B, T+1]
-  int64_t* p = batch.data_ptr<int64_t>();
+  batch_ = torch::empty({b, t + 1}, torch::kInt64);  // [B, T+1]
+  int64_t* p = batch_.data_ptr<int64_t>();
   const int64_t starts = static_cast<int64_t>(train_tokens_.size()) - t;
   for (int64_t i = 0; i < b; ++i) {
     const int64_t start = rng.Below(starts);
     for (int64_t j = 0; j <= t; ++j) p[i * (t + 1) + j] = train_tokens_[start + j];
   }
-  batch = batch.to(net_->device());
-  const torch::Tensor inputs = batch.narrow(1, 0, t);   // [B, T]
-  const torch::Tensor targets = batch.narrow(1, 1, t);  // [B, T]
-  const torch::Tensor logits = net_->Forward(inputs);   // [B, T, V]
-  return torch::cross_entropy_loss(logits.reshape({b * t, config_.vocab_size}),
-                                   targets.reshape({b * t}));  // []
 }
 
-absl::Status TextTrainer::EvaluateHeldOut(EvalMetrics* e) {
-  torch::NoGradGuard no_grad;
-  const double nats = HeldOutNats();
-  const int64_t n = static_cast<int64_t>(heldout_tokens_.size());
-  e->loss = nats / static_cast<double>(std::max<int64_t>(1, n - 1));
-  e->bits_per_byte = nats / std::log(2.0) / static_cast<double>(heldout_bytes_);
-  e->text_sample = Sample();
-  return absl::OkStatus();
+torch::Tensor TextTrainer::ChunkLoss(int64_t row, int64_t rows) {
+  const int64_t b = options().hyper.batch_size, t = window_;
+  const torch::Tensor chunk = batch_.narrow(0, row, rows).to(net_->device());  // [R, T+1]
+  const torch::Tensor logits = net_->Forward(chunk.narrow(1, 0, t));         // [R, T, V]
+  // The chunk's share of the micro-batch's mean cross-entropy over B * T tokens.
+  return torch::cross_entropy_loss(logits.reshape({rows * t, config_.vocab_size}),
+                                   chunk.narrow(1, 1, t).reshape({rows * t}), {},
+                                   at::Reduction::Sum) /
+         static_cast<double>(b * t);  // []
 }
 
-double TextTrainer::HeldOutNats() const {
+int64_t TextTrainer::BeginHeldOut(int64_t rows) {
   const int64_t t = config_.seq_len;
   const int64_t n = static_cast<int64_t>(heldout_tokens_.size());
   // Windows of T+1 tokens with stride T: every held-out token but the first is predicted
-  // exactly once, with up to T tokens of context.
-  std::vector<int64_t> starts;
-  for (int64_t s = 0; s + 1 < n; s += t) starts.push_back(s);
-  double nats = 0;
-  const int64_t rows = std::max(1, options().hyper.batch_size);
-  for (size_t i = 0; i < starts.size();) {
-    const int64_t len = std::min(t, n - 1 - starts[i]);  // predicted tokens of this window
-    // Full windows in batches; a shorter (last) window alone.
-    size_t j = i;
-    std::vector<int64_t> ids;
-    while (j < starts.size() && static_cast<int64_t>(j - i) < rows &&
-           std::min(t, n - 1 - starts[j]) == len) {
-      for (int64_t k = 0; k <= len; ++k) ids.push_back(heldout_tokens_[starts[j] + k]);
-      ++j;
+  // exactly once, with up to T tokens of context. Full windows in groups of `rows`; a shorter
+  // (last) window alone.
+  eval_starts_.clear();
+  eval_groups_.clear();
+  for (int64_t s = 0; s + 1 < n; s += t) eval_starts_.push_back(s);
+  for (size_t i = 0; i < eval_starts_.size();) {
+    EvalGroup g{i, 0, std::min(t, n - 1 - eval_starts_[i])};
+    while (i < eval_starts_.size() && static_cast<int64_t>(g.count) < rows &&
+           std::min(t, n - 1 - eval_starts_[i]) == g.len) {
+      ++g.count;
+      ++i;
     }
-    const int64_t r = static_cast<int64_t>(j - i);
-    const torch::Tensor batch =
-        torch::tensor(ids, torch::kInt64).view({r, len + 1}).to(net_->device());  // [r, len+1]
-    const torch::Tensor logits = net_->Forward(batch.narrow(1, 0, len));          // [r, len, V]
-    nats += torch::cross_entropy_loss(logits.reshape({r * len, config_.vocab_size}),
-                                      batch.narrow(1, 1, len).reshape({r * len}), {},
-                                      at::Reduction::Sum)
-                .item<double>();
-    i = j;
+    eval_groups_.push_back(g);
   }
-  return nats;
+  return static_cast<int64_t>(eval_groups_.size());
 }
 
-std::string TextTrainer::Sample() const {
-  SamplingParams params;
-  params.temperature = kSampleTemperature;
-  params.top_k = kSampleTopK;
-  params.seed = DeriveSeed(options().hyper.seed, kSampleStream, step(), 0);
-  Sampler sampler(params);
-  std::vector<int64_t> ids = {config_.bos_id};
-  std::vector<int32_t> out;
-  for (int i = 0; i < kSampleTokens && static_cast<int64_t>(ids.size()) < config_.seq_len; ++i) {
-    const torch::Tensor logits =
-        net_->Forward(torch::tensor(ids, torch::kInt64).view({1, -1}).to(net_->device()))
-            .select(1, static_cast<int64_t>(ids.size()) - 1)
-            .squeeze(0)
-            .to(torch::kCPU, torch::kFloat32)
-            .contiguous();  // [V]
-    const int pick = sampler.Sample(logits.data_ptr<float>(), config_.vocab_size);
-    if (pick == config_.bos_id || pick == config_.eos_id) break;
-    ids.push_back(pick);
-    out.push_back(pick);
+double TextTrainer::HeldOutUnit(int64_t unit) {
+  const EvalGroup& g = eval_groups_[unit];
+  std::vector<int64_t> ids;
+  for (size_t w = g.first; w < g.first + g.count; ++w) {
+    for (int64_t k = 0; k <= g.len; ++k) ids.push_back(heldout_tokens_[eval_starts_[w] + k]);
   }
-  return tokenizer().Decode(out);
+  const int64_t r = static_cast<int64_t>(g.count);
+  const torch::Tensor batch =
+      torch::tensor(ids, torch::kInt64).view({r, g.len + 1}).to(net_->device());  // [r, len+1]
+  const torch::Tensor logits = net_->Forward(batch.narrow(1, 0, g.len));          // [r, len, V]
+  return torch::cross_entropy_loss(logits.reshape({r * g.len, config_.vocab_size}),
+                                   batch.narrow(1, 1, g.len).reshape({r * g.len}), {},
+                                   at::Reduction::Sum)
+      .item<double>();
+}
+
+EvalSamples TextTrainer::Samples() const {
+  EvalSamples s;
+  s.prompt = {config_.bos_id};
+  s.sampling.temperature = kSampleTemperature;
+  s.sampling.top_k = kSampleTopK;
+  s.sampling.seed = DeriveSeed(options().hyper.seed, kSampleStream, step(), 0);
+  s.max_tokens = static_cast<int>(std::min<int64_t>(kSampleTokens, config_.seq_len - 1));
+  return s;
 }
 
 }  // namespace

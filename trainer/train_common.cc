@@ -13,7 +13,6 @@
 namespace tandem {
 namespace {
 
-namespace fs = std::filesystem;
 using torch_util::CatchTorch;
 
 // AdamW over the parameters with the job's betas and weight decay; DecayByDefault decides which
@@ -26,25 +25,6 @@ std::unique_ptr<AdamW> MakeOptimizer(
   }
   return std::make_unique<AdamW>(std::move(params),
                                  AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
-}
-
-// Writes the checkpoint of `step` (the model as `export_model` gives it, the optimizer's state,
-// `state`) into `dir` and prunes all but the newest `keep` (at least 1).
-absl::Status SaveTrainingCheckpoint(const std::string& dir, int64_t step,
-                                    const std::function<TensorMap()>& export_model,
-                                    const AdamW& optimizer,
-                                    std::map<std::string, std::string> state, int keep) {
-  Checkpoint ckpt;
-  ckpt.step = step;
-  absl::Status s = CatchTorch("checkpoint", [&]() -> absl::Status {
-    ckpt.model = export_model();
-    ckpt.optimizer = optimizer.State();
-    return absl::OkStatus();
-  });
-  if (!s.ok()) return s;
-  ckpt.state = std::move(state);
-  if (s = WriteCheckpoint(dir, ckpt); !s.ok()) return s;
-  return PruneCheckpoints(dir, std::max(1, keep));
 }
 
 // The newest checkpoint of `dir` that verifies, or none (an empty `dir`, or no checkpoint: a
@@ -151,18 +131,25 @@ absl::StatusOr<RunStart> StartRun(ModelStart model, const std::string& checkpoin
   return run;
 }
 
-absl::StatusOr<std::optional<StepMetrics>> GradientAccumulator::Backward(const torch::Tensor& loss,
-                                                                         const Hyperparams& h,
-                                                                         AdamW& optimizer,
-                                                                         int64_t* step) {
+absl::Status GradientAccumulator::BackwardChunk(const torch::Tensor& loss, const Hyperparams& h,
+                                               int64_t step) {
   const double value = loss.item<double>();
   if (!std::isfinite(value)) {
     return absl::InternalError(absl::StrCat("the training loss became ", value, " at step ",
-                                            *step + 1, "; lower the learning rate"));
+                                            step + 1, "; lower the learning rate"));
   }
   (loss / static_cast<double>(h.grad_accum)).backward();
-  loss_sum_ += value;
-  if (++micro_ < h.grad_accum) return std::optional<StepMetrics>();
+  micro_loss_ += value;
+  in_micro_ = true;
+  return absl::OkStatus();
+}
+
+std::optional<StepMetrics> GradientAccumulator::EndMicroStep(const Hyperparams& h,
+                                                             AdamW& optimizer, int64_t* step) {
+  in_micro_ = false;
+  loss_sum_ += micro_loss_;
+  micro_loss_ = 0;
+  if (++micro_ < h.grad_accum) return std::nullopt;
   StepMetrics m;
   m.lr = LearningRate(h, *step);
   m.grad_norm = optimizer.Step(m.lr, h.grad_clip);
@@ -170,7 +157,7 @@ absl::StatusOr<std::optional<StepMetrics>> GradientAccumulator::Backward(const t
   m.loss = loss_sum_ / h.grad_accum;
   micro_ = 0;
   loss_sum_ = 0;
-  return std::optional<StepMetrics>(m);
+  return m;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,57 +173,78 @@ NetTrainer::NetTrainer(TrainOptions options, std::string kind, std::string confi
       optimizer_(std::move(optimizer)),
       step_(step) {}
 
-absl::StatusOr<std::optional<StepMetrics>> NetTrainer::MicroStep() {
+int NetTrainer::chunk_rows() const {
+  const int b = options_.hyper.batch_size;
+  const int k = options_.hyper.chunk_rows;
+  return k > 0 && k < b ? k : b;
+}
+
+absl::StatusOr<std::optional<StepMetrics>> NetTrainer::RunChunk() {
   if (step_ >= options_.hyper.steps) {
     return absl::FailedPreconditionError("training is complete");
   }
   const std::string what = absl::StrCat(kind_, " training step");
   return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<std::optional<StepMetrics>> {
-    const torch::Tensor loss = MicroBatchLoss(accumulator_.micro());  // []
-    absl::StatusOr<std::optional<StepMetrics>> m =
-        accumulator_.Backward(loss, options_.hyper, *optimizer_, &step_);
-    if (m.ok() && m->has_value()) CountTrained(&**m);
+    const Hyperparams& h = options_.hyper;
+    if (chunk_row_ == 0) DrawMicroBatch(accumulator_.micro());
+    const int64_t rows = std::min<int64_t>(chunk_rows(), h.batch_size - chunk_row_);
+    const torch::Tensor loss = ChunkLoss(chunk_row_, rows);  // []
+    if (absl::Status s = accumulator_.BackwardChunk(loss, h, step_); !s.ok()) return s;
+    chunk_row_ += rows;
+    if (chunk_row_ < h.batch_size) return std::optional<StepMetrics>();
+    chunk_row_ = 0;
+    std::optional<StepMetrics> m = accumulator_.EndMicroStep(h, *optimizer_, &step_);
+    if (m) CountTrained(&*m);
     return m;
   });
 }
 
-absl::StatusOr<EvalMetrics> NetTrainer::Evaluate() {
+void NetTrainer::StartEvaluation() {
+  eval_unit_ = 0;
+  eval_sum_ = 0;
+  eval_units_ = -1;  // planned by the first unit, inside the torch boundary
+}
+
+absl::StatusOr<std::optional<EvalMetrics>> NetTrainer::RunEvalChunk() {
   const std::string what = absl::StrCat(kind_, " evaluation");
-  return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<EvalMetrics> {
+  return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<std::optional<EvalMetrics>> {
+    torch::NoGradGuard no_grad;
+    if (eval_units_ < 0) eval_units_ = BeginHeldOut(EvalRows());
+    if (eval_unit_ < eval_units_) eval_sum_ += HeldOutUnit(eval_unit_++);
+    if (eval_unit_ < eval_units_) return std::optional<EvalMetrics>();
     EvalMetrics e;
     e.step = step_;
-    if (absl::Status s = EvaluateHeldOut(&e); !s.ok()) return s;
-    return e;
+    FinishHeldOut(eval_sum_, &e);
+    eval_units_ = -1;
+    return std::optional<EvalMetrics>(e);
   });
 }
 
-absl::Status NetTrainer::SaveCheckpoint(const std::string& checkpoints_dir) {
+absl::StatusOr<TrainSnapshot> NetTrainer::Snapshot() {
   if (!at_step_boundary()) {
-    return absl::FailedPreconditionError("a checkpoint needs a step boundary");
+    return absl::FailedPreconditionError("a snapshot needs a step boundary");
   }
-  std::map<std::string, std::string> state = SeenState();
-  state["kind"] = kind_;
-  state["seed"] = absl::StrCat(options_.hyper.seed);
-  state["step"] = absl::StrCat(step_);
-  // The data position and every random draw are functions of (seed, step, micro-step).
-  state["data_position"] = absl::StrCat("step ", step_, " of a counter-based stream");
-  state["config"] = config_json_;
-  return SaveTrainingCheckpoint(
-      checkpoints_dir, step_, [&] { return ExportWeights(); }, *optimizer_, std::move(state),
-      options_.keep_checkpoints);
-}
-
-absl::Status NetTrainer::ExportModel(const std::string& dir, const ModelProvenance& provenance) {
-  std::error_code ec;
-  if (fs::exists(dir, ec)) return absl::AlreadyExistsError(absl::StrCat(dir, " already exists"));
-  SafetensorsFile weights;
-  const std::string what = absl::StrCat(kind_, " export");
-  absl::Status s = CatchTorch(what.c_str(), [&]() -> absl::Status {
-    weights.tensors = ExportWeights();
+  TrainSnapshot snap;
+  snap.step = step_;
+  absl::Status s = CatchTorch("snapshot", [&]() -> absl::Status {
+    snap.model = ExportWeights();
+    snap.optimizer = optimizer_->State();
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  return WriteModelDir(dir, std::move(weights), provenance);
+  snap.state = SeenState();
+  snap.state["kind"] = kind_;
+  snap.state["seed"] = absl::StrCat(options_.hyper.seed);
+  snap.state["step"] = absl::StrCat(step_);
+  snap.state["chunk_rows"] = absl::StrCat(chunk_rows());
+  // The data position and every random draw are functions of (seed, step, micro-step).
+  snap.state["data_position"] = absl::StrCat("step ", step_, " of a counter-based stream");
+  snap.state["config"] = config_json_;
+  snap.tokenizer = tokenizer_->Serialized();
+  snap.keep_checkpoints = options_.keep_checkpoints;
+  DescribeModel(&snap);
+  snap.samples = Samples();
+  return snap;
 }
 
 }  // namespace tandem

@@ -111,41 +111,48 @@ absl::StatusOr<StartedNet<Net>> StartNet(ModelStart model, const Hyperparams& hy
 // ---------------------------------------------------------------------------------------------
 // The trainer skeleton.
 
-// Gradient accumulation: every micro-step's loss is backpropagated divided by grad_accum; every
-// grad_accum-th completes an optimizer step at LearningRate(h, step) with h.grad_clip.
+// Gradient accumulation over chunks and micro-steps: every chunk's loss (its share of the
+// micro-batch's mean) is backpropagated divided by grad_accum; every grad_accum-th completed
+// micro-batch ends an optimizer step at LearningRate(h, step) with h.grad_clip.
 class GradientAccumulator {
  public:
-  // Checks the micro-batch's mean loss is finite (INTERNAL naming the step otherwise, with
-  // nothing backpropagated), backpropagates it, and when this completes a step applies
-  // `optimizer` and advances *step. Then returns the step's metrics: step, lr, grad_norm and the
-  // mean loss over its micro-steps (the caller fills tokens / images).
-  absl::StatusOr<std::optional<StepMetrics>> Backward(const torch::Tensor& loss,
-                                                      const Hyperparams& h, AdamW& optimizer,
-                                                      int64_t* step);
+  // Checks the chunk's loss is finite (INTERNAL naming the step otherwise, with nothing
+  // backpropagated) and backpropagates it.
+  absl::Status BackwardChunk(const torch::Tensor& loss, const Hyperparams& h, int64_t step);
+  // Ends the current micro-step; when that completes a step applies `optimizer` and advances
+  // *step. Then returns the step's metrics: step, lr, grad_norm and the mean loss over its
+  // micro-steps (the caller fills tokens / images).
+  std::optional<StepMetrics> EndMicroStep(const Hyperparams& h, AdamW& optimizer, int64_t* step);
   // Micro-steps of the current step done so far (the next one's index); 0 at a step boundary.
   int micro() const { return micro_; }
-  bool at_step_boundary() const { return micro_ == 0; }
+  bool at_step_boundary() const { return micro_ == 0 && !in_micro_; }
+  bool at_micro_boundary() const { return !in_micro_; }
 
  private:
-  int micro_ = 0;  // micro-steps accumulated into the current step
-  double loss_sum_ = 0;
+  int micro_ = 0;          // micro-steps accumulated into the current step
+  bool in_micro_ = false;  // a micro-step has chunks done and chunks to go
+  double micro_loss_ = 0;  // the current micro-step's loss so far (its chunks' sum)
+  double loss_sum_ = 0;    // completed micro-steps' losses
 };
 
 // The Trainer both models' trainers are: it owns the step counter, the optimizer, the gradient
-// accumulation and the job's tokenizer, and implements the Trainer interface around hooks that
-// the model's trainer supplies (its loss, evaluation, weights and model directory). The hooks may
-// throw c10::Error: NetTrainer calls them inside its torch boundary.
+// accumulation, the chunking and the job's tokenizer, and implements the Trainer interface around
+// hooks that the model's trainer supplies (its micro-batch and chunk losses, evaluation units,
+// weights, samples). The hooks may throw c10::Error: NetTrainer calls them inside its torch
+// boundary.
 class NetTrainer : public Trainer {
  public:
   int64_t step() const final { return step_; }
   int64_t total_steps() const final { return options_.hyper.steps; }
   const TrainOptions& options() const final { return options_; }
   bool at_step_boundary() const final { return accumulator_.at_step_boundary(); }
+  bool at_micro_boundary() const final { return accumulator_.at_micro_boundary(); }
+  int chunk_rows() const final;
 
-  absl::StatusOr<std::optional<StepMetrics>> MicroStep() final;
-  absl::StatusOr<EvalMetrics> Evaluate() final;
-  absl::Status SaveCheckpoint(const std::string& checkpoints_dir) final;
-  absl::Status ExportModel(const std::string& dir, const ModelProvenance& provenance) final;
+  absl::StatusOr<std::optional<StepMetrics>> RunChunk() final;
+  void StartEvaluation() final;
+  absl::StatusOr<std::optional<EvalMetrics>> RunEvalChunk() final;
+  absl::StatusOr<TrainSnapshot> Snapshot() final;
 
  protected:
   // `kind` and `config_json` as in ModelStart; `step` the run's (StartedNet::step).
@@ -155,20 +162,30 @@ class NetTrainer : public Trainer {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
  private:
-  // The mean loss [] of micro-batch `micro` of the current step. Its data and every random draw
+  // Draws micro-batch `micro` of the current step whole (CPU): its data and every random draw
   // are a function of (hyper.seed, step(), micro) alone.
-  virtual torch::Tensor MicroBatchLoss(int micro) = 0;
+  virtual void DrawMicroBatch(int micro) = 0;
+  // The loss [] of rows [row, row + rows) of the drawn micro-batch as their share of its mean
+  // loss: the chunks' losses sum to the micro-batch's mean.
+  virtual torch::Tensor ChunkLoss(int64_t row, int64_t rows) = 0;
   // What a completed step trained on: sets m->tokens or m->images.
   virtual void CountTrained(StepMetrics* m) const = 0;
-  // The held-out metrics into *e (e->step is set); no effect on training's randomness.
-  virtual absl::Status EvaluateHeldOut(EvalMetrics* e) = 0;
+  // Evaluation: Begin (fixed draws, the units' plan for `rows` rows a unit) and how many units;
+  // unit i's contribution to the held-out sum; the metrics from the sum (e->step is set). No
+  // effect on training's randomness.
+  virtual int64_t BeginHeldOut(int64_t rows) = 0;
+  virtual double HeldOutUnit(int64_t unit) = 0;
+  virtual void FinishHeldOut(double sum, EvalMetrics* e) const = 0;
+  // Rows a unit of evaluation takes, from the training chunk's (no gradients: cheaper).
+  virtual int64_t EvalRows() const = 0;
   // The net's parameters as float32 CPU tensors under their safetensors names.
   virtual TensorMap ExportWeights() const = 0;
   // Checkpoint state beyond what NetTrainer writes: how much has been trained on.
   virtual std::map<std::string, std::string> SeenState() const = 0;
-  // Writes the servable model directory `dir` around the exported weights.
-  virtual absl::Status WriteModelDir(const std::string& dir, SafetensorsFile weights,
-                                     const ModelProvenance& provenance) const = 0;
+  // The model's config into the snapshot (kind, llama or diffusion).
+  virtual void DescribeModel(TrainSnapshot* s) const = 0;
+  // What an evaluation at the current step samples.
+  virtual EvalSamples Samples() const = 0;
 
   const TrainOptions options_;
   const std::string kind_;
@@ -177,6 +194,10 @@ class NetTrainer : public Trainer {
   std::unique_ptr<AdamW> optimizer_;
   int64_t step_ = 0;
   GradientAccumulator accumulator_;
+  int64_t chunk_row_ = 0;   // the next chunk's first row in the current micro-batch
+  int64_t eval_unit_ = 0;   // the next evaluation unit
+  int64_t eval_units_ = 0;
+  double eval_sum_ = 0;
 };
 
 }  // namespace tandem

@@ -100,6 +100,8 @@ class Trainer {
   virtual const TrainOptions& options() const = 0;
   // True when no gradient is half accumulated (checkpoints, pauses and exports happen here).
   virtual bool at_step_boundary() const = 0;
+  // True between micro-steps (no chunk of a micro-batch done with more to go).
+  virtual bool at_micro_boundary() const = 0;
 
   // Rows per chunk (options().hyper.chunk_rows, or the whole micro-batch when that is 0).
   virtual int chunk_rows() const = 0;
