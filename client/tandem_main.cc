@@ -58,6 +58,8 @@ ABSL_FLAG(bool, deploy_on_improvement, false,
 ABSL_FLAG(int, priority, 0, "train submit: scheduling priority (higher first)");
 ABSL_FLAG(int, batch_size, 0, "train submit: sequences or images per micro-step");
 ABSL_FLAG(int, grad_accum, 0, "train submit: micro-steps per optimizer step");
+ABSL_FLAG(int, chunk_rows, 0,
+          "train submit: rows per chunk of a micro-step (0: calibrated by the server)");
 ABSL_FLAG(double, lr, 0, "train submit: peak learning rate");
 ABSL_FLAG(double, min_lr, 0, "train submit: final learning rate (cosine floor)");
 ABSL_FLAG(int64_t, warmup_steps, 0, "train submit: linear warmup steps");
@@ -169,6 +171,7 @@ tandem::client::TrainSpecFlags SpecFlags() {
   if (auto steps = IfGiven(FLAGS_steps)) f.steps = *steps;
   f.batch_size = IfGiven(FLAGS_batch_size);
   f.grad_accum = IfGiven(FLAGS_grad_accum);
+  f.chunk_rows = IfGiven(FLAGS_chunk_rows);
   f.lr = IfGiven(FLAGS_lr);
   f.min_lr = IfGiven(FLAGS_min_lr);
   f.warmup_steps = IfGiven(FLAGS_warmup_steps);

@@ -46,6 +46,16 @@ ABSL_FLAG(int, max_queue_per_model, 128,
 ABSL_FLAG(int, prefill_token_budget, 512,
           "Prompt tokens prefilled per loop iteration; longer prompts are fed in pieces, so a "
           "long prompt stalls running streams by at most this many tokens' prefill");
+ABSL_FLAG(double, train_min_share, 0.1,
+          "Share of each device's time training is guaranteed when inference would take all of "
+          "it (0: training only in idle time)");
+ABSL_FLAG(int, train_slice_ms, 100,
+          "Target time of one training chunk: jobs that leave chunk_rows unset are calibrated "
+          "for it at their first start");
+ABSL_FLAG(std::string, train_execution, "background",
+          "Where training chunks run: background (a thread the OS and GPU deprioritise, so "
+          "inference preempts it at once), normal (that thread at normal priority), inline (on "
+          "the device loop between inference iterations)");
 ABSL_FLAG(bool, log_requests, true,
           "Log one line per Generate call on stderr: request id, model, final status, usage");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
@@ -98,6 +108,23 @@ int main(int argc, char** argv) {
   options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
   options.max_queue_per_model = absl::GetFlag(FLAGS_max_queue_per_model);
   options.log_requests = absl::GetFlag(FLAGS_log_requests);
+  options.train_min_share = absl::GetFlag(FLAGS_train_min_share);
+  options.train_slice_ms = absl::GetFlag(FLAGS_train_slice_ms);
+  const std::string exec = absl::GetFlag(FLAGS_train_execution);
+  if (exec == "background") {
+    options.train_execution = tandem::TrainExecution::kBackground;
+  } else if (exec == "normal") {
+    options.train_execution = tandem::TrainExecution::kNormal;
+  } else if (exec == "inline") {
+    options.train_execution = tandem::TrainExecution::kInline;
+  } else {
+    std::fprintf(stderr, "tandemd: --train_execution must be background, normal or inline\n");
+    return 2;
+  }
+  if (options.train_slice_ms < 1) {
+    std::fprintf(stderr, "tandemd: --train_slice_ms must be >= 1\n");
+    return 2;
+  }
 
   absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);
   if (!server.ok()) {

@@ -6,6 +6,8 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_join.h"
 #include "models/torch/torch_util.h"
 #include "trainer/lr_schedule.h"
@@ -175,8 +177,21 @@ NetTrainer::NetTrainer(TrainOptions options, std::string kind, std::string confi
 
 int NetTrainer::chunk_rows() const {
   const int b = options_.hyper.batch_size;
-  const int k = options_.hyper.chunk_rows;
+  const int k = chunk_rows_ > 0 ? chunk_rows_ : options_.hyper.chunk_rows;
   return k > 0 && k < b ? k : b;
+}
+
+void NetTrainer::SetChunkRows(int rows) { chunk_rows_ = rows; }
+
+absl::StatusOr<double> NetTrainer::ProbeChunk(int rows) {
+  const std::string what = absl::StrCat(kind_, " calibration");
+  return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<double> {
+    const absl::Time t0 = absl::Now();
+    DrawMicroBatch(accumulator_.micro());  // drawn again, identically, by the first chunk
+    ChunkLoss(0, std::min<int64_t>(rows, options_.hyper.batch_size)).backward();
+    optimizer_->ZeroGrad();
+    return absl::ToDoubleSeconds(absl::Now() - t0);
+  });
 }
 
 absl::StatusOr<std::optional<StepMetrics>> NetTrainer::RunChunk() {

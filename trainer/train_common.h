@@ -148,6 +148,8 @@ class NetTrainer : public Trainer {
   bool at_step_boundary() const final { return accumulator_.at_step_boundary(); }
   bool at_micro_boundary() const final { return accumulator_.at_micro_boundary(); }
   int chunk_rows() const final;
+  absl::StatusOr<double> ProbeChunk(int rows) final;
+  void SetChunkRows(int rows) final;
 
   absl::StatusOr<std::optional<StepMetrics>> RunChunk() final;
   void StartEvaluation() final;
@@ -194,6 +196,7 @@ class NetTrainer : public Trainer {
   std::unique_ptr<AdamW> optimizer_;
   int64_t step_ = 0;
   GradientAccumulator accumulator_;
+  int chunk_rows_ = 0;      // 0: options_.hyper's
   int64_t chunk_row_ = 0;   // the next chunk's first row in the current micro-batch
   int64_t eval_unit_ = 0;   // the next evaluation unit
   int64_t eval_units_ = 0;

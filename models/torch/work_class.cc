@@ -17,14 +17,26 @@
 namespace tandem {
 namespace {
 
-absl::Status SetCpuPolicy(WorkClass work) {
+int SetOwnPolicy(int policy) {
   sched_param param{};
   param.sched_priority = 0;
+  return pthread_setschedparam(pthread_self(), policy, &param);
+}
+
+// The calling thread and the OpenMP team it leads (LibTorch's and OpenBLAS's intra-op threads):
+// each thread of a parallel region sets its own policy.
+absl::Status SetCpuPolicy(WorkClass work) {
   const int policy = work == WorkClass::kBackground ? SCHED_IDLE : SCHED_OTHER;
-  const int rc = pthread_setschedparam(pthread_self(), policy, &param);
+  int rc = SetOwnPolicy(policy);
+  if (rc == 0) {
+    int team_rc = 0;
+#pragma omp parallel reduction(| : team_rc)
+    team_rc |= SetOwnPolicy(policy);
+    rc = team_rc;
+  }
   if (rc != 0) {
     return absl::PermissionDeniedError(
-        absl::StrCat("cannot set the thread's scheduling policy: ", std::strerror(rc)));
+        absl::StrCat("cannot set the threads' scheduling policy: ", std::strerror(rc)));
   }
   return absl::OkStatus();
 }

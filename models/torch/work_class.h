@@ -1,9 +1,9 @@
 // Work classes: how the device's scheduler tells the hardware which work may wait. A device loop
 // runs online inference on its own thread; training runs on a separate executor thread marked
 // background, so that inference preempts it at once:
-//   - on the CPU, a background thread (and the OpenMP team it starts, whose threads inherit its
-//     policy) runs under SCHED_IDLE: the kernel gives it a core only when no normal thread wants
-//     one;
+//   - on the CPU, a background thread and the OpenMP team it leads (LibTorch's and OpenBLAS's
+//     intra-op threads) run under SCHED_IDLE: the kernel gives them a core only when no normal
+//     thread wants one;
 //   - on CUDA, the thread's current stream for the device is a low-priority stream (inference
 //     keeps the default priority), so the GPU schedules inference kernels first.
 // Torch-free header.
@@ -21,9 +21,9 @@ enum class WorkClass {
   kBackground,  // training: runs in what the foreground leaves
 };
 
-// Applies `work` to the calling thread for `device` ("cpu", "cuda:N"). The CPU policy is the
-// whole thread's; the CUDA stream is the thread's current stream for that device. An error
-// (e.g. SCHED_IDLE refused) leaves the thread as it was.
+// Applies `work` to the calling thread for `device` ("cpu", "cuda:N"): the CPU policy to the
+// thread and its OpenMP team; the CUDA stream as the thread's current stream for that device.
+// Cheap enough to switch per unit of work. An error (e.g. a policy refused) is returned.
 absl::Status SetThreadWorkClass(WorkClass work, const std::string& device);
 
 }  // namespace tandem

@@ -45,6 +45,8 @@ void operator()(F&& f) const {
     &v1::Hyperparameters::set_caption_dropout);
   f(&Hyperparams::holdout_fraction, &v1::Hyperparameters::holdout_fraction,
     &v1::Hyperparameters::set_holdout_fraction);
+  f(&Hyperparams::chunk_rows, &v1::Hyperparameters::chunk_rows,
+    &v1::Hyperparameters::set_chunk_rows);
 }
 };
 

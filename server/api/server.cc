@@ -46,6 +46,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
                                     ? options.train_memory_limit_mb * (int64_t{1} << 20)
                                     : DefaultTrainingMemoryBudget()};
   pool_options.loop.prefill_token_budget = options.prefill_token_budget;
+  pool_options.loop.scheduler.train_min_share = options.train_min_share;
+  pool_options.loop.train_execution = options.train_execution;
   absl::StatusOr<std::unique_ptr<WorkerPool>> pool =
       WorkerPool::Create(pool_options, server->registry_.get(), server->metrics_.get());
   if (!pool.ok()) return pool.status();
@@ -59,6 +61,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     topts.state_dir = options.state_dir;
     topts.data_dir = options.data_dir;
     topts.keep_checkpoints = options.keep_checkpoints;
+    topts.train_slice = absl::Milliseconds(options.train_slice_ms);
     absl::StatusOr<std::unique_ptr<TrainManager>> manager = TrainManager::Create(
         topts, server->registry_.get(), server->pool_.get(), server->metrics_.get());
     if (!manager.ok()) {

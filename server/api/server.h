@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/api/validation.h"
+#include "server/core/device_loop.h"
 
 namespace grpc {
 class Server;
@@ -40,6 +41,10 @@ struct ServerOptions {
   int max_images_per_device = 16;
   int max_pending = 256;
   int max_queue_per_model = 128;
+  // The device scheduler (see server/core/scheduler.h, device_loop.h).
+  double train_min_share = 0.1;
+  int train_slice_ms = 100;
+  TrainExecution train_execution = TrainExecution::kBackground;
   int prefill_token_budget = 512;
   RequestLimits limits;
   bool log_requests = true;  // one line per Generate call on stderr

@@ -182,10 +182,11 @@ void DeviceLoop::Step() {
     in_flight = unit_in_flight_;
   }
   const bool train_runnable = !in_flight && train_->HasWork();
+  const bool inference = InferenceRunnable();
   const absl::Time now = absl::Now();
-  switch (policy_.Decide(InferenceRunnable(), train_runnable, in_flight, now)) {
+  switch (policy_.Decide(inference, train_runnable, in_flight, now)) {
     case Decision::kRunInference: RunInference(); break;
-    case Decision::kDispatchTrain: DispatchTrainUnit(); break;
+    case Decision::kDispatchTrain: DispatchTrainUnit(/*owed=*/inference); break;
     case Decision::kWaitForTrain: WaitForTrainUnit(); break;
     case Decision::kIdle: break;
   }
@@ -211,17 +212,22 @@ void DeviceLoop::RunInference() {
   }
 }
 
-void DeviceLoop::DispatchTrainUnit() {
+void DeviceLoop::DispatchTrainUnit(bool owed) {
   {
     absl::MutexLock lock(&mu_);
     unit_in_flight_ = true;
   }
+  const WorkClass work = owed || options_.train_execution != TrainExecution::kBackground
+                             ? WorkClass::kForeground
+                             : WorkClass::kBackground;
   // The executor reports through unit_done_; the unit's kind and time reach the loop with it.
-  const bool taken = executor_->Run([this] {
-    const absl::Time t0 = absl::Now();
-    unit_kind_ = train_->RunUnit();
-    unit_took_ = absl::Now() - t0;
-  });
+  const bool taken = executor_->Run(
+      [this] {
+        const absl::Time t0 = absl::Now();
+        unit_kind_ = train_->RunUnit();
+        unit_took_ = absl::Now() - t0;
+      },
+      work);
   if (!taken) {
     absl::MutexLock lock(&mu_);
     unit_in_flight_ = false;

@@ -95,7 +95,9 @@ class DeviceLoop {
   // One decision of the policy, carried out.
   void Step();
   void RunInference();
-  void DispatchTrainUnit();
+  // `owed`: the loop will wait for the unit (training's share is owed), so it runs in the
+  // foreground class rather than yield to whatever else the machine runs.
+  void DispatchTrainUnit(bool owed);
   void WaitForTrainUnit();
   // The executor finished a unit (under mu_): account for it.
   void TrainUnitDone() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -19,13 +19,14 @@ Executor::~Executor() {
   if (thread_.joinable()) thread_.join();
 }
 
-bool Executor::Run(absl::AnyInvocable<void()> fn) {
+bool Executor::Run(absl::AnyInvocable<void()> fn, WorkClass work) {
   {
     absl::MutexLock lock(&mu_);
     if (busy_ || stopping_) return false;
     busy_ = true;
     if (!inline_) {
       next_ = std::move(fn);
+      next_work_ = work;
       return true;
     }
   }
@@ -44,12 +45,10 @@ bool Executor::busy() const {
 }
 
 void Executor::Loop() {
-  if (absl::Status s = SetThreadWorkClass(work_, device_); !s.ok()) {
-    std::fprintf(stderr, "tandemd: training on %s runs at normal priority: %s\n", device_.c_str(),
-                 s.ToString().c_str());
-  }
+  bool warned = false;
   while (true) {
     absl::AnyInvocable<void()> fn;
+    WorkClass work;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -59,6 +58,17 @@ void Executor::Loop() {
       if (next_ == nullptr) return;  // stopping, nothing in flight
       fn = std::move(next_);
       next_ = nullptr;
+      work = next_work_;
+    }
+    if (work != current_) {
+      absl::Status s = SetThreadWorkClass(work, device_);
+      if (s.ok()) {
+        current_ = work;
+      } else if (!warned) {
+        warned = true;
+        std::fprintf(stderr, "tandemd: training on %s keeps its priority: %s\n", device_.c_str(),
+                     s.ToString().c_str());
+      }
     }
     fn();
     {

@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
@@ -20,12 +21,16 @@ namespace tandem {
 
 class Executor {
  public:
-  // `on_done` is called after each closure, on the thread that ran it.
+  // `on_done` is called after each closure, on the thread that ran it. `work` is the class the
+  // thread runs in unless a closure asks for another.
   Executor(std::string device, WorkClass work, bool inline_work, std::function<void()> on_done);
   ~Executor();  // waits for the closure in flight, then joins
 
-  // Runs `fn`; false (fn dropped) while another closure is in flight.
-  bool Run(absl::AnyInvocable<void()> fn);
+  // Runs `fn` in work class `work` (e.g. kForeground for a unit the loop waits for, which must
+  // not yield to everything else on the machine); false (fn dropped) while another closure is in
+  // flight.
+  bool Run(absl::AnyInvocable<void()> fn, WorkClass work);
+  bool Run(absl::AnyInvocable<void()> fn) { return Run(std::move(fn), work_); }
   bool busy() const;
 
  private:
@@ -37,6 +42,8 @@ class Executor {
   const std::function<void()> on_done_;
   mutable absl::Mutex mu_;
   absl::AnyInvocable<void()> next_ ABSL_GUARDED_BY(mu_);
+  WorkClass next_work_ ABSL_GUARDED_BY(mu_) = WorkClass::kBackground;
+  WorkClass current_ = WorkClass::kForeground;  // the thread's, as last set (executor thread)
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

@@ -1,12 +1,15 @@
 #include "server/core/train_workload.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace tandem {
 
-bool TrainWorkload::HasWork() const { return task_.trainer != nullptr; }
+bool TrainWorkload::HasWork() const {
+  return task_.trainer != nullptr && task_.listener->Backlog() < kMaxListenerBacklog;
+}
 
 std::string TrainWorkload::job_id() const { return task_.trainer ? task_.job_id : std::string(); }
 
@@ -20,7 +23,7 @@ absl::Status TrainWorkload::Start(TrainTask task) {
     active_job_ = task.job_id;
   }
   task_ = std::move(task);
-  phase_ = Phase::kTrain;
+  phase_ = task_.calibrate_slice > absl::ZeroDuration() ? Phase::kCalibrate : Phase::kTrain;
   eval_started_ = false;
   due_ = SnapshotReasons();
   pause_ = stop_ = cancel_ = false;
@@ -46,10 +49,31 @@ TrainWorkload::UnitKind TrainWorkload::RunUnit() {
     return UnitKind::kTrain;
   }
   switch (phase_) {
+    case Phase::kCalibrate: return Calibrate();
     case Phase::kTrain: return Train();
     case Phase::kEval: return Evaluate();
     case Phase::kSnapshot: return TakeSnapshot();
   }
+  return UnitKind::kTrain;
+}
+
+TrainWorkload::UnitKind TrainWorkload::Calibrate() {
+  Trainer& t = *task_.trainer;
+  phase_ = Phase::kTrain;
+  // Two rows, so a row's time is not all fixed overhead.
+  const int batch = t.options().hyper.batch_size;
+  const int probe = std::min(2, batch);
+  absl::StatusOr<double> seconds = t.ProbeChunk(probe);
+  if (!seconds.ok()) {
+    End(TrainEnd::kFailed, seconds.status());
+    return UnitKind::kTrain;
+  }
+  const double per_row = *seconds / probe;
+  const double slice = absl::ToDoubleSeconds(task_.calibrate_slice);
+  const int rows =
+      std::clamp(static_cast<int>(per_row > 0 ? slice / per_row : batch), 1, batch);
+  t.SetChunkRows(rows);
+  task_.listener->OnCalibrated(rows, per_row);
   return UnitKind::kTrain;
 }
 

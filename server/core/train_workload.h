@@ -23,6 +23,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "absl/synchronization/mutex.h"
 #include "server/core/workload.h"
 #include "trainer/trainer.h"
@@ -40,9 +41,19 @@ struct SnapshotReasons {
 
 enum class TrainEnd { kCompleted, kPaused, kStopped, kCancelled, kFailed };
 
+// Training waits (HasWork is false) while its listener has this many reports not yet handled:
+// the device never runs ahead of what the job layer records by more than a few steps.
+inline constexpr int kMaxListenerBacklog = 8;
+
 class TrainListener {
  public:
   virtual ~TrainListener() = default;
+  // Reports received and not yet handled (thread-safe). When it falls below
+  // kMaxListenerBacklog again the listener wakes the loop (DeviceLoop::Post).
+  virtual int Backlog() const = 0;
+  // The chunk size chosen before the first chunk (TrainTask::calibrate_slice), with the
+  // measured time of one row.
+  virtual void OnCalibrated(int chunk_rows, double seconds_per_row) = 0;
   virtual void OnStep(const StepMetrics& m) = 0;
   // The held-out loss of an evaluation (samples follow from the snapshot after it).
   virtual void OnEvaluated(const EvalMetrics& m) = 0;
@@ -55,6 +66,9 @@ struct TrainTask {
   std::string job_id;
   std::unique_ptr<Trainer> trainer;
   TrainListener* listener = nullptr;  // not owned; outlives the task's OnEnded
+  // > 0: before the first chunk, time a probe and choose chunk_rows so that a chunk takes about
+  // this long (the run's chunk size is then fixed). 0: the trainer's chunk_rows as it is.
+  absl::Duration calibrate_slice = absl::ZeroDuration();
 };
 
 class TrainWorkload final : public Workload {
@@ -82,7 +96,8 @@ class TrainWorkload final : public Workload {
   std::string job_id() const;
 
  private:
-  enum class Phase { kTrain, kEval, kSnapshot };
+  enum class Phase { kCalibrate, kTrain, kEval, kSnapshot };
+  UnitKind Calibrate();
   UnitKind Train();
   UnitKind Evaluate();
   UnitKind TakeSnapshot();

@@ -71,10 +71,13 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
   }
   // The count follows the request: released when a workload admits it, or when it ends.
   struct Ticket {
-    std::shared_ptr<ModelQueue> q;
+    explicit Ticket(std::shared_ptr<ModelQueue> queue) : q(std::move(queue)) {}
+    Ticket(const Ticket&) = delete;
+    Ticket& operator=(const Ticket&) = delete;
     ~Ticket() { q->waiting.fetch_sub(1); }
+    std::shared_ptr<ModelQueue> q;
   };
-  request.queue_ticket = std::make_shared<Ticket>(Ticket{q});
+  request.queue_ticket = std::make_shared<Ticket>(std::move(q));
   return absl::OkStatus();
 }
 

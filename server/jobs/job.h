@@ -74,6 +74,7 @@ inline Hyperparams UnsetHyperparams() {
   h.seed = 0;
   h.caption_dropout = 0;
   h.holdout_fraction = 0;
+  h.chunk_rows = 0;
   return h;
 }
 

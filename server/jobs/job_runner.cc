@@ -84,15 +84,44 @@ void JobRunner::Queue(Event e) {
   events_.push_back(std::move(e));
 }
 
-JobRunner::Event JobRunner::Next() {
+int JobRunner::Backlog() const {
   absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](std::deque<Event>* q) { return !q->empty(); }, &events_));
-  Event e = std::move(events_.front());
-  events_.pop_front();
+  return static_cast<int>(events_.size());
+}
+
+JobRunner::Event JobRunner::Next() {
+  bool wake;
+  Event e;
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](std::deque<Event>* q) { return !q->empty(); }, &events_));
+    wake = static_cast<int>(events_.size()) == kMaxListenerBacklog;
+    e = std::move(events_.front());
+    events_.pop_front();
+  }
+  if (wake) loop_->Post([] {});  // training waited for this room
   return e;
 }
 
+std::vector<StepMetrics> JobRunner::TakeQueuedSteps() {
+  std::vector<StepMetrics> steps;
+  bool wake = false;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!events_.empty() && std::holds_alternative<StepMetrics>(events_.front())) {
+      wake |= static_cast<int>(events_.size()) == kMaxListenerBacklog;
+      steps.push_back(std::get<StepMetrics>(events_.front()));
+      events_.pop_front();
+    }
+  }
+  if (wake) loop_->Post([] {});
+  return steps;
+}
+
+void JobRunner::OnCalibrated(int chunk_rows, double seconds_per_row) {
+  Queue(Calibrated{chunk_rows, seconds_per_row});
+}
 void JobRunner::OnStep(const StepMetrics& m) { Queue(m); }
 void JobRunner::OnEvaluated(const EvalMetrics& m) { Queue(Evaluated{m}); }
 void JobRunner::OnSnapshot(TrainSnapshot snapshot, const SnapshotReasons& why) {
@@ -114,6 +143,7 @@ JobRunner::Outcome JobRunner::Run() {
   task.job_id = id_;
   task.trainer = std::move(trainer_);
   task.listener = this;
+  if (options_.train.hyper.chunk_rows == 0) task.calibrate_slice = options_.train_slice;
   loop_->StartTraining(std::move(task));
   // A request that came meanwhile may have reached the loop before the task did: again.
   if (requested_ != static_cast<int>(Control::kNone)) Request(static_cast<Control>(requested_.load()));
@@ -136,8 +166,7 @@ absl::Status JobRunner::Start() {
   spec_ = job.spec;
   if (job.best_eval) best_loss_ = job.best_eval->loss;
   ledger_->Log(id_, absl::StrCat(note.empty() ? "started" : note, " on ", loop_->device(), " (",
-                                 trainer_->parameter_count(), " parameters, chunks of ",
-                                 trainer_->chunk_rows(), " rows)"));
+                                 trainer_->parameter_count(), " parameters)"));
   step_start_ = absl::Now();
   return absl::OkStatus();
 }
@@ -150,7 +179,11 @@ JobRunner::Outcome JobRunner::Follow() {
     Event e = Next();
     absl::Status s;
     if (auto* m = std::get_if<StepMetrics>(&e)) {
-      if (!failed) s = RecordStep(*m);
+      std::vector<StepMetrics> steps = {*m};
+      for (const StepMetrics& more : TakeQueuedSteps()) steps.push_back(more);
+      if (!failed) s = RecordSteps(steps);
+    } else if (auto* c = std::get_if<Calibrated>(&e)) {
+      if (!failed) s = RecordCalibration(*c);
     } else if (auto* ev = std::get_if<Evaluated>(&e)) {
       pending_eval_ = ev->m;
     } else if (auto* snap = std::get_if<Snapped>(&e)) {
@@ -176,10 +209,19 @@ JobRunner::Outcome JobRunner::OutcomeOf(const Ended& e) {
   return {Outcome::kFailed, "unknown end"};
 }
 
-absl::Status JobRunner::RecordStep(const StepMetrics& m) {
-  const absl::Time now = absl::Now();
-  const double took = absl::ToDoubleSeconds(now - step_start_);
-  step_start_ = now;
+absl::Status JobRunner::RecordCalibration(const Calibrated& c) {
+  absl::Status s = ledger_->Update(id_, [&](Job& job) {
+    if (job.spec.hyper) job.spec.hyper->chunk_rows = c.rows;
+  }, std::nullopt);
+  if (!s.ok()) return s;
+  ledger_->Log(id_, absl::StrFormat("chunks of %d rows (a row took %.1f ms; the target is %.0f ms "
+                                    "a chunk, --train_slice_ms)",
+                                    c.rows, 1000 * c.seconds_per_row,
+                                    absl::ToDoubleMilliseconds(options_.train_slice)));
+  return absl::OkStatus();
+}
+
+StepRecord JobRunner::Record(const StepMetrics& m, double took) {
   step_time_ema_ = step_time_ema_ == 0 ? took : 0.9 * step_time_ema_ + 0.1 * took;
   StepRecord r;
   r.step = m.step;
@@ -199,10 +241,22 @@ absl::Status JobRunner::RecordStep(const StepMetrics& m) {
     metrics_->train_loss.Add({{"job", id_}}).Set(m.loss);
     metrics_->train_learning_rate.Add({{"job", id_}}).Set(m.lr);
   }
+  return r;
+}
+
+absl::Status JobRunner::RecordSteps(const std::vector<StepMetrics>& steps) {
+  // Steps that arrive together (the store was slower than the device) share the time since the
+  // last: the rates of a burst are its mean.
+  const absl::Time now = absl::Now();
+  const double took = absl::ToDoubleSeconds(now - step_start_) / static_cast<double>(steps.size());
+  step_start_ = now;
+  std::vector<StepRecord> records;
+  for (const StepMetrics& m : steps) records.push_back(Record(m, took));
   // Watchers get step metrics at a bounded rate, and always the last step.
-  const bool notify = now - last_sent_ >= options_.metrics_interval || m.step == total_steps_;
+  const bool last = steps.back().step == total_steps_;
+  const bool notify = now - last_sent_ >= options_.metrics_interval || last;
   if (notify) last_sent_ = now;
-  return ledger_->RecordStep(id_, r, notify);
+  return ledger_->RecordSteps(id_, records, notify);
 }
 
 absl::Status JobRunner::HandleSnapshot(const Snapped& s) {

@@ -28,6 +28,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -50,8 +51,10 @@ class JobLedger {
   // log and sent to its watchers, in one transaction.
   virtual absl::Status Update(const std::string& id, const std::function<void(Job&)>& change,
                               const std::optional<JobEvent>& event) = 0;
-  // Commits one step's metrics and the job's `latest`; sends them to the watchers if `notify`.
-  virtual absl::Status RecordStep(const std::string& id, const StepRecord& m, bool notify) = 0;
+  // Commits steps' metrics (one transaction) and the job's `latest` (the last of them); sends
+  // the last to the watchers if `notify`.
+  virtual absl::Status RecordSteps(const std::string& id, const std::vector<StepRecord>& steps,
+                                   bool notify) = 0;
   // Appends a log line to the job's events (and the server's log).
   virtual void Log(const std::string& id, const std::string& text) = 0;
   virtual Job Snapshot(const std::string& id) = 0;  // the job as it stands
@@ -61,6 +64,8 @@ struct JobRunnerOptions {
   TrainOptions train;       // resolved spec; job_id and device set
   std::string job_dir;      // --state_dir/jobs/<id>
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
+  // When the spec leaves chunk_rows unset: the chunk time to calibrate for (see TrainTask).
+  absl::Duration train_slice = absl::Milliseconds(100);
 };
 
 class JobRunner final : private TrainListener {
@@ -86,6 +91,10 @@ class JobRunner final : private TrainListener {
   bool WithdrawPause();
 
  private:
+  struct Calibrated {
+    int rows;
+    double seconds_per_row;
+  };
   struct Evaluated {
     EvalMetrics m;
   };
@@ -97,20 +106,29 @@ class JobRunner final : private TrainListener {
     TrainEnd end;
     absl::Status status;
   };
-  using Event = std::variant<StepMetrics, Evaluated, Snapped, Ended>;
+  using Event = std::variant<StepMetrics, Calibrated, Evaluated, Snapped, Ended>;
 
   // TrainListener (the loop's threads): queue and return.
+  int Backlog() const override;
+  void OnCalibrated(int chunk_rows, double seconds_per_row) override;
   void OnStep(const StepMetrics& m) override;
   void OnEvaluated(const EvalMetrics& m) override;
   void OnSnapshot(TrainSnapshot snapshot, const SnapshotReasons& why) override;
   void OnEnded(TrainEnd end, const absl::Status& status) override;
   void Queue(Event e);
   Event Next();
+  // The steps queued right behind the one just taken (handled in one store transaction).
+  std::vector<StepMetrics> TakeQueuedSteps();
 
   absl::Status Start();
   // Handles the loop's reports until the task ends; the outcome.
   Outcome Follow();
-  absl::Status RecordStep(const StepMetrics& m);
+  // Records steps (store, watchers, metrics) in one transaction.
+  absl::Status RecordSteps(const std::vector<StepMetrics>& steps);
+  // The record of one step that took `took` seconds; the job's metrics.
+  StepRecord Record(const StepMetrics& m, double took);
+  // The calibrated chunk size goes into the stored spec, so every later run uses it.
+  absl::Status RecordCalibration(const Calibrated& c);
   absl::Status HandleSnapshot(const Snapped& s);
   absl::Status Checkpoint(const TrainSnapshot& snapshot);
   // The evaluation of the snapshot's step: samples from `exported` (its export), the record, and
@@ -132,7 +150,7 @@ class JobRunner final : private TrainListener {
   std::atomic<bool> pause_requested_{false};
   std::atomic<int> requested_{static_cast<int>(Control::kNone)};  // cancel or stop, once asked
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::deque<Event> events_ ABSL_GUARDED_BY(mu_);
 
   // Job-thread state.

@@ -160,15 +160,18 @@ absl::Status TrainManager::Update(const std::string& id, const std::function<voi
   return SaveLocked(job, event ? &*event : nullptr);
 }
 
-absl::Status TrainManager::RecordStep(const std::string& id, const StepRecord& m, bool notify) {
+absl::Status TrainManager::RecordSteps(const std::string& id,
+                                       const std::vector<StepRecord>& steps, bool notify) {
+  if (steps.empty()) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
   Job job = jobs_[id];
-  job.latest = m;
+  job.latest = steps.back();
   JobStore::WriteBatch batch;
-  batch.Update(job).RecordMetrics(id, m);
+  batch.Update(job);
+  for (const StepRecord& m : steps) batch.RecordMetrics(id, m);
   if (absl::Status s = store_->Commit(batch); !s.ok()) return s;
   jobs_[id] = std::move(job);
-  if (notify) NotifyLocked(id, JobEvent::Now(m));
+  if (notify) NotifyLocked(id, JobEvent::Now(steps.back()));
   return absl::OkStatus();
 }
 
@@ -247,6 +250,7 @@ bool TrainManager::StartNextLocked() {
   ro.train.device = loop->device();
   ro.job_dir = JobDir(job->id);
   ro.metrics_interval = options_.metrics_interval;
+  ro.train_slice = options_.train_slice;
   ++job->attempt;
   if (absl::Status s = SetStateLocked(job, JobState::kRunning, ""); !s.ok()) {
     Warn(job->id, s);

@@ -55,6 +55,7 @@ struct TrainManagerOptions {
   std::string data_dir;   // datasets; empty: every submission fails FAILED_PRECONDITION
   int keep_checkpoints = 3;
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
+  absl::Duration train_slice = absl::Milliseconds(100);  // chunk time to calibrate for
   bool start_jobs = true;  // false: recover and accept, but start nothing (tests)
 };
 
@@ -116,7 +117,8 @@ class TrainManager final : public JobLedger {
   // JobLedger, for the runners (the manager hands itself to each).
   absl::Status Update(const std::string& id, const std::function<void(Job&)>& change,
                       const std::optional<JobEvent>& event) override;
-  absl::Status RecordStep(const std::string& id, const StepRecord& m, bool notify) override;
+  absl::Status RecordSteps(const std::string& id, const std::vector<StepRecord>& steps,
+                           bool notify) override;
   void Log(const std::string& id, const std::string& text) override;
   Job Snapshot(const std::string& id) override;
 

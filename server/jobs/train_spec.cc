@@ -115,6 +115,10 @@ absl::Status Hyper(Hyperparams* h) {
   if (h->batch_size < 0 || h->batch_size > 4096) {
     return Invalid(absl::StrCat("batch_size (", h->batch_size, ") must be in [1, 4096]"));
   }
+  if (h->chunk_rows < 0 || h->chunk_rows > h->batch_size) {
+    return Invalid(absl::StrCat("chunk_rows (", h->chunk_rows, ") must be in [1, batch_size (",
+                                h->batch_size, ")], or 0 to calibrate"));
+  }
   if (h->grad_accum == 0) h->grad_accum = 1;
   if (h->grad_accum < 0 || h->grad_accum > 1024) {
     return Invalid(absl::StrCat("grad_accum (", h->grad_accum, ") must be in [1, 1024]"));

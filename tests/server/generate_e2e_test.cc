@@ -165,6 +165,53 @@ TEST_F(GenerateE2ETest, FinishedEchoesTheRequestIdOrTheOneTheServerChose) {
   EXPECT_NE(a.finished.request_id(), b.finished.request_id());
 }
 
+// A hot swap to a version with another tokenizer: the request in flight was tokenized by version
+// 1 and runs to its end on version 1 (weights and tokenizer); the next one is version 2's.
+TEST_F(GenerateE2ETest, HotSwapToANewTokenizerLeavesInFlightRequestsOnTheirVersion) {
+  testing::TinyModelSpec spec;
+  spec.vocab = 400;
+  spec.seed = 9;
+  const std::string v2 = testing::WriteTinyModel(*root_ + "/swap/tiny-v2", spec);
+  auto tok1 = LoadTokenizer();
+  auto tok2 = Tokenizer::Load(v2 + "/tokenizer.model");
+  ASSERT_TRUE(tok2.ok()) << tok2.status();
+  const std::string prompt = "the cat sat on the mat";
+  ASSERT_NE(tok1->Encode(prompt), (*tok2)->Encode(prompt)) << "the tokenizers should differ";
+
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, TextRequest(prompt, 60));
+  GenerateResponse first;
+  ASSERT_TRUE(reader->Read(&first));  // validated, admitted, decoding on version 1
+  absl::StatusOr<std::shared_ptr<const ModelEntry>> published =
+      server_->registry()->Publish("tiny", v2);
+  ASSERT_TRUE(published.ok()) << published.status();
+  EXPECT_EQ((*published)->version, 2);
+  StreamResult r;
+  r.text = first.text().text();
+  r.ids.assign(first.text().token_ids().begin(), first.text().token_ids().end());
+  GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    if (resp.has_text()) {
+      r.text += resp.text().text();
+      r.ids.insert(r.ids.end(), resp.text().token_ids().begin(), resp.text().token_ids().end());
+    } else if (resp.has_finished()) {
+      r.finished = resp.finished();
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(r.finished.model_version(), 1);
+  EXPECT_EQ(r.finished.usage().prompt_tokens(), 1 + static_cast<int>(tok1->Encode(prompt).size()));
+  EXPECT_EQ(r.text, tok1->Decode(r.ids));
+
+  StreamResult after = Run(TextRequest(prompt, 8));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.finished.model_version(), 2);
+  EXPECT_EQ(after.finished.usage().prompt_tokens(),
+            1 + static_cast<int>((*tok2)->Encode(prompt).size()));
+  EXPECT_EQ(after.text, (*tok2)->Decode(after.ids));
+  for (int32_t id : after.ids) EXPECT_LT(id, (*tok2)->vocab_size());
+}
+
 TEST_F(GenerateE2ETest, SameSeedSameTextWhateverIsBatchedAlongside) {
   GenerateRequest a = TextRequest("a dog ran far", 40, /*temperature=*/1.0f, /*seed=*/1234);
   a.mutable_text()->set_top_k(50);

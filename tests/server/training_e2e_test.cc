@@ -637,11 +637,67 @@ TEST_F(TrainingE2ETest, DeployingWhileStreamsRunFailsNoRequest) {
   EXPECT_GT(*versions.rbegin(), 1);
 }
 
+// A job and streaming requests on the same device: both make progress, and the job's losses are
+// bit for bit those of the same job trained with the device to itself.
+TEST_F(TrainingE2ETest, TrainingAndStreamsBothProgressWithTheLossesOfTrainingAlone) {
+  StartServer("state-colocated");
+  TrainJobSpec spec = TextSpec(24);
+  spec.mutable_hyperparameters()->set_chunk_rows(2);
+  TrainJob alone;
+  ASSERT_TRUE(Submit(spec, &alone).ok());
+  alone = WaitFor(alone.id(), [](const TrainJob& j) { return j.state() == tandem::v1::SUCCEEDED; });
+  const TrainJob alone_done = Get(alone.id(), /*history=*/true);
+  ASSERT_EQ(alone_done.history_size(), 24);
+
+  TrainJob busy;
+  ASSERT_TRUE(Submit(spec, &busy).ok());
+  WaitFor(busy.id(), [](const TrainJob& j) { return j.state() == tandem::v1::RUNNING; });
+  std::atomic<bool> job_done{false};
+  std::atomic<int> streams_ok{0}, streams_failed{0}, streams_during_training{0};
+  auto client = [&] {
+    while (!job_done) {
+      const bool running_before = Get(busy.id()).state() == tandem::v1::RUNNING;
+      grpc::ClientContext ctx;
+      tandem::v1::GenerateRequest req;
+      req.set_model("tiny");
+      req.set_prompt("The cat");
+      req.mutable_text()->set_max_tokens(12);
+      auto reader = inference_->Generate(&ctx, req);
+      tandem::v1::GenerateResponse resp;
+      while (reader->Read(&resp)) {
+      }
+      if (reader->Finish().ok()) {
+        ++streams_ok;
+        if (running_before && Get(busy.id()).state() == tandem::v1::RUNNING) {
+          ++streams_during_training;
+        }
+      } else {
+        ++streams_failed;
+      }
+    }
+  };
+  std::thread a(client), b(client);
+  const TrainJob busy_done_state =
+      WaitFor(busy.id(), [](const TrainJob& j) { return j.state() == tandem::v1::SUCCEEDED; });
+  job_done = true;
+  a.join();
+  b.join();
+  EXPECT_EQ(busy_done_state.state(), tandem::v1::SUCCEEDED);
+  EXPECT_EQ(streams_failed, 0);
+  EXPECT_GT(streams_during_training, 0) << "no stream completed while the job trained";
+  const TrainJob busy_done = Get(busy.id(), /*history=*/true);
+  ASSERT_EQ(busy_done.history_size(), 24);
+  for (int i = 0; i < 24; ++i) {
+    EXPECT_EQ(busy_done.history(i).loss(), alone_done.history(i).loss()) << "step " << i + 1;
+  }
+  EXPECT_EQ(busy_done.best_eval().loss(), alone_done.best_eval().loss());
+}
+
 TEST_F(TrainingE2ETest, RestartResumesFromTheCheckpointWithTheSameLosses) {
   // Uninterrupted reference run.
   StartServer("state-ref");
   TrainJob ref;
-  ASSERT_TRUE(Submit(TextSpec(24), &ref).ok());
+  ASSERT_TRUE(Submit(TextSpec(40), &ref).ok());
   ref = WaitFor(ref.id(), [](const TrainJob& j) { return j.state() == tandem::v1::SUCCEEDED; });
   TrainJob ref_full = Get(ref.id(), true);
   StopServer();
@@ -649,7 +705,7 @@ TEST_F(TrainingE2ETest, RestartResumesFromTheCheckpointWithTheSameLosses) {
   // The same job, with the server stopped mid-way and started again on the same state.
   StartServer("state-restart");
   TrainJob job;
-  ASSERT_TRUE(Submit(TextSpec(24), &job).ok());
+  ASSERT_TRUE(Submit(TextSpec(40), &job).ok());
   WaitFor(job.id(), [](const TrainJob& j) { return j.latest().step() >= 7; });
   StopServer();
   StartServer("state-restart");
@@ -658,9 +714,9 @@ TEST_F(TrainingE2ETest, RestartResumesFromTheCheckpointWithTheSameLosses) {
   });
   EXPECT_EQ(done.attempt(), 2);
   TrainJob full = Get(job.id(), true);
-  ASSERT_EQ(full.history_size(), 24);
-  ASSERT_EQ(ref_full.history_size(), 24);
-  for (int i = 0; i < 24; ++i) {
+  ASSERT_EQ(full.history_size(), 40);
+  ASSERT_EQ(ref_full.history_size(), 40);
+  for (int i = 0; i < 40; ++i) {
     EXPECT_EQ(full.history(i).loss(), ref_full.history(i).loss()) << "step " << i + 1;
   }
 }

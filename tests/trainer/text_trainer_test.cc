@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <thread>
 #include <memory>
 #include <optional>
 #include <string>
@@ -235,6 +237,155 @@ TEST(TextTrainerTest, ExportedModelServesWithTheTrainedWeights) {
   absl::StatusOr<SafetensorsFile> w = ReadSafetensors(model->weights_path());
   ASSERT_TRUE(w.ok());
   EXPECT_TRUE(CreateLlamaModel(model->llama, w->tensors, {}).ok());
+  fs::remove_all(dir);
+}
+
+// --- chunks: the unit the device loop interleaves with inference ------------------------------
+
+// A trainer of `o` with `chunk_rows`, built in `dir` (its tokenizer is trained there once and
+// reused, so every trainer of a test has the same one).
+std::unique_ptr<Trainer> ChunkedTrainer(TrainOptions o, int chunk_rows, const std::string& dir) {
+  o.hyper.chunk_rows = chunk_rows;
+  auto t = CreateTextTrainer(o, dir + "/work", "", nullptr);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? *std::move(t) : nullptr;
+}
+
+// One chunk at a time, each run by `run` (RunChunk on some thread), `between` run after each; the
+// completed steps' losses.
+using ChunkRunner = std::function<absl::StatusOr<std::optional<StepMetrics>>(Trainer*)>;
+std::vector<double> TrainByChunks(Trainer* t, int64_t steps, const std::function<void()>& between,
+                                  const ChunkRunner& run = [](Trainer* t) {
+                                    return t->RunChunk();
+                                  }) {
+  std::vector<double> losses;
+  while (t->step() < steps) {
+    absl::StatusOr<std::optional<StepMetrics>> m = run(t);
+    EXPECT_TRUE(m.ok()) << m.status();
+    if (!m.ok()) break;
+    if (m->has_value()) losses.push_back((*m)->loss);
+    between();
+  }
+  return losses;
+}
+
+TEST(TextTrainerChunksTest, ChunksEqualTheWholeMicroBatchWithinFloatRounding) {
+  const std::string dir = MakeTempDir("text_chunks_equal");
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.steps = 10;
+  o.hyper.grad_accum = 2;
+  std::unique_ptr<Trainer> whole = ChunkedTrainer(o, 0, dir);
+  std::unique_ptr<Trainer> ones = ChunkedTrainer(o, 1, dir);
+  std::unique_ptr<Trainer> threes = ChunkedTrainer(o, 3, dir);  // 4 rows: chunks of 3 and 1
+  ASSERT_TRUE(whole && ones && threes);
+  EXPECT_EQ(whole->chunk_rows(), 4);
+  EXPECT_EQ(ones->chunk_rows(), 1);
+  const std::vector<double> a = Train(whole.get(), 10);
+  const std::vector<double> b = Train(ones.get(), 10);
+  const std::vector<double> c = Train(threes.get(), 10);
+  ASSERT_EQ(a.size(), 10u);
+  ASSERT_EQ(b.size(), 10u);
+  ASSERT_EQ(c.size(), 10u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(b[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
+    EXPECT_NEAR(c[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(TextTrainerChunksTest, SameChunksGiveBitIdenticalLossesWhateverRunsBetweenThem) {
+  const std::string dir = MakeTempDir("text_chunks_interleaved");
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.steps = 6;
+  o.hyper.grad_accum = 2;
+  std::unique_ptr<Trainer> alone = ChunkedTrainer(o, 2, dir);
+  std::unique_ptr<Trainer> busy = ChunkedTrainer(o, 2, dir);
+  std::unique_ptr<Trainer> other = ChunkedTrainer(o, 1, dir);  // another job's chunks
+  ASSERT_TRUE(alone && busy && other);
+  // Inference between the chunks: a served model decoding on the same threads.
+  LlamaConfig c = o.llama;
+  ASSERT_TRUE(c.Normalize().ok());
+  absl::StatusOr<TensorMap> weights = RandomLlamaWeights(c, 99);
+  ASSERT_TRUE(weights.ok());
+  absl::StatusOr<std::unique_ptr<TextModel>> serving = CreateLlamaModel(c, *weights, {});
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  absl::StatusOr<int> slot = (*serving)->AcquireSlot();
+  ASSERT_TRUE(slot.ok());
+  std::vector<float> logits(c.vocab_size);
+  ASSERT_TRUE((*serving)->Prefill(*slot, {1, 5, 9}, logits.data()).ok());
+  int decoded = 0;
+
+  const std::vector<double> expected = TrainByChunks(alone.get(), 6, [] {});
+  int chunk = 0;
+  const std::vector<double> got = TrainByChunks(busy.get(), 6, [&] {
+    const int slots[] = {*slot};
+    const int32_t tokens[] = {static_cast<int32_t>(7 + decoded % 50)};
+    if ((*serving)->SlotLength(*slot) + 1 < c.seq_len) {
+      EXPECT_TRUE((*serving)->Decode(slots, tokens, logits.data()).ok());
+      ++decoded;
+    }
+    if (other->step() < 6) EXPECT_TRUE(other->RunChunk().ok());
+  }, [&](Trainer* t) -> absl::StatusOr<std::optional<StepMetrics>> {
+    if (++chunk % 3 != 0) return t->RunChunk();
+    // Every third chunk on another thread, as a device loop's executor would run it.
+    absl::StatusOr<std::optional<StepMetrics>> m = absl::InternalError("not run");
+    std::thread([&] { m = t->RunChunk(); }).join();
+    return m;
+  });
+  ASSERT_EQ(expected.size(), 6u);
+  EXPECT_EQ(got, expected);  // bit for bit
+  EXPECT_GT(decoded, 0);
+  // And the weights at the end too.
+  absl::StatusOr<TrainSnapshot> a = alone->Snapshot();
+  absl::StatusOr<TrainSnapshot> b = busy->Snapshot();
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->model.size(), b->model.size());
+  for (const auto& [name, t] : a->model) EXPECT_EQ(t.bytes, b->model.at(name).bytes) << name;
+  fs::remove_all(dir);
+}
+
+TEST(TextTrainerChunksTest, CalibrationProbeLeavesTheRunUnchanged) {
+  const std::string dir = MakeTempDir("text_chunks_probe");
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.steps = 4;
+  std::unique_ptr<Trainer> probed = ChunkedTrainer(o, 0, dir);
+  std::unique_ptr<Trainer> plain = ChunkedTrainer(o, 2, dir);
+  ASSERT_TRUE(probed && plain);
+  absl::StatusOr<double> seconds = probed->ProbeChunk(2);
+  ASSERT_TRUE(seconds.ok()) << seconds.status();
+  EXPECT_GT(*seconds, 0);
+  probed->SetChunkRows(2);
+  EXPECT_EQ(probed->chunk_rows(), 2);
+  EXPECT_EQ(Train(probed.get(), 4), Train(plain.get(), 4));
+  fs::remove_all(dir);
+}
+
+TEST(TextTrainerChunksTest, ChunkedEvaluationEqualsTheWholeEvaluation) {
+  const std::string dir = MakeTempDir("text_chunks_eval");
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.steps = 3;
+  // The same fresh weights (same seed), evaluated in units of one window or of four.
+  std::unique_ptr<Trainer> whole = ChunkedTrainer(o, 0, dir);
+  std::unique_ptr<Trainer> ones = ChunkedTrainer(o, 1, dir);
+  ASSERT_TRUE(whole && ones);
+  auto held_out = [](Trainer* t, int* units) {
+    t->StartEvaluation();
+    while (true) {
+      absl::StatusOr<std::optional<EvalMetrics>> m = t->RunEvalChunk();
+      EXPECT_TRUE(m.ok()) << m.status();
+      ++*units;
+      if (!m.ok() || m->has_value()) return m.ok() ? **m : EvalMetrics();
+    }
+  };
+  int whole_units = 0, one_units = 0;
+  const EvalMetrics a = held_out(whole.get(), &whole_units);
+  const EvalMetrics b = held_out(ones.get(), &one_units);
+  EXPECT_GT(one_units, whole_units);  // really cut into more units
+  EXPECT_NEAR(b.loss, a.loss, 1e-4 * a.loss);
+  EXPECT_NEAR(b.bits_per_byte, a.bits_per_byte, 1e-4 * a.bits_per_byte);
+  // Evaluating twice in a row gives the same result (no state leaks between evaluations).
+  int again = 0;
+  EXPECT_EQ(held_out(whole.get(), &again).loss, a.loss);
   fs::remove_all(dir);
 }
 
