@@ -22,6 +22,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_client.h"
+#include "bench/colocate.h"
 #include "bench/matmul_peak.h"
 #include "models/model_dir.h"
 #include "tandem/v1/inference.grpc.pb.h"
@@ -38,86 +40,25 @@ ABSL_FLAG(int, threads, 0, "Threads for the matmul peak (0: all cores; match tan
 ABSL_FLAG(double, peak_seconds, 1.0, "Timing per matrix size for the peak");
 ABSL_FLAG(std::string, device, "cpu", "Device for the matmul peak (the server's device)");
 ABSL_FLAG(bool, skip_peak, false, "Do not measure the matmul peak");
-ABSL_FLAG(std::string, mode, "text", "text: LLM streams; image: diffusion requests");
+ABSL_FLAG(std::string, mode, "text",
+          "text: LLM streams; image: diffusion requests; colocate: serving beside training "
+          "(bench/colocate.h)");
 ABSL_FLAG(int, steps, 50, "image: DDIM steps per request");
 ABSL_FLAG(double, guidance, 3.0, "image: guidance scale");
 ABSL_FLAG(std::string, caption, "a photo of a sneaker", "image: caption of every request");
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using tandem::bench::ImageStats;
+using tandem::bench::Percentile;
+using tandem::bench::RunImage;
+using tandem::bench::RunStream;
+using tandem::bench::SecondsBetween;
+using tandem::bench::StreamStats;
+using Clock = tandem::bench::Clock;
 using tandem::v1::GenerateRequest;
 using tandem::v1::GenerateResponse;
 using tandem::v1::Inference;
-
-double SecondsBetween(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration<double>(to - from).count();
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
-
-// What every request's run reports.
-struct RunStats {
-  bool ok = false;
-  std::string error;
-};
-
-// Sends `req` and hands every response to on_response with the seconds since sending; then the
-// call's outcome into *stats. Returns the seconds the call took.
-double Stream(Inference::Stub* stub, const GenerateRequest& req,
-              const std::function<void(const GenerateResponse&, double seconds)>& on_response,
-              RunStats* stats) {
-  const auto t0 = Clock::now();
-  grpc::ClientContext ctx;
-  auto reader = stub->Generate(&ctx, req);
-  GenerateResponse resp;
-  while (reader->Read(&resp)) on_response(resp, SecondsBetween(t0, Clock::now()));
-  const double total = SecondsBetween(t0, Clock::now());
-  const grpc::Status st = reader->Finish();
-  stats->ok = st.ok();
-  if (!st.ok()) stats->error = st.error_message();
-  return total;
-}
-
-// ------------------------------------------------------------------------------------- text
-
-struct StreamStats : RunStats {
-  double ttft = 0;
-  std::vector<double> gaps;  // seconds between consecutive tokens
-  int tokens = 0;
-  int prompt_tokens = 0;
-};
-
-StreamStats RunStream(Inference::Stub* stub, const GenerateRequest& req) {
-  StreamStats s;
-  double last = 0;  // when the previous tokens arrived
-  Stream(
-      stub, req,
-      [&](const GenerateResponse& resp, double now) {
-        if (resp.has_text()) {
-          const int n = std::max(1, resp.text().token_ids_size());
-          if (s.tokens == 0) {
-            s.ttft = now;
-          } else {
-            // Coalesced deltas (a slow reader) spread their gap over their tokens.
-            const double gap = (now - last) / n;
-            for (int i = 0; i < n; ++i) s.gaps.push_back(gap);
-          }
-          last = now;
-          s.tokens += n;
-        } else if (resp.has_finished()) {
-          s.tokens = resp.finished().usage().completion_tokens();
-          s.prompt_tokens = resp.finished().usage().prompt_tokens();
-        }
-      },
-      &s);
-  return s;
-}
 
 // The model's shape from --model_dir, for the useful FLOPs of a stream.
 struct ModelShape {
@@ -201,37 +142,6 @@ int RunTextBench(Inference::Stub* stub, const std::vector<int>& counts, const Mo
     std::fflush(stdout);
   }
   return 0;
-}
-
-// ------------------------------------------------------------------------------------ image
-
-struct ImageStats : RunStats {
-  double first_step = 0;  // seconds from sending to the first ImageProgress
-  double total = 0;
-  double queue = 0;  // server side: accepted -> admitted to the device (Finished.usage)
-  std::vector<double> step_gaps;
-};
-
-// Runs one image request; `at_step` is told each progress step (to time arrivals mid-way).
-ImageStats RunImage(Inference::Stub* stub, const GenerateRequest& req,
-                    const std::function<void(int)>& at_step = nullptr) {
-  ImageStats s;
-  double last = 0;  // when the previous step was reported
-  s.total = Stream(
-      stub, req,
-      [&](const GenerateResponse& resp, double now) {
-        if (resp.has_finished()) s.queue = resp.finished().usage().queue_seconds();
-        if (!resp.has_progress()) return;
-        if (resp.progress().step() == 1) {
-          s.first_step = now;
-        } else {
-          s.step_gaps.push_back(now - last);
-        }
-        last = now;
-        if (at_step) at_step(resp.progress().step());
-      },
-      &s);
-  return s;
 }
 
 // n concurrent requests with seeds seed0, seed0 + 1, ...; `at_step` as RunImage's, for each.
@@ -394,5 +304,6 @@ int main(int argc, char** argv) {
                                            grpc::InsecureChannelCredentials(), args);
   auto stub = Inference::NewStub(channel);
   if (absl::GetFlag(FLAGS_mode) == "image") return RunImageBench(stub.get(), counts);
+  if (absl::GetFlag(FLAGS_mode) == "colocate") return tandem::bench::RunColocateBench(channel);
   return RunTextBench(stub.get(), counts, shape, peak);
 }

@@ -49,7 +49,7 @@ ABSL_FLAG(int, prefill_token_budget, 512,
 ABSL_FLAG(double, train_min_share, 0.1,
           "Share of each device's time training is guaranteed when inference would take all of "
           "it (0: training only in idle time)");
-ABSL_FLAG(int, train_slice_ms, 100,
+ABSL_FLAG(int, train_slice_ms, 250,
           "Target time of one training chunk: jobs that leave chunk_rows unset are calibrated "
           "for it at their first start");
 ABSL_FLAG(std::string, train_execution, "background",

@@ -186,11 +186,12 @@ void NetTrainer::SetChunkRows(int rows) { chunk_rows_ = rows; }
 absl::StatusOr<double> NetTrainer::ProbeChunk(int rows) {
   const std::string what = absl::StrCat(kind_, " calibration");
   return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<double> {
-    const absl::Time t0 = absl::Now();
     DrawMicroBatch(accumulator_.micro());  // drawn again, identically, by the first chunk
+    const absl::Time t0 = absl::Now();
     ChunkLoss(0, std::min<int64_t>(rows, options_.hyper.batch_size)).backward();
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - t0);
     optimizer_->ZeroGrad();
-    return absl::ToDoubleSeconds(absl::Now() - t0);
+    return seconds;
   });
 }
 

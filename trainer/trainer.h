@@ -106,9 +106,9 @@ class Trainer {
   // Rows per chunk (options().hyper.chunk_rows, or the whole micro-batch when that is 0, unless
   // SetChunkRows chose).
   virtual int chunk_rows() const = 0;
-  // Times forward + backward of `rows` rows of the next micro-batch without training on them
-  // (their gradients are zeroed; the run's losses are unchanged): seconds. For calibrating
-  // chunk_rows before the run's first chunk.
+  // Times forward + backward of `rows` rows of the next micro-batch (drawing it is not timed)
+  // without training on them (their gradients are zeroed; the run's losses are unchanged):
+  // seconds. For calibrating chunk_rows before the run's first chunk.
   virtual absl::StatusOr<double> ProbeChunk(int rows) = 0;
   // Sets chunk_rows (1 .. batch_size): only before the run's first chunk.
   virtual void SetChunkRows(int rows) = 0;

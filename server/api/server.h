@@ -43,7 +43,7 @@ struct ServerOptions {
   int max_queue_per_model = 128;
   // The device scheduler (see server/core/scheduler.h, device_loop.h).
   double train_min_share = 0.1;
-  int train_slice_ms = 100;
+  int train_slice_ms = 250;
   TrainExecution train_execution = TrainExecution::kBackground;
   int prefill_token_budget = 512;
   RequestLimits limits;

@@ -65,7 +65,7 @@ struct JobRunnerOptions {
   std::string job_dir;      // --state_dir/jobs/<id>
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
   // When the spec leaves chunk_rows unset: the chunk time to calibrate for (see TrainTask).
-  absl::Duration train_slice = absl::Milliseconds(100);
+  absl::Duration train_slice = absl::Milliseconds(250);
 };
 
 class JobRunner final : private TrainListener {

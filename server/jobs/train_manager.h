@@ -55,7 +55,7 @@ struct TrainManagerOptions {
   std::string data_dir;   // datasets; empty: every submission fails FAILED_PRECONDITION
   int keep_checkpoints = 3;
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
-  absl::Duration train_slice = absl::Milliseconds(100);  // chunk time to calibrate for
+  absl::Duration train_slice = absl::Milliseconds(250);  // chunk time to calibrate for
   bool start_jobs = true;  // false: recover and accept, but start nothing (tests)
 };
 
