@@ -11,12 +11,9 @@ source "$(dirname "$0")/bench_lib.sh"
 PORT=${PORT:-50063}
 MPORT=${MPORT:-50064}
 WINDOW=${WINDOW:-30}
-mkdir -p "$RUN/colocate-models" "$RUN/data"
-[ -s "$RUN/data/fortunes.txt" ] || bash scripts/fortunes_corpus.sh "$RUN/data/fortunes.txt"
-if [ ! -s "$RUN/data/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
-  mkdir -p "$RUN/data/fashion-mnist"
-  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz "$RUN/data/fashion-mnist/"
-fi
+mkdir -p "$RUN/colocate-models"
+source scripts/datasets.sh
+prepare_datasets "$RUN/data"
 if [ ! -f "$RUN/colocate-models/bench7m/config.json" ]; then
   "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/colocate-models/bench7m" \
     --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=3

@@ -13,13 +13,8 @@ RUN=${RUN_DIR:-run}
 PORT=${PORT:-50051}
 METRICS_PORT=${METRICS_PORT:-9090}
 mkdir -p "$RUN/data" "$RUN/models" "$RUN/state"
-
-[ -s "$RUN/data/fortunes.txt" ] || bash scripts/fortunes_corpus.sh "$RUN/data/fortunes.txt"
-# Datasets must live under --data_dir (symlinks leading out are refused): copy Fashion-MNIST in.
-if [ ! -s "$RUN/data/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
-  mkdir -p "$RUN/data/fashion-mnist"
-  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz "$RUN/data/fashion-mnist/"
-fi
+source scripts/datasets.sh
+prepare_datasets "$RUN/data"
 if [ ! -f "$RUN/models/fortunes/config.json" ]; then
   "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/models/fortunes" \
     --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=1
