@@ -2,7 +2,15 @@
 
 #include <torch/torch.h>
 
+#if defined(TANDEM_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#endif
+
+#include <unistd.h>
+
 #include <algorithm>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -83,6 +91,41 @@ int SetComputeThreads(int threads) {
       return 1;
     }
   }
+}
+
+absl::StatusOr<DeviceMemory> ReadDeviceMemory(const std::string& device) {
+  DeviceMemory m;
+  if (device == "cpu") {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0) return absl::UnavailableError("cannot read the memory size");
+    m.total = static_cast<int64_t>(pages) * page;
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    int64_t kib = 0;
+    std::string unit;
+    while (meminfo >> key >> kib >> unit) {
+      if (key == "MemAvailable:") m.free = kib * 1024;
+    }
+    if (m.free == 0) m.free = m.total;
+    return m;
+  }
+#if defined(TANDEM_WITH_CUDA)
+  try {
+    const torch::Device d(device);
+    c10::cuda::CUDAGuard guard(d.index());
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      return absl::UnavailableError(absl::StrCat("cudaMemGetInfo failed on ", device));
+    }
+    m.total = static_cast<int64_t>(total);
+    m.free = static_cast<int64_t>(free);
+    return m;
+  } catch (const c10::Error& e) {
+    return absl::UnavailableError(absl::StrCat(device, ": ", e.what_without_backtrace()));
+  }
+#else
+  return absl::UnavailableError(absl::StrCat("no CUDA in this build: ", device));
+#endif
 }
 
 }  // namespace tandem

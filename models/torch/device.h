@@ -2,6 +2,7 @@
 #ifndef TANDEM_MODELS_TORCH_DEVICE_H_
 #define TANDEM_MODELS_TORCH_DEVICE_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,15 @@ absl::StatusOr<std::vector<std::string>> ResolveDevices(const std::string& flag)
 
 // Sets LibTorch's intra-op threads (<= 0: all cores) and returns the number in effect.
 int SetComputeThreads(int threads);
+
+// A device's memory now, in bytes: the CPU's physical memory and what the kernel counts as
+// available (MemAvailable); a CUDA device's total and free memory (cudaMemGetInfo, on a CUDA
+// LibTorch). UNAVAILABLE when it cannot be read.
+struct DeviceMemory {
+  int64_t total = 0;
+  int64_t free = 0;
+};
+absl::StatusOr<DeviceMemory> ReadDeviceMemory(const std::string& device);
 
 }  // namespace tandem
 

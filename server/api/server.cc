@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "models/torch/device.h"
 #include "server/api/http_endpoint.h"
 #include "server/api/inference_service.h"
 #include "server/metrics/metrics.h"
@@ -16,6 +17,31 @@
 
 namespace tandem {
 Server::Server() = default;
+
+namespace {
+
+// Each device's training-memory budget: --train_memory_limit_mb, or by default half the RAM on
+// the CPU, and on CUDA the device's free memory once the models are loaded less a tenth of its
+// total (activations of inference, a hot swap's second version) — so training never takes what
+// inference needs.
+std::vector<int64_t> TrainingBudgets(const ServerOptions& options) {
+  std::vector<int64_t> budgets;
+  for (const std::string& device : options.devices) {
+    if (options.train_memory_limit_mb > 0) {
+      budgets.push_back(options.train_memory_limit_mb * (int64_t{1} << 20));
+      continue;
+    }
+    absl::StatusOr<DeviceMemory> m = ReadDeviceMemory(device);
+    if (device == "cpu" || !m.ok()) {
+      budgets.push_back(DefaultTrainingMemoryBudget());
+    } else {
+      budgets.push_back(std::max<int64_t>(1, m->free - m->total / 10));  // 1: nothing fits
+    }
+  }
+  return budgets;
+}
+
+}  // namespace
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
@@ -42,9 +68,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   WorkerPoolOptions pool_options;
   pool_options.max_pending = options.max_pending;
   pool_options.max_queue_per_model = options.max_queue_per_model;
-  pool_options.train_budgets = {options.train_memory_limit_mb > 0
-                                    ? options.train_memory_limit_mb * (int64_t{1} << 20)
-                                    : DefaultTrainingMemoryBudget()};
+  pool_options.train_budgets = TrainingBudgets(options);
   pool_options.loop.prefill_token_budget = options.prefill_token_budget;
   pool_options.loop.scheduler.train_min_share = options.train_min_share;
   pool_options.loop.train_execution = options.train_execution;
