@@ -58,6 +58,8 @@ ABSL_FLAG(bool, deploy_on_improvement, false,
 ABSL_FLAG(int, priority, 0, "train submit: scheduling priority (higher first)");
 ABSL_FLAG(int, batch_size, 0, "train submit: sequences or images per micro-step");
 ABSL_FLAG(int, grad_accum, 0, "train submit: micro-steps per optimizer step");
+ABSL_FLAG(double, max_seconds, 0,
+          "train submit: train for this many seconds of wall-clock time (steps then optional)");
 ABSL_FLAG(int, chunk_rows, 0,
           "train submit: rows per chunk of a micro-step (0: calibrated by the server)");
 ABSL_FLAG(double, lr, 0, "train submit: peak learning rate");
@@ -172,6 +174,7 @@ tandem::client::TrainSpecFlags SpecFlags() {
   f.batch_size = IfGiven(FLAGS_batch_size);
   f.grad_accum = IfGiven(FLAGS_grad_accum);
   f.chunk_rows = IfGiven(FLAGS_chunk_rows);
+  f.max_seconds = IfGiven(FLAGS_max_seconds);
   f.lr = IfGiven(FLAGS_lr);
   f.min_lr = IfGiven(FLAGS_min_lr);
   f.warmup_steps = IfGiven(FLAGS_warmup_steps);

@@ -175,7 +175,8 @@ void ApplyJobFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
 }
 
 void ApplyHyperparameterFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
-  const bool any_hyper = f.steps || f.batch_size || f.grad_accum || f.chunk_rows || f.lr || f.min_lr ||
+  const bool any_hyper = f.steps || f.batch_size || f.grad_accum || f.chunk_rows || f.max_seconds ||
+                         f.lr || f.min_lr ||
                          f.warmup_steps || f.weight_decay || f.beta1 || f.beta2 || f.grad_clip ||
                          f.eval_every || f.checkpoint_every || f.seed || f.caption_dropout ||
                          f.holdout_fraction;
@@ -185,6 +186,7 @@ void ApplyHyperparameterFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
   SetIf(f.batch_size, [&](int v) { h->set_batch_size(v); });
   SetIf(f.grad_accum, [&](int v) { h->set_grad_accum(v); });
   SetIf(f.chunk_rows, [&](int v) { h->set_chunk_rows(v); });
+  SetIf(f.max_seconds, [&](double v) { h->set_max_seconds(v); });
   SetIf(f.lr, [&](double v) { h->set_lr(v); });
   SetIf(f.min_lr, [&](double v) { h->set_min_lr(v); });
   SetIf(f.warmup_steps, [&](int64_t v) { h->set_warmup_steps(v); });

@@ -34,6 +34,7 @@ struct TrainSpecFlags {
   std::optional<int> batch_size;
   std::optional<int> grad_accum;
   std::optional<int> chunk_rows;
+  std::optional<double> max_seconds;
   std::optional<double> lr;
   std::optional<double> min_lr;
   std::optional<int64_t> warmup_steps;

@@ -173,7 +173,8 @@ NetTrainer::NetTrainer(TrainOptions options, std::string kind, std::string confi
       config_json_(std::move(config_json)),
       tokenizer_(std::move(tokenizer)),
       optimizer_(std::move(optimizer)),
-      step_(step) {}
+      step_(step),
+      total_steps_(options_.hyper.steps) {}
 
 int NetTrainer::chunk_rows() const {
   const int b = options_.hyper.batch_size;
@@ -196,7 +197,7 @@ absl::StatusOr<double> NetTrainer::ProbeChunk(int rows) {
 }
 
 absl::StatusOr<std::optional<StepMetrics>> NetTrainer::RunChunk() {
-  if (step_ >= options_.hyper.steps) {
+  if (step_ >= total_steps_) {
     return absl::FailedPreconditionError("training is complete");
   }
   const std::string what = absl::StrCat(kind_, " training step");
@@ -209,8 +210,13 @@ absl::StatusOr<std::optional<StepMetrics>> NetTrainer::RunChunk() {
     chunk_row_ += rows;
     if (chunk_row_ < h.batch_size) return std::optional<StepMetrics>();
     chunk_row_ = 0;
-    std::optional<StepMetrics> m = accumulator_.EndMicroStep(h, *optimizer_, &step_);
-    if (m) CountTrained(&*m);
+    Hyperparams schedule = h;
+    schedule.steps = total_steps_;
+    std::optional<StepMetrics> m = accumulator_.EndMicroStep(schedule, *optimizer_, &step_);
+    if (m) {
+      m->total_steps = total_steps_;
+      CountTrained(&*m);
+    }
     return m;
   });
 }

@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -143,13 +144,14 @@ class GradientAccumulator {
 class NetTrainer : public Trainer {
  public:
   int64_t step() const final { return step_; }
-  int64_t total_steps() const final { return options_.hyper.steps; }
+  int64_t total_steps() const final { return total_steps_; }
   const TrainOptions& options() const final { return options_; }
   bool at_step_boundary() const final { return accumulator_.at_step_boundary(); }
   bool at_micro_boundary() const final { return accumulator_.at_micro_boundary(); }
   int chunk_rows() const final;
   absl::StatusOr<double> ProbeChunk(int rows) final;
   void SetChunkRows(int rows) final;
+  void SetTotalSteps(int64_t steps) final { total_steps_ = std::max(steps, step_ + 1); }
 
   absl::StatusOr<std::optional<StepMetrics>> RunChunk() final;
   void StartEvaluation() final;
@@ -195,6 +197,7 @@ class NetTrainer : public Trainer {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<AdamW> optimizer_;
   int64_t step_ = 0;
+  int64_t total_steps_ = 0;  // options_.hyper.steps, unless SetTotalSteps moved it
   GradientAccumulator accumulator_;
   int chunk_rows_ = 0;      // 0: options_.hyper's
   int64_t chunk_row_ = 0;   // the next chunk's first row in the current micro-batch

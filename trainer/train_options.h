@@ -22,6 +22,10 @@ struct Hyperparams {
   // interleaves with inference. 0: the whole micro-batch. Fixed for a run: it sets the order in
   // which gradients are summed.
   int chunk_rows = 0;
+  // > 0: a time-budgeted job — it trains for this many seconds of wall-clock time. `steps` is
+  // then planned from the measured rate early in the run (the schedule reaching min_lr at the
+  // budget) and stored; the final evaluation and deployment still happen.
+  double max_seconds = 0;
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
   int64_t warmup_steps = 100;

@@ -38,6 +38,7 @@ namespace tandem {
 // One completed optimizer step.
 struct StepMetrics {
   int64_t step = 0;         // steps done, this one included (1 for the first)
+  int64_t total_steps = 0;  // the schedule's end as the step ran (total_steps())
   double loss = 0;          // mean training loss over the step's micro-batches
   double lr = 0;            // the learning rate the step used
   double grad_norm = 0;     // global L2 norm of the gradient before clipping
@@ -112,6 +113,9 @@ class Trainer {
   virtual absl::StatusOr<double> ProbeChunk(int rows) = 0;
   // Sets chunk_rows (1 .. batch_size): only before the run's first chunk.
   virtual void SetChunkRows(int rows) = 0;
+  // Moves the schedule's end (total_steps(), where the learning rate reaches min_lr) to `steps`
+  // from now on: a time-budgeted job's plan. At least step() + 1.
+  virtual void SetTotalSteps(int64_t steps) = 0;
 
   // One chunk of the current micro-step; returns the step's metrics when it completed an
   // optimizer step. FAILED_PRECONDITION once step() == total_steps(); INTERNAL for a non-finite

@@ -47,6 +47,8 @@ void operator()(F&& f) const {
     &v1::Hyperparameters::set_holdout_fraction);
   f(&Hyperparams::chunk_rows, &v1::Hyperparameters::chunk_rows,
     &v1::Hyperparameters::set_chunk_rows);
+  f(&Hyperparams::max_seconds, &v1::Hyperparameters::max_seconds,
+    &v1::Hyperparameters::set_max_seconds);
 }
 };
 

@@ -109,6 +109,10 @@ void DeviceLoop::ControlTraining(const std::string& job_id, TrainWorkload::Contr
   Post([this, job_id, control] { train_->Apply(job_id, control); });
 }
 
+void DeviceLoop::SetTrainingSteps(const std::string& job_id, int64_t steps) {
+  Post([this, job_id, steps] { train_->SetTotalSteps(job_id, steps); });
+}
+
 void DeviceLoop::Post(absl::AnyInvocable<void()> fn) {
   absl::MutexLock lock(&mu_);
   inbox_.push_back(Posted{std::move(fn), absl::Now(), false});

@@ -70,6 +70,8 @@ class DeviceLoop {
   // included (kFailed when the device already trains, kStopped when the loop is stopping).
   void StartTraining(TrainTask task);
   void ControlTraining(const std::string& job_id, TrainWorkload::Control control);
+  // Moves the end of the schedule of `job_id`'s task (TrainWorkload::SetTotalSteps).
+  void SetTrainingSteps(const std::string& job_id, int64_t steps);
   // Runs `fn` on the loop thread before the next iteration.
   void Post(absl::AnyInvocable<void()> fn);
   const std::string& device() const { return options_.device; }

@@ -27,6 +27,7 @@ absl::Status TrainWorkload::Start(TrainTask task) {
   eval_started_ = false;
   due_ = SnapshotReasons();
   pause_ = stop_ = cancel_ = false;
+  total_steps_ = 0;
   return absl::OkStatus();
 }
 
@@ -43,7 +44,15 @@ void TrainWorkload::Apply(const std::string& job_id, Control control) {
   }
 }
 
+void TrainWorkload::SetTotalSteps(const std::string& job_id, int64_t steps) {
+  absl::MutexLock lock(&id_mu_);
+  if (job_id == active_job_) total_steps_ = steps;
+}
+
 TrainWorkload::UnitKind TrainWorkload::RunUnit() {
+  if (const int64_t steps = total_steps_.exchange(0); steps > 0) {
+    task_.trainer->SetTotalSteps(steps);
+  }
   if (cancel_) {
     End(TrainEnd::kCancelled, absl::OkStatus());
     return UnitKind::kTrain;

@@ -94,6 +94,9 @@ class TrainWorkload final : public Workload {
   // resume (withdraws a pause not yet taken), cancel at the next unit.
   void Apply(const std::string& job_id, Control control);
   std::string job_id() const;
+  // For the task of `job_id`: the schedule's end moves to `steps` at the next unit
+  // (Trainer::SetTotalSteps). Any thread.
+  void SetTotalSteps(const std::string& job_id, int64_t steps);
 
  private:
   enum class Phase { kCalibrate, kTrain, kEval, kSnapshot };
@@ -110,6 +113,7 @@ class TrainWorkload final : public Workload {
   std::atomic<bool> pause_{false};
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancel_{false};
+  std::atomic<int64_t> total_steps_{0};  // 0: no change asked
   absl::Mutex id_mu_;
   std::string active_job_ ABSL_GUARDED_BY(id_mu_);  // the task's job, for Apply
 };

@@ -75,6 +75,7 @@ inline Hyperparams UnsetHyperparams() {
   h.caption_dropout = 0;
   h.holdout_fraction = 0;
   h.chunk_rows = 0;
+  h.max_seconds = 0;
   return h;
 }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/jobs/eval_sampler.h"
+#include "server/jobs/train_spec.h"
 
 namespace tandem {
 namespace {
@@ -223,6 +224,8 @@ absl::Status JobRunner::RecordCalibration(const Calibrated& c) {
 
 StepRecord JobRunner::Record(const StepMetrics& m, double took) {
   step_time_ema_ = step_time_ema_ == 0 ? took : 0.9 * step_time_ema_ + 0.1 * took;
+  // The trainer's schedule is the truth (a plan or a budget's end moves it).
+  if (m.total_steps > 0) total_steps_ = m.total_steps;
   StepRecord r;
   r.step = m.step;
   r.total_steps = total_steps_;
@@ -244,6 +247,42 @@ StepRecord JobRunner::Record(const StepMetrics& m, double took) {
   return r;
 }
 
+absl::Status JobRunner::FollowBudget(int64_t step) {
+  const absl::Time now = absl::Now();
+  if (run_first_step_ < 0) {
+    run_first_step_ = step;
+    run_start_ = now;
+    planned_ = options_.train.hyper.steps != kUnplannedSteps;  // planned by an earlier run
+    return absl::OkStatus();
+  }
+  const double budget = options_.train.hyper.max_seconds;
+  const double ran = absl::ToDoubleSeconds(now - run_start_);
+  const double per_step = ran / static_cast<double>(step - run_first_step_);
+  // The budget spent: this run's time, and the earlier runs' steps at this run's rate.
+  const double spent = ran + per_step * static_cast<double>(run_first_step_);
+  if (!planned_ && spent >= std::max(5.0, 0.1 * budget) && step - run_first_step_ >= 5) {
+    planned_ = true;
+    const int64_t planned =
+        std::max(step + 1, step + static_cast<int64_t>((budget - spent) / per_step));
+    absl::Status s = ledger_->Update(id_, [&](Job& job) {
+      if (job.spec.hyper) job.spec.hyper->steps = planned;
+    }, std::nullopt);
+    if (!s.ok()) return s;
+    total_steps_ = planned;
+    loop_->SetTrainingSteps(id_, planned);
+    ledger_->Log(id_, absl::StrFormat("time budget %.0f s: %.2f s a step so far, planned %d steps",
+                                      budget, per_step, planned));
+  } else if (planned_ && !budget_done_ && spent >= budget && step + 1 < total_steps_) {
+    // Slower than planned (the device served more): end at the budget all the same.
+    budget_done_ = true;
+    total_steps_ = step + 1;
+    loop_->SetTrainingSteps(id_, step + 1);
+    ledger_->Log(id_, absl::StrFormat("time budget %.0f s reached at step %d: finishing", budget,
+                                      step));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status JobRunner::RecordSteps(const std::vector<StepMetrics>& steps) {
   // Steps that arrive together (the store was slower than the device) share the time since the
   // last: the rates of a burst are its mean.
@@ -252,6 +291,9 @@ absl::Status JobRunner::RecordSteps(const std::vector<StepMetrics>& steps) {
   step_start_ = now;
   std::vector<StepRecord> records;
   for (const StepMetrics& m : steps) records.push_back(Record(m, took));
+  if (options_.train.hyper.max_seconds > 0) {
+    if (absl::Status s = FollowBudget(steps.back().step); !s.ok()) return s;
+  }
   // Watchers get step metrics at a bounded rate, and always the last step.
   const bool last = steps.back().step == total_steps_;
   const bool notify = now - last_sent_ >= options_.metrics_interval || last;

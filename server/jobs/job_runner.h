@@ -129,6 +129,9 @@ class JobRunner final : private TrainListener {
   StepRecord Record(const StepMetrics& m, double took);
   // The calibrated chunk size goes into the stored spec, so every later run uses it.
   absl::Status RecordCalibration(const Calibrated& c);
+  // A time-budgeted job: plans its steps from the rate once a tenth of the budget has gone (the
+  // plan goes into the stored spec and to the trainer), and ends it at the budget.
+  absl::Status FollowBudget(int64_t step);
   absl::Status HandleSnapshot(const Snapped& s);
   absl::Status Checkpoint(const TrainSnapshot& snapshot);
   // The evaluation of the snapshot's step: samples from `exported` (its export), the record, and
@@ -158,6 +161,10 @@ class JobRunner final : private TrainListener {
   std::unique_ptr<Trainer> trainer_;  // until handed to the loop
   std::optional<EvalMetrics> pending_eval_;  // the loss of an evaluation awaiting its snapshot
   int64_t total_steps_ = 0;
+  int64_t run_first_step_ = -1;  // the step this run started from
+  absl::Time run_start_;         // when this run's first step ended
+  bool planned_ = false;         // a time budget's steps are planned
+  bool budget_done_ = false;
   double best_loss_;
   absl::Time step_start_;
   absl::Time last_sent_ = absl::InfinitePast();

@@ -108,8 +108,14 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
 
 // Fills the defaults of unset (0) fields and checks every range.
 absl::Status Hyper(Hyperparams* h) {
-  if (h->steps <= 0 || h->steps > 100000000) {
-    return Invalid(absl::StrCat("hyperparameters.steps (", h->steps, ") must be in [1, 1e8]"));
+  if (!(h->max_seconds >= 0) || h->max_seconds > 30 * 86400.0) {
+    return Invalid(absl::StrCat("max_seconds (", h->max_seconds, ") must be in [0, 30 days]"));
+  }
+  const bool budgeted = h->max_seconds > 0;
+  if (budgeted && h->steps == 0) h->steps = kUnplannedSteps;
+  if (h->steps <= 0 || h->steps > kUnplannedSteps) {
+    return Invalid(absl::StrCat("hyperparameters.steps (", h->steps, ") must be in [1, 1e8]",
+                                " (or 0 with max_seconds)"));
   }
   if (h->batch_size == 0) h->batch_size = 16;
   if (h->batch_size < 0 || h->batch_size > 4096) {
@@ -130,6 +136,9 @@ absl::Status Hyper(Hyperparams* h) {
     return Invalid(absl::StrCat("min_lr (", h->min_lr, ") must be in (0, lr]"));
   }
   if (h->warmup_steps == 0) h->warmup_steps = std::min<int64_t>(100, h->steps / 20);
+  // A time budget's steps are not known yet: evaluate at the end, checkpoint every 200 steps.
+  if (budgeted && h->eval_every == 0) h->eval_every = kUnplannedSteps;
+  if (budgeted && h->checkpoint_every == 0) h->checkpoint_every = 200;
   if (h->warmup_steps < 0 || h->warmup_steps >= h->steps) {
     return Invalid(absl::StrCat("warmup_steps (", h->warmup_steps, ") must be in [0, steps)"));
   }

@@ -21,6 +21,10 @@
 
 namespace tandem {
 
+// The `steps` of a time-budgeted job (max_seconds > 0) before its plan: the most steps a job may
+// have; its runner replaces it with the planned number early in the run.
+inline constexpr int64_t kUnplannedSteps = 100000000;
+
 struct TrainSpecContext {
   std::string data_dir;            // --data_dir
   const ModelRegistry* registry = nullptr;

@@ -693,6 +693,42 @@ TEST_F(TrainingE2ETest, TrainingAndStreamsBothProgressWithTheLossesOfTrainingAlo
   EXPECT_EQ(busy_done.best_eval().loss(), alone_done.best_eval().loss());
 }
 
+// A time-budgeted job: steps planned from the measured rate and stored, the schedule ending at
+// the budget, the final evaluation and deployment all the same.
+TEST_F(TrainingE2ETest, TimeBudgetedJobPlansItsStepsAndFinishesWithAnEvaluation) {
+  StartServer("state-budget");
+  TrainJobSpec spec = TextSpec(0);
+  spec.mutable_hyperparameters()->set_max_seconds(6);
+  spec.mutable_hyperparameters()->set_eval_every(0);
+  spec.mutable_hyperparameters()->set_checkpoint_every(0);
+  spec.set_deploy_as("budgeted");
+  TrainJob job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  EXPECT_EQ(job.spec().hyperparameters().steps(), 100000000);  // not planned yet
+  const TrainJob done = WaitFor(
+      job.id(), [](const TrainJob& j) { return j.state() == tandem::v1::SUCCEEDED; }, 120);
+  const int64_t planned = done.spec().hyperparameters().steps();
+  EXPECT_LT(planned, 100000000);
+  EXPECT_GT(planned, 5);
+  EXPECT_EQ(done.latest().step(), done.latest().total_steps());
+  EXPECT_LE(done.latest().step(), planned);
+  EXPECT_EQ(done.best_eval().step(), done.latest().step());  // the final evaluation
+  EXPECT_EQ(done.deployed_as(), "budgeted");
+  // The learning rate of the last step is the schedule's floor.
+  const TrainJob full = Get(job.id(), /*history=*/true);
+  ASSERT_GT(full.history_size(), 0);
+  if (done.latest().step() == planned) {
+    EXPECT_NEAR(full.history(full.history_size() - 1).lr(),
+                done.spec().hyperparameters().min_lr(), 1e-9);
+  }
+  grpc::Status status;
+  bool planned_logged = false;
+  for (const auto& e : Watch(job.id(), &status)) {
+    if (e.has_log() && e.log().find("time budget") != std::string::npos) planned_logged = true;
+  }
+  EXPECT_TRUE(planned_logged);
+}
+
 TEST_F(TrainingE2ETest, RestartResumesFromTheCheckpointWithTheSameLosses) {
   // Uninterrupted reference run.
   StartServer("state-ref");

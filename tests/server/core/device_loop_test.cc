@@ -117,6 +117,7 @@ class FakeTrainer final : public Trainer {
   int chunk_rows() const override { return 1; }
   absl::StatusOr<double> ProbeChunk(int) override { return absl::ToDoubleSeconds(chunk_); }
   void SetChunkRows(int) override {}
+  void SetTotalSteps(int64_t steps) override { options_.hyper.steps = steps; }
   absl::StatusOr<std::optional<StepMetrics>> RunChunk() override {
     log_->Add("chunk start");
     Spin(chunk_);
