@@ -24,7 +24,8 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_client.h"
 #include "bench/colocate.h"
-#include "bench/matmul_peak.h"
+#include "models/torch/device.h"
+#include "models/torch/matmul_peak.h"
 #include "models/model_dir.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
@@ -97,7 +98,7 @@ std::vector<StreamStats> TextRound(Inference::Stub* stub, const GenerateRequest&
 }
 
 int RunTextBench(Inference::Stub* stub, const std::vector<int>& counts, const ModelShape& shape,
-                 const tandem::bench::MatmulPeak& peak) {
+                 const tandem::MatmulPeak& peak) {
   GenerateRequest req;
   req.set_model(absl::GetFlag(FLAGS_model));
   req.set_prompt(absl::GetFlag(FLAGS_prompt));
@@ -277,10 +278,11 @@ void PrintModelShape(const ModelShape& shape) {
       cfg.seq_len, cfg.ParameterCount() / 1e6);
 }
 
-tandem::bench::MatmulPeak MeasurePeak() {
+tandem::MatmulPeak MeasurePeak() {
   if (absl::GetFlag(FLAGS_skip_peak)) return {};
-  const tandem::bench::MatmulPeak peak = tandem::bench::MeasureMatmulPeak(
-      absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_threads), absl::GetFlag(FLAGS_peak_seconds));
+  tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  const tandem::MatmulPeak peak =
+      tandem::MeasureMatmulPeak(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_peak_seconds));
   std::printf("matmul peak: %.1f GFLOP/s (fp32 %dx%dx%d, %d threads, %s)\n", peak.gflops, peak.size,
               peak.size, peak.size, peak.threads, absl::GetFlag(FLAGS_device).c_str());
   return peak;
@@ -295,7 +297,7 @@ int main(int argc, char** argv) {
   if (!ParseCounts(&counts)) return 2;
   ModelShape shape;
   if (!ReadModelShape(&shape)) return 2;
-  const tandem::bench::MatmulPeak peak = MeasurePeak();
+  const tandem::MatmulPeak peak = MeasurePeak();
   PrintModelShape(shape);
 
   // Separate connections per stream would measure the kernel, not the server: one channel.

@@ -30,7 +30,8 @@ ABSL_FLAG(int64_t, train_memory_limit_mb, 0,
           "Estimated memory a training job may need (weights, gradients, AdamW state, "
           "activations); bigger specs are refused RESOURCE_EXHAUSTED. 0: half the RAM");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
-          "HTTP address for /metrics (Prometheus text format); empty disables");
+          "HTTP address for /metrics (Prometheus text format), /healthz and /readyz; empty "
+          "disables");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
 ABSL_FLAG(std::string, devices, "auto",
           "Devices to run on: auto (every CUDA device, else cpu), cpu, or cuda:0,cuda:1,...");
@@ -56,6 +57,9 @@ ABSL_FLAG(std::string, train_execution, "background",
           "Where training chunks run: background (a thread the OS and GPU deprioritise, so "
           "inference preempts it at once), normal (that thread at normal priority), inline (on "
           "the device loop between inference iterations)");
+ABSL_FLAG(double, peak_flops, 0,
+          "FLOP/s of one device that tandem_train_mfu_ratio divides by (e.g. 67e12 for an H100's "
+          "float32); 0: the device's float32 matmul rate, measured when its first job starts");
 ABSL_FLAG(bool, log_requests, true,
           "Log one line per Generate call on stderr: request id, model, final status, usage");
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
@@ -125,6 +129,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tandemd: --train_slice_ms must be >= 1\n");
     return 2;
   }
+  options.peak_flops = absl::GetFlag(FLAGS_peak_flops);
+  options.on_loading = [](int port, int metrics_port) {
+    std::fprintf(stderr, "tandemd: port %d answers NOT_SERVING while the models load%s\n", port,
+                 metrics_port > 0
+                     ? (", metrics on port " + std::to_string(metrics_port)).c_str()
+                     : "");
+  };
 
   absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);
   if (!server.ok()) {

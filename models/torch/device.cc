@@ -1,6 +1,8 @@
 #include "models/torch/device.h"
 
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #if defined(TANDEM_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
@@ -30,6 +32,18 @@ int CudaDeviceCount() {
     return static_cast<int>(torch::cuda::device_count());
   } catch (const c10::Error&) {
     return 0;  // a broken driver counts as no CUDA device
+  }
+}
+
+std::string TorchVersion() { return TORCH_VERSION; }
+
+std::string CudaRuntimeVersion() {
+  try {
+    // Registered only when LibTorch's CUDA library is linked; throws otherwise.
+    const int64_t v = at::detail::getCUDAHooks().versionCUDART();
+    return absl::StrCat(v / 1000, ".", (v % 1000) / 10);
+  } catch (const c10::Error&) {
+    return "none";
   }
 }
 

@@ -17,6 +17,11 @@ int CudaDeviceCount();
 // INVALID_ARGUMENT for a malformed name, FAILED_PRECONDITION for a CUDA device that is absent.
 absl::StatusOr<std::vector<std::string>> ResolveDevices(const std::string& flag);
 
+// The LibTorch version compiled against ("1.13.0"), and the CUDA runtime version of a CUDA
+// LibTorch ("11.7"), "none" for a CPU-only build.
+std::string TorchVersion();
+std::string CudaRuntimeVersion();
+
 // Sets LibTorch's intra-op threads (<= 0: all cores) and returns the number in effect.
 int SetComputeThreads(int threads);
 

@@ -11,7 +11,8 @@
 namespace tandem {
 
 absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen,
-                                                                  Metrics* metrics) {
+                                                                  Metrics* metrics,
+                                                                  const Readiness* readiness) {
   auto colon = listen.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
@@ -31,6 +32,12 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::str
   });
   http->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
+  });
+  http->Get("/readyz", [readiness](const httplib::Request&, httplib::Response& res) {
+    const absl::Status ready = readiness->Check();
+    res.status = ready.ok() ? 200 : 503;
+    res.set_content(ready.ok() ? std::string("ready\n") : absl::StrCat(ready.message(), "\n"),
+                    "text/plain");
   });
   int bound = port;
   if (port == 0) {

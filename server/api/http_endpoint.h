@@ -1,5 +1,7 @@
 // HttpEndpoint: tandemd's HTTP side (cpp-httplib): GET /metrics (the Prometheus text format of
-// everything in Metrics) and /healthz. prometheus-cpp's own pull Exposer (civetweb) cannot start
+// everything in Metrics), /healthz (200 while the process runs: liveness) and /readyz (200 once
+// the models are loaded and until shutdown begins, 503 with the reason otherwise; Readiness).
+// prometheus-cpp's own pull Exposer (civetweb) cannot start
 // in a process that links libtorch + OpenBLAS (thread stacks too small for their TLS), hence
 // httplib. Start binds and starts the accept thread; the destructor stops and joins it.
 // Thread-safe.
@@ -11,6 +13,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "server/api/readiness.h"
 #include "server/metrics/metrics.h"
 
 namespace httplib {
@@ -21,10 +24,12 @@ namespace tandem {
 
 class HttpEndpoint {
  public:
-  // Serves on `listen` (HOST:PORT; port 0 picks a free one). `metrics` must outlive the
-  // endpoint. INVALID_ARGUMENT for a malformed address, UNAVAILABLE when it cannot bind.
+  // Serves on `listen` (HOST:PORT; port 0 picks a free one). `metrics` and `readiness` must
+  // outlive the endpoint. INVALID_ARGUMENT for a malformed address, UNAVAILABLE when it cannot
+  // bind.
   static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen,
-                                                             Metrics* metrics);
+                                                             Metrics* metrics,
+                                                             const Readiness* readiness);
   ~HttpEndpoint();
 
   int port() const { return port_; }

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -147,12 +148,16 @@ grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
   reactor->Describe(model.ok() ? (*model)->name : std::string("unknown"),
                     image ? "image" : "text");
   if (!model.ok()) {
+    CountRejected("unknown", model.status());
     reactor->Reject(model.status());
     return reactor;
   }
   absl::Status submitted =
-      image ? Submit(BuildImageRequest(*request, *model, limits_, accepted), id, reactor)
-            : Submit(BuildTextRequest(*request, *model, limits_, accepted), id, reactor);
+      image ? Submit(BuildImageRequest(*request, *model, limits_, accepted), (*model)->name, id,
+                     reactor)
+            : Submit(BuildTextRequest(*request, *model, limits_, accepted), (*model)->name, id,
+                     reactor);
+
   if (!submitted.ok()) {
     // A full queue says when to come back: trailing metadata "retry-after-ms".
     if (auto ms = submitted.GetPayload(kRetryAfterMsPayload)) {
@@ -165,12 +170,23 @@ grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
 
 template <typename Request>
 absl::Status InferenceService::Submit(absl::StatusOr<std::unique_ptr<Request>> built,
-                                      const std::string& id, void* reactor) {
-  if (!built.ok()) return built.status();
+                                      const std::string& model, const std::string& id,
+                                      void* reactor) {
+  if (!built.ok()) {
+    // The pool counts its own refusals; these are the validation's.
+    CountRejected(model, built.status());
+    return built.status();
+  }
   std::unique_ptr<Request> req = *std::move(built);
   req->id = id;
   req->stream = static_cast<GenerateReactor*>(reactor)->outbox();
   return pool_->Submit(req);
+}
+
+void InferenceService::CountRejected(const std::string& model, const absl::Status& status) {
+  if (!metrics_) return;
+  const std::string reason = absl::AsciiStrToLower(absl::StatusCodeToString(status.code()));
+  metrics_->requests_rejected.Add({{"model", model}, {"reason", reason}}).Increment();
 }
 
 grpc::ServerUnaryReactor* InferenceService::ListModels(

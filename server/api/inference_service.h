@@ -32,11 +32,13 @@ class InferenceService final : public tandem::v1::Inference::CallbackService {
                                        tandem::v1::ListModelsResponse* response) override;
 
  private:
-  // Takes a validated request (or its validation error) to the pool, with `id` and the outbox of
-  // `reactor` (a GenerateReactor).
+  // Takes a validated request (or its validation error) for `model` to the pool, with `id` and
+  // the outbox of `reactor` (a GenerateReactor).
   template <typename Request>
-  absl::Status Submit(absl::StatusOr<std::unique_ptr<Request>> built, const std::string& id,
-                      void* reactor);
+  absl::Status Submit(absl::StatusOr<std::unique_ptr<Request>> built, const std::string& model,
+                      const std::string& id, void* reactor);
+  // tandem_requests_rejected_total{model, reason: the code's name in lower case}.
+  void CountRejected(const std::string& model, const absl::Status& status);
 
   ModelRegistry* registry_;
   WorkerPool* pool_;

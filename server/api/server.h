@@ -1,19 +1,27 @@
 // Server: tandemd's parts wired together — model registry, worker pool (device loops), the gRPC
 // services (Inference, Training, health, reflection) and the metrics endpoint. Tests create one
 // in-process on port 0. Create starts everything; Shutdown stops it gracefully.
+//
+// Start-up, in order: the metrics endpoint (/healthz alive, /readyz 503) and the gRPC port, where
+// a placeholder answers health NOT_SERVING and every other call UNAVAILABLE (LoadingService);
+// then the models load; then the real services take over the same port (SO_REUSEPORT: no moment
+// without a listener), health turns SERVING and /readyz 200. Shutdown turns both back first.
 #ifndef TANDEM_SERVER_API_SERVER_H_
 #define TANDEM_SERVER_API_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/api/readiness.h"
 #include "server/api/validation.h"
 #include "server/core/device_loop.h"
 
 namespace grpc {
+class CallbackGenericService;
 class Server;
 class Service;
 }
@@ -48,6 +56,10 @@ struct ServerOptions {
   int prefill_token_budget = 512;
   RequestLimits limits;
   bool log_requests = true;  // one line per Generate call on stderr
+  double peak_flops = 0;     // per device, the MFU denominator; 0: measured at the first job
+  // Called once the gRPC and metrics ports listen, before the models load, with their ports
+  // (metrics 0 when disabled); Create waits for it to return.
+  std::function<void(int port, int metrics_port)> on_loading;
 };
 
 class Server {
@@ -66,8 +78,15 @@ class Server {
 
  private:
   Server();
+  // The steps of Create.
+  absl::Status StartPorts(const ServerOptions& options);
+  absl::Status BuildServices(const ServerOptions& options);
+  absl::Status StartServing(const ServerOptions& options);
 
+  Readiness readiness_;
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<grpc::Server> loading_server_;  // until the services take the port
+  std::unique_ptr<grpc::CallbackGenericService> loading_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InferenceService> inference_;

@@ -41,6 +41,10 @@ ImageWorkload::ImageWorkload(std::string device, int device_index, Metrics* metr
                                                         Metrics::LatencyBuckets());
     batch_size_ = &metrics_->denoise_batch_size.Add({{"device", device_}},
                                                     Metrics::BatchBuckets());
+    const std::map<std::string, std::string> labels = {{"device", device_}};
+    waiting_gauges_ = GaugeSet(&metrics_->requests_waiting, "model", labels);
+    running_gauges_ = GaugeSet(&metrics_->requests_running, "model", labels);
+    slots_gauges_ = GaugeSet(&metrics_->image_slots_used, "model", labels);
   }
 }
 
@@ -50,18 +54,29 @@ ImageWorkload::~ImageWorkload() {
 
 void ImageWorkload::Admit(std::unique_ptr<ImageRequest> request) {
   waiting_.Push(std::move(request));
+  UpdateGauges();
 }
 
 void ImageWorkload::RunIteration() {
   DropCancelled();
   StartWaiting();
   StepActive();
+  UpdateGauges();
 }
 
 void ImageWorkload::AbortAll(const absl::Status& status) {
   waiting_.AbortAll(status);
   for (auto& job : active_.items()) Release(*job, status);
   active_.Sweep();
+  UpdateGauges();
+}
+
+void ImageWorkload::UpdateGauges() {
+  if (!metrics_) return;
+  waiting_gauges_.Set(waiting_.CountByModel());
+  running_gauges_.Set(active_.CountByModel([](const Job&) { return 1; }));
+  slots_gauges_.Set(
+      active_.CountByModel([](const Job& j) { return static_cast<int>(j.samples.size()); }));
 }
 
 void ImageWorkload::DropCancelled() {

@@ -16,6 +16,7 @@
 #include "models/image_model.h"
 #include "server/core/request.h"
 #include "server/core/workload.h"
+#include "server/metrics/gauge_set.h"
 #include "server/metrics/metrics.h"
 
 namespace tandem {
@@ -43,6 +44,7 @@ class ImageWorkload final : public Workload {
   void Complete(Job& job);
   // Frees the samples and ends the request with `status` (once).
   void Release(Job& job, const absl::Status& status);
+  void UpdateGauges();
 
   std::string device_;
   const int device_index_;  // the device's index among the registry's devices
@@ -51,6 +53,7 @@ class ImageWorkload final : public Workload {
   RunningSet<Job> active_;
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
+  GaugeSet waiting_gauges_, running_gauges_, slots_gauges_;  // by model
 };
 
 }  // namespace tandem

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 
 namespace tandem {
 namespace {
@@ -86,11 +87,12 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& na
 }
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
-    const std::string& models_dir, const std::string& default_model, RegistryOptions options) {
+    const std::string& models_dir, const std::string& default_model, RegistryOptions options,
+    Metrics* metrics) {
   if (options.devices.empty()) return absl::InvalidArgumentError("no devices given");
   if (options.max_sequences < 1) return absl::InvalidArgumentError("max_sequences must be >= 1");
   if (options.max_images < 1) return absl::InvalidArgumentError("max_images must be >= 1");
-  std::unique_ptr<ModelRegistry> registry(new ModelRegistry(std::move(options)));
+  std::unique_ptr<ModelRegistry> registry(new ModelRegistry(std::move(options), metrics));
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!models_dir.empty() && fs::is_directory(models_dir, ec)) {
@@ -102,7 +104,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     }
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
-      auto entry = LoadModelEntry(name, models_dir + "/" + name, registry->options_);
+      auto entry = registry->Load(name, models_dir + "/" + name, "load");
       if (!entry.ok()) {
         return absl::Status(entry.status().code(),
                             absl::StrCat("loading model \"", name, "\": ",
@@ -180,7 +182,12 @@ std::string ModelRegistry::default_image_model() const {
 
 absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Publish(
     const std::string& name, const std::string& path) {
-  auto entry = LoadModelEntry(name, path, options_);
+  bool served;
+  {
+    absl::MutexLock lock(&mu_);
+    served = entries_.count(name) > 0;
+  }
+  auto entry = Load(name, path, served ? "swap" : "load");
   if (!entry.ok()) return entry.status();
   std::vector<Listener> listeners;
   std::shared_ptr<const ModelEntry> published;
@@ -195,6 +202,18 @@ absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Publish(
   }
   for (auto& l : listeners) l(published);
   return published;
+}
+
+absl::StatusOr<std::shared_ptr<ModelEntry>> ModelRegistry::Load(const std::string& name,
+                                                                 const std::string& path,
+                                                                 const char* reason) {
+  const absl::Time t0 = absl::Now();
+  auto entry = LoadModelEntry(name, path, options_);
+  if (entry.ok() && metrics_) {
+    metrics_->model_load_seconds.Add({{"model", name}, {"reason", reason}}, Metrics::LoadBuckets())
+        .Observe(absl::ToDoubleSeconds(absl::Now() - t0));
+  }
+  return entry;
 }
 
 void ModelRegistry::AddListener(Listener listener) {

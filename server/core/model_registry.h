@@ -27,6 +27,7 @@
 #include "models/model_dir.h"
 #include "models/text/tokenizer.h"
 #include "models/text_model.h"
+#include "server/metrics/metrics.h"
 
 namespace tandem {
 
@@ -64,9 +65,12 @@ class ModelRegistry {
   // Loads every subfolder of `models_dir` that holds a config.json (the folder name is the model
   // name). A folder that fails to load is an error naming it: a server must not start half-right.
   // An empty or missing models_dir gives an empty registry.
+  // Each version's load time goes to tandem_model_load_seconds when `metrics` is given (it must
+  // outlive the registry).
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Create(const std::string& models_dir,
                                                                const std::string& default_model,
-                                                               RegistryOptions options = {});
+                                                               RegistryOptions options = {},
+                                                               Metrics* metrics = nullptr);
 
   // Returns the entry, or NOT_FOUND listing the names that exist. An empty name selects the
   // default model of `kind`: --default_model (or the first text model by name) for text, the
@@ -86,9 +90,14 @@ class ModelRegistry {
   const RegistryOptions& options() const { return options_; }
 
  private:
-  explicit ModelRegistry(RegistryOptions options) : options_(std::move(options)) {}
+  ModelRegistry(RegistryOptions options, Metrics* metrics)
+      : options_(std::move(options)), metrics_(metrics) {}
+  // LoadModelEntry, timed: reason "load" (a new name) or "swap".
+  absl::StatusOr<std::shared_ptr<ModelEntry>> Load(const std::string& name,
+                                                   const std::string& path, const char* reason);
 
   const RegistryOptions options_;
+  Metrics* const metrics_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModelEntry>> entries_ ABSL_GUARDED_BY(mu_);
   std::string default_model_ ABSL_GUARDED_BY(mu_);

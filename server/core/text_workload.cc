@@ -39,8 +39,9 @@ TextWorkload::TextWorkload(TextWorkloadOptions options, int device_index, Metric
     step_seconds_ = &metrics_->decode_step_seconds.Add(labels, Metrics::LatencyBuckets());
     batch_size_ = &metrics_->decode_batch_size.Add(labels, Metrics::BatchBuckets());
     prefill_seconds_ = &metrics_->prefill_seconds.Add(labels, Metrics::LatencyBuckets());
-    active_gauge_ = &metrics_->active_sequences.Add(labels);
-    waiting_gauge_ = &metrics_->waiting_requests.Add(labels);
+    waiting_gauges_ = GaugeSet(&metrics_->requests_waiting, "model", labels);
+    running_gauges_ = GaugeSet(&metrics_->requests_running, "model", labels);
+    slots_gauges_ = GaugeSet(&metrics_->kv_slots_used, "model", labels);
   }
 }
 
@@ -285,10 +286,10 @@ void TextWorkload::Release(Sequence& seq, const absl::Status& status) {
 }
 
 void TextWorkload::UpdateGauges() {
-  if (active_gauge_) {
-    active_gauge_->Set(static_cast<double>(active_.size()));
-    waiting_gauge_->Set(static_cast<double>(waiting_.size()));
-  }
+  if (!metrics_) return;
+  waiting_gauges_.Set(waiting_.CountByModel());
+  running_gauges_.Set(active_.CountByModel([](const Sequence&) { return 1; }));
+  slots_gauges_.Set(active_.CountByModel([](const Sequence& s) { return s.slot >= 0 ? 1 : 0; }));
 }
 
 }  // namespace tandem

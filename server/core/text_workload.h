@@ -19,6 +19,7 @@
 #include "models/text_model.h"
 #include "server/core/request.h"
 #include "server/core/workload.h"
+#include "server/metrics/gauge_set.h"
 #include "server/metrics/metrics.h"
 
 namespace tandem {
@@ -76,8 +77,7 @@ class TextWorkload final : public Workload {
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Histogram* prefill_seconds_ = nullptr;
-  prometheus::Gauge* active_gauge_ = nullptr;
-  prometheus::Gauge* waiting_gauge_ = nullptr;
+  GaugeSet waiting_gauges_, running_gauges_, slots_gauges_;  // by model
 };
 
 }  // namespace tandem

@@ -15,6 +15,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
   std::unique_ptr<WorkerPool> pool(new WorkerPool());
   pool->options_ = options;
   pool->registry_ = registry;
+  pool->metrics_ = metrics;
   const std::vector<std::string>& devices = registry->options().devices;
   std::vector<int64_t> budgets = options.train_budgets;
   if (budgets.size() == 1) budgets.assign(devices.size(), budgets[0]);
@@ -40,9 +41,20 @@ std::shared_ptr<WorkerPool::ModelQueue> WorkerPool::QueueOf(const std::string& m
   return q;
 }
 
+void WorkerPool::CountRejected(const DeviceRequest& request, const char* reason) {
+  if (metrics_) {
+    metrics_->requests_rejected.Add({{"model", request.model->name}, {"reason", reason}})
+        .Increment();
+  }
+}
+
 absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
-  if (stopping_.load()) return absl::UnavailableError("the server is shutting down");
+  if (stopping_.load()) {
+    CountRejected(request, "shutting_down");
+    return absl::UnavailableError("the server is shutting down");
+  }
   if (pending() >= options_.max_pending) {
+    CountRejected(request, "max_pending");
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server has ", options_.max_pending,
         " requests in hand (--max_pending); retry with backoff"));
@@ -51,6 +63,7 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
   const int waiting = q->waiting.fetch_add(1) + 1;
   if (waiting > options_.max_queue_per_model) {
     q->waiting.fetch_sub(1);
+    CountRejected(request, "max_queue_per_model");
     // Expect a place once about (waiting / concurrency) requests have gone through.
     const RegistryOptions& r = registry_->options();
     const int per_device =

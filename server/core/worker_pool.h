@@ -1,7 +1,8 @@
 // WorkerPool: the server's devices — one DeviceLoop per device of the registry — and the door to
 // them: online requests and training jobs are placed by one policy (Placement). Requests are
 // refused at once, never queued without bound: RESOURCE_EXHAUSTED past --max_pending in hand,
-// or past --max_queue_per_model waiting for one model (with a retry hint). Owns the loops.
+// or past --max_queue_per_model waiting for one model (with a retry hint), each refusal counted
+// by reason (tandem_requests_rejected_total). Owns the loops.
 // Thread-safe.
 #ifndef TANDEM_SERVER_CORE_WORKER_POOL_H_
 #define TANDEM_SERVER_CORE_WORKER_POOL_H_
@@ -70,10 +71,13 @@ class WorkerPool {
   absl::Status Place(std::unique_ptr<Request>& request);
   // Checks the caps and, when the request may come in, counts it in its model's queue.
   absl::Status AdmitToQueue(DeviceRequest& request);
+  // tandem_requests_rejected_total{model, reason}.
+  void CountRejected(const DeviceRequest& request, const char* reason);
   std::shared_ptr<ModelQueue> QueueOf(const std::string& model);
 
   WorkerPoolOptions options_;
   ModelRegistry* registry_ = nullptr;
+  Metrics* metrics_ = nullptr;  // may be null
   std::unique_ptr<Placement> placement_;
   std::vector<std::unique_ptr<DeviceLoop>> loops_;
   std::atomic<bool> stopping_{false};

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -64,6 +65,12 @@ class RequestQueue {
   }
   bool empty() const { return queue_.empty(); }
   int size() const { return static_cast<int>(queue_.size()); }
+  // Waiting requests per model name (for the gauges).
+  std::map<std::string, int> CountByModel() const {
+    std::map<std::string, int> n;
+    for (const auto& r : queue_) ++n[r->model->name];
+    return n;
+  }
   Request& front() { return *queue_.front(); }
   // The front request, admitted: it no longer counts as waiting.
   std::unique_ptr<Request> Pop() {
@@ -101,6 +108,15 @@ class RunningSet {
   std::vector<std::unique_ptr<Item>>& items() { return items_; }
   bool empty() const { return items_.empty(); }
   int size() const { return static_cast<int>(items_.size()); }
+  // The items not done per model name, each counting weight(item) (for the gauges).
+  template <typename Weight>
+  std::map<std::string, int> CountByModel(Weight weight) const {
+    std::map<std::string, int> n;
+    for (const auto& item : items_) {
+      if (!item->done) n[item->req->model->name] += weight(*item);
+    }
+    return n;
+  }
   Item& Add(std::unique_ptr<Item> item) {
     items_.push_back(std::move(item));
     return *items_.back();

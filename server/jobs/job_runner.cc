@@ -29,7 +29,15 @@ void PruneExports(const std::string& dir, size_t keep) {
   for (size_t i = 0; i + keep < found.size(); ++i) fs::remove_all(found[i], ec);
 }
 
-const char* KindName(ModelKind k) { return k == ModelKind::kText ? "text" : "image"; }
+// Bytes of the regular files directly in `dir` (a checkpoint's).
+int64_t FolderBytes(const std::string& dir) {
+  std::error_code ec;
+  int64_t total = 0;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.is_regular_file(ec)) total += static_cast<int64_t>(e.file_size(ec));
+  }
+  return total;
+}
 
 std::string StepDir(const std::string& parent, int64_t step) {
   return absl::StrFormat("%s/step-%010d", parent, step);
@@ -163,6 +171,10 @@ absl::Status JobRunner::Start() {
   if (!created.ok()) return created.status();
   trainer_ = *std::move(created);
   total_steps_ = trainer_->total_steps();
+  const double peak =
+      metrics_ ? DevicePeakFlops(loop_->device(), options_.peak_flops, metrics_) : 0;
+  job_metrics_ = std::make_unique<JobMetrics>(metrics_, o, peak);
+  job_metrics_->Started(trainer_->step(), total_steps_);
   const Job job = ledger_->Snapshot(id_);
   spec_ = job.spec;
   if (job.best_eval) best_loss_ = job.best_eval->loss;
@@ -237,13 +249,7 @@ StepRecord JobRunner::Record(const StepMetrics& m, double took) {
     r.images_per_second = static_cast<double>(m.images) / took;
   }
   r.eta_seconds = step_time_ema_ * static_cast<double>(total_steps_ - m.step);
-  if (metrics_) {
-    metrics_->train_steps.Add({{"job", id_}, {"kind", KindName(options_.train.kind)}}).Increment();
-    metrics_->train_items.Add({{"job", id_}, {"unit", m.tokens ? "tokens" : "images"}})
-        .Increment(static_cast<double>(m.tokens + m.images));
-    metrics_->train_loss.Add({{"job", id_}}).Set(m.loss);
-    metrics_->train_learning_rate.Add({{"job", id_}}).Set(m.lr);
-  }
+  job_metrics_->Step(m, took);
   return r;
 }
 
@@ -336,9 +342,12 @@ absl::Status JobRunner::HandleSnapshot(const Snapped& s) {
 }
 
 absl::Status JobRunner::Checkpoint(const TrainSnapshot& snapshot) {
+  const absl::Time t0 = absl::Now();
   absl::Status s = WriteCheckpoint(snapshot, options_.job_dir + "/checkpoints");
   if (!s.ok()) return s;
   const int64_t step = snapshot.step;
+  job_metrics_->Checkpointed(absl::ToDoubleSeconds(absl::Now() - t0),
+                             FolderBytes(StepDir(options_.job_dir + "/checkpoints", step)));
   s = ledger_->Update(id_, [&](Job& job) { job.checkpoint_step = step; }, std::nullopt);
   if (!s.ok()) return s;
   ledger_->Log(id_, absl::StrCat("checkpoint written at step ", step));
@@ -369,12 +378,7 @@ absl::Status JobRunner::RecordEvaluation(const TrainSnapshot& snapshot,
   er.text_sample = ev.text_sample;
   er.image_sample_png = ev.image_png;
   er.improved = ev.loss < best_loss_;
-  if (metrics_) {
-    metrics_->train_eval_loss.Add({{"job", id_}}).Set(ev.loss);
-    if (options_.train.kind == ModelKind::kText) {
-      metrics_->train_bits_per_byte.Add({{"job", id_}}).Set(ev.bits_per_byte);
-    }
-  }
+  job_metrics_->Evaluated(ev);
   absl::Status s = ledger_->Update(
       id_, [&](Job& job) { if (er.improved) job.best_eval = er; }, JobEvent::Now(er));
   if (!s.ok()) return s;
@@ -411,12 +415,6 @@ absl::Status JobRunner::Deploy(const TrainSnapshot& snapshot, const std::string&
   absl::StatusOr<std::shared_ptr<const ModelEntry>> entry =
       registry_->Publish(spec_.deploy_as, path);
   if (!entry.ok()) return entry.status();
-  if (metrics_) {
-    metrics_->model_info
-        .Add({{"name", (*entry)->name}, {"kind", KindName(options_.train.kind)},
-              {"version", absl::StrCat((*entry)->version)}})
-        .Set(static_cast<double>((*entry)->parameters));
-  }
   PruneExports(models, kKeepExports);
   const int64_t step = snapshot.step;
   absl::Status s = ledger_->Update(id_, [&](Job& job) {

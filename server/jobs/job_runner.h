@@ -37,6 +37,7 @@
 #include "server/core/device_loop.h"
 #include "server/core/model_registry.h"
 #include "server/jobs/job.h"
+#include "server/jobs/job_metrics.h"
 #include "server/metrics/metrics.h"
 #include "trainer/train_options.h"
 #include "trainer/trainer.h"
@@ -66,6 +67,7 @@ struct JobRunnerOptions {
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
   // When the spec leaves chunk_rows unset: the chunk time to calibrate for (see TrainTask).
   absl::Duration train_slice = absl::Milliseconds(250);
+  double peak_flops = 0;    // the MFU denominator (DevicePeakFlops); 0: measured
 };
 
 class JobRunner final : private TrainListener {
@@ -159,6 +161,7 @@ class JobRunner final : private TrainListener {
   // Job-thread state.
   JobSpec spec_;
   std::unique_ptr<Trainer> trainer_;  // until handed to the loop
+  std::unique_ptr<JobMetrics> job_metrics_;  // from Start on
   std::optional<EvalMetrics> pending_eval_;  // the loss of an evaluation awaiting its snapshot
   int64_t total_steps_ = 0;
   int64_t run_first_step_ = -1;  // the step this run started from

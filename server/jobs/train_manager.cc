@@ -251,6 +251,7 @@ bool TrainManager::StartNextLocked() {
   ro.job_dir = JobDir(job->id);
   ro.metrics_interval = options_.metrics_interval;
   ro.train_slice = options_.train_slice;
+  ro.peak_flops = options_.peak_flops;
   ++job->attempt;
   if (absl::Status s = SetStateLocked(job, JobState::kRunning, ""); !s.ok()) {
     Warn(job->id, s);

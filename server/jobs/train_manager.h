@@ -56,6 +56,7 @@ struct TrainManagerOptions {
   int keep_checkpoints = 3;
   absl::Duration metrics_interval = absl::Milliseconds(500);  // Watch step metrics, at most
   absl::Duration train_slice = absl::Milliseconds(250);  // chunk time to calibrate for
+  double peak_flops = 0;  // per device, the MFU denominator; 0: measured (DevicePeakFlops)
   bool start_jobs = true;  // false: recover and accept, but start nothing (tests)
 };
 

@@ -1,6 +1,8 @@
 // Metrics: the server's Prometheus registry (prometheus-cpp core) and its metric families, which
-// every layer records into; server/api/http_endpoint serves them. Thread-safe: every method may
-// be called from any thread.
+// every layer records into; server/api/http_endpoint serves them. Names follow Prometheus'
+// conventions (base units, _total on counters only); README.md's "Metrics" table lists them all.
+// Serialize adds the standard process_* families, read from /proc at scrape time.
+// Thread-safe: every method may be called from any thread.
 #ifndef TANDEM_SERVER_METRICS_METRICS_H_
 #define TANDEM_SERVER_METRICS_METRICS_H_
 
@@ -44,24 +46,51 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& denoise_step_seconds; // device
   prometheus::Family<prometheus::Histogram>& denoise_batch_size;   // device (samples per step)
   prometheus::Family<prometheus::Counter>& generated_images;       // model
-  prometheus::Family<prometheus::Gauge>& active_sequences;   // device
-  prometheus::Family<prometheus::Gauge>& waiting_requests;   // device
+  // Inference capacity and queues (model, device): requests waiting for the device and running
+  // on it; KV-cache slots (one per running text sequence) and image sample slots, used and in
+  // all.
+  prometheus::Family<prometheus::Gauge>& requests_waiting;
+  prometheus::Family<prometheus::Gauge>& requests_running;
+  prometheus::Family<prometheus::Gauge>& kv_slots_used;
+  prometheus::Family<prometheus::Gauge>& kv_slots_capacity;
+  prometheus::Family<prometheus::Gauge>& image_slots_used;
+  prometheus::Family<prometheus::Gauge>& image_slots_capacity;
+  // Generate calls refused before reaching a device: model ("unknown" when it did not resolve),
+  // reason (max_pending, max_queue_per_model, shutting_down, or the validation's code:
+  // invalid_argument, not_found, ...).
+  prometheus::Family<prometheus::Counter>& requests_rejected;
   // device, work (text|image|train|eval|idle)
   prometheus::Family<prometheus::Counter>& device_busy_seconds;
-  prometheus::Family<prometheus::Gauge>& model_info;  // name, kind, version; value = parameters
-  // Training.
+  prometheus::Family<prometheus::Gauge>& model_info;  // model, kind, version; value = parameters
+  // Building a version's instances on every device: model, reason (load: a new name; swap: a
+  // new version of a served name).
+  prometheus::Family<prometheus::Histogram>& model_load_seconds;
+  prometheus::Family<prometheus::Gauge>& build_info;  // version, torch, cuda; value 1
+  // Training. Job series are labelled job_id (a job= label would clash with Prometheus' own
+  // target label) and live while the job's run does (server/jobs/job_metrics.h).
   prometheus::Family<prometheus::Gauge>& train_jobs;             // state
-  prometheus::Family<prometheus::Counter>& train_steps;          // job, kind
-  prometheus::Family<prometheus::Counter>& train_items;          // job, unit (tokens|images)
-  prometheus::Family<prometheus::Gauge>& train_loss;             // job
-  prometheus::Family<prometheus::Gauge>& train_learning_rate;    // job
-  prometheus::Family<prometheus::Gauge>& train_eval_loss;        // job
-  prometheus::Family<prometheus::Gauge>& train_bits_per_byte;    // job
+  prometheus::Family<prometheus::Counter>& train_steps;          // job_id, kind
+  prometheus::Family<prometheus::Counter>& train_items;          // job_id, unit (tokens|images)
+  prometheus::Family<prometheus::Gauge>& train_loss;             // job_id
+  prometheus::Family<prometheus::Gauge>& train_learning_rate;    // job_id
+  prometheus::Family<prometheus::Gauge>& train_eval_loss;        // job_id
+  prometheus::Family<prometheus::Gauge>& train_bits_per_byte;    // job_id
+  // Per running job (removed when its run ends): steps done and planned, the model FLOP
+  // utilization of the latest step (text jobs), the latest checkpoint's write time and size, and
+  // when the job last made progress (start, step, evaluation, checkpoint).
+  prometheus::Family<prometheus::Gauge>& train_step;              // job_id
+  prometheus::Family<prometheus::Gauge>& train_target_steps;      // job_id
+  prometheus::Family<prometheus::Gauge>& train_mfu;               // job_id
+  prometheus::Family<prometheus::Gauge>& train_checkpoint_seconds; // job_id
+  prometheus::Family<prometheus::Gauge>& train_checkpoint_bytes;  // job_id
+  prometheus::Family<prometheus::Gauge>& train_progress_time;     // job_id (Unix seconds)
+  prometheus::Family<prometheus::Gauge>& device_peak_flops;       // device: the MFU denominator
   prometheus::Family<prometheus::Histogram>& train_chunk_seconds; // device
   prometheus::Family<prometheus::Histogram>& preemption_seconds;  // device
   prometheus::Family<prometheus::Gauge>& train_share;             // device
 
   static const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
+  static const prometheus::Histogram::BucketBoundaries& LoadBuckets();  // 10 ms .. 10 min
   static const prometheus::Histogram::BucketBoundaries& BatchBuckets();
   static const prometheus::Histogram::BucketBoundaries& PreemptionBuckets();  // 0.1 ms .. 1 s
 };

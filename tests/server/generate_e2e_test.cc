@@ -446,7 +446,8 @@ TEST_F(GenerateE2ETest, ShutdownLetsInFlightStreamsFinishThenRefusesNewCalls) {
   while (absl::Now() < deadline) {
     httplib::Client http("127.0.0.1", server_->metrics_port());
     auto res = http.Get("/metrics");
-    if (res && res->body.find("tandem_active_sequences{device=\"cpu\"} 1") != std::string::npos) {
+    if (res && res->body.find("tandem_requests_running{device=\"cpu\",model=\"tiny\"} 1") !=
+                   std::string::npos) {
       break;
     }
     absl::SleepFor(absl::Milliseconds(2));
