@@ -60,6 +60,9 @@ ABSL_FLAG(int, batch_size, 0, "train submit: sequences or images per micro-step"
 ABSL_FLAG(int, grad_accum, 0, "train submit: micro-steps per optimizer step");
 ABSL_FLAG(double, max_seconds, 0,
           "train submit: train for this many seconds of wall-clock time (steps then optional)");
+ABSL_FLAG(double, ema_decay, 0,
+          "train submit: serve an exponential moving average of the weights with this decay");
+ABSL_FLAG(double, min_snr_gamma, 0, "train submit: image jobs' min-SNR-gamma loss weighting");
 ABSL_FLAG(int, chunk_rows, 0,
           "train submit: rows per chunk of a micro-step (0: calibrated by the server)");
 ABSL_FLAG(double, lr, 0, "train submit: peak learning rate");
@@ -175,6 +178,8 @@ tandem::client::TrainSpecFlags SpecFlags() {
   f.grad_accum = IfGiven(FLAGS_grad_accum);
   f.chunk_rows = IfGiven(FLAGS_chunk_rows);
   f.max_seconds = IfGiven(FLAGS_max_seconds);
+  f.ema_decay = IfGiven(FLAGS_ema_decay);
+  f.min_snr_gamma = IfGiven(FLAGS_min_snr_gamma);
   f.lr = IfGiven(FLAGS_lr);
   f.min_lr = IfGiven(FLAGS_min_lr);
   f.warmup_steps = IfGiven(FLAGS_warmup_steps);

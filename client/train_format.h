@@ -35,6 +35,8 @@ struct TrainSpecFlags {
   std::optional<int> grad_accum;
   std::optional<int> chunk_rows;
   std::optional<double> max_seconds;
+  std::optional<double> ema_decay;
+  std::optional<double> min_snr_gamma;
   std::optional<double> lr;
   std::optional<double> min_lr;
   std::optional<int64_t> warmup_steps;

@@ -122,7 +122,7 @@ class ImageTrainer final : public NetTrainer {
  public:
   ImageTrainer(TrainOptions options, ImageJob job, StartedNet<DiffusionTrainNet> started)
       : NetTrainer(std::move(options), "image", job.config.ToJson(), std::move(job.tokenizer),
-                   std::move(started.optimizer), started.step),
+                   std::move(started.optimizer), std::move(started.ema), started.step),
         config_(std::move(job.config)),
         data_(std::move(job.data)),
         net_(std::move(started.net)) {
@@ -173,8 +173,10 @@ class ImageTrainer final : public NetTrainer {
   Batch MakeBatch(const ImageDataset& set, const std::vector<int64_t>& indices,
                   const std::vector<uint64_t>& variants, const std::vector<bool>& drop,
                   at::Generator& gen) const;
-  // The summed squared error [] of the noise (or v) prediction over rows [row, row + rows).
-  torch::Tensor SquaredError(const Batch& batch, int64_t row, int64_t rows) const;
+  // The summed squared error [] of the noise (or v) prediction over rows [row, row + rows),
+  // each row weighted by min(SNR, gamma) / SNR (eps) or / (SNR + 1) (v) when gamma > 0.
+  torch::Tensor SquaredError(const Batch& batch, int64_t row, int64_t rows,
+                             double min_snr_gamma) const;
   // The captions of the evaluation grid: one per Fashion-MNIST class ("a photo of a t-shirt",
   // ...), or the captions of the first held-out images of a folder.
   std::vector<std::string> GridCaptions() const;
@@ -208,8 +210,10 @@ void ImageTrainer::DrawMicroBatch(int micro) {
 }
 
 torch::Tensor ImageTrainer::ChunkLoss(int64_t row, int64_t rows) {
-  // The chunk's share of the micro-batch's mean over B * C * H * W elements.
-  return SquaredError(batch_, row, rows) / static_cast<double>(batch_.x0.numel());  // []
+  // The chunk's share of the micro-batch's mean over B * C * H * W elements (each row weighted
+  // by min-SNR-gamma when the spec asks).
+  return SquaredError(batch_, row, rows, options().hyper.min_snr_gamma) /
+         static_cast<double>(batch_.x0.numel());  // []
 }
 
 int64_t ImageTrainer::BeginHeldOut(int64_t rows) {
@@ -229,7 +233,7 @@ int64_t ImageTrainer::BeginHeldOut(int64_t rows) {
 double ImageTrainer::HeldOutUnit(int64_t unit) {
   const int64_t row = unit * eval_rows_;
   const int64_t rows = std::min(eval_rows_, eval_.x0.size(0) - row);
-  return SquaredError(eval_, row, rows).item<double>();
+  return SquaredError(eval_, row, rows, /*min_snr_gamma=*/0).item<double>();
 }
 
 const std::vector<int32_t>& ImageTrainer::CaptionTokens(const std::string& caption) const {
@@ -267,7 +271,8 @@ Batch ImageTrainer::MakeBatch(const ImageDataset& set, const std::vector<int64_t
   return batch;
 }
 
-torch::Tensor ImageTrainer::SquaredError(const Batch& batch, int64_t row, int64_t rows) const {
+torch::Tensor ImageTrainer::SquaredError(const Batch& batch, int64_t row, int64_t rows,
+                                         double min_snr_gamma) const {
   const torch::Device device = net_->device();
   const torch::Tensor t = batch.t.narrow(0, row, rows).to(device);        // [R]
   const torch::Tensor eps = batch.eps.narrow(0, row, rows).to(device);    // [R, C, H, W]
@@ -278,7 +283,13 @@ torch::Tensor ImageTrainer::SquaredError(const Batch& batch, int64_t row, int64_
   const torch::Tensor target = config_.prediction == "v" ? sa * eps - sr * x0 : eps;
   const torch::Tensor pred =
       net_->Forward(x_t, t, batch.ids.narrow(0, row, rows).to(device));  // [R, C, H, W]
-  return torch::mse_loss(pred, target, at::Reduction::Sum);             // []
+  if (min_snr_gamma <= 0) return torch::mse_loss(pred, target, at::Reduction::Sum);  // []
+  const torch::Tensor snr = (sa * sa / (sr * sr)).view({rows});                      // [R]
+  const torch::Tensor w = snr.clamp_max(min_snr_gamma) /
+                          (config_.prediction == "v" ? snr + 1 : snr);               // [R]
+  const torch::Tensor per_row =
+      (pred - target).pow(2).flatten(1).sum(1);  // [R]
+  return (w * per_row).sum();                    // []
 }
 
 std::vector<std::string> ImageTrainer::GridCaptions() const {

@@ -87,7 +87,7 @@ class TextTrainer final : public NetTrainer {
  public:
   TextTrainer(TrainOptions options, TextJob job, StartedNet<LlamaTrainNet> started)
       : NetTrainer(std::move(options), "text", job.config.ToJson(), std::move(job.tokenizer),
-                   std::move(started.optimizer), started.step),
+                   std::move(started.optimizer), std::move(started.ema), started.step),
         config_(job.config),
         train_tokens_(std::move(job.train_tokens)),
         heldout_tokens_(std::move(job.heldout_tokens)),

@@ -167,12 +167,13 @@ std::optional<StepMetrics> GradientAccumulator::EndMicroStep(const Hyperparams& 
 
 NetTrainer::NetTrainer(TrainOptions options, std::string kind, std::string config_json,
                        std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer,
-                       int64_t step)
+                       std::unique_ptr<Ema> ema, int64_t step)
     : options_(std::move(options)),
       kind_(std::move(kind)),
       config_json_(std::move(config_json)),
       tokenizer_(std::move(tokenizer)),
       optimizer_(std::move(optimizer)),
+      ema_(std::move(ema)),
       step_(step),
       total_steps_(options_.hyper.steps) {}
 
@@ -214,6 +215,7 @@ absl::StatusOr<std::optional<StepMetrics>> NetTrainer::RunChunk() {
     schedule.steps = total_steps_;
     std::optional<StepMetrics> m = accumulator_.EndMicroStep(schedule, *optimizer_, &step_);
     if (m) {
+      if (ema_) ema_->Update(m->step);
       m->total_steps = total_steps_;
       CountTrained(&*m);
     }
@@ -231,13 +233,17 @@ absl::StatusOr<std::optional<EvalMetrics>> NetTrainer::RunEvalChunk() {
   const std::string what = absl::StrCat(kind_, " evaluation");
   return CatchTorch(what.c_str(), [&]() -> absl::StatusOr<std::optional<EvalMetrics>> {
     torch::NoGradGuard no_grad;
-    if (eval_units_ < 0) eval_units_ = BeginHeldOut(EvalRows());
+    if (eval_units_ < 0) {
+      if (ema_) ema_->SwapIn();  // the average is what is evaluated; back after the last unit
+      eval_units_ = BeginHeldOut(EvalRows());
+    }
     if (eval_unit_ < eval_units_) eval_sum_ += HeldOutUnit(eval_unit_++);
     if (eval_unit_ < eval_units_) return std::optional<EvalMetrics>();
     EvalMetrics e;
     e.step = step_;
     FinishHeldOut(eval_sum_, &e);
     eval_units_ = -1;
+    if (ema_) ema_->SwapOut();
     return std::optional<EvalMetrics>(e);
   });
 }
@@ -251,6 +257,12 @@ absl::StatusOr<TrainSnapshot> NetTrainer::Snapshot() {
   absl::Status s = CatchTorch("snapshot", [&]() -> absl::Status {
     snap.model = ExportWeights();
     snap.optimizer = optimizer_->State();
+    if (ema_) {
+      for (auto& [name, t] : ema_->State()) snap.optimizer[name] = std::move(t);
+      ema_->SwapIn();
+      snap.serving = ExportWeights();
+      ema_->SwapOut();
+    }
     return absl::OkStatus();
   });
   if (!s.ok()) return s;

@@ -29,6 +29,7 @@
 #include "models/torch/torch_util.h"
 #include "trainer/adamw.h"
 #include "trainer/checkpoint.h"
+#include "trainer/ema.h"
 #include "trainer/train_options.h"
 #include "trainer/trainer.h"
 
@@ -83,6 +84,7 @@ template <typename Net>
 struct StartedNet {
   std::unique_ptr<Net> net;
   std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<Ema> ema;  // when hyper.ema_decay > 0
   int64_t step = 0;
 };
 
@@ -106,6 +108,18 @@ absl::StatusOr<StartedNet<Net>> StartNet(ModelStart model, const Hyperparams& hy
   out.net = *std::move(net);
   out.optimizer = *std::move(optimizer);
   out.step = run->step();
+  if (hyper.ema_decay > 0) {
+    absl::StatusOr<std::unique_ptr<Ema>> ema = torch_util::CatchTorch(
+        "restoring the weights' average", [&]() -> absl::StatusOr<std::unique_ptr<Ema>> {
+          auto e = std::make_unique<Ema>(out.optimizer->params(), hyper.ema_decay);
+          if (run->checkpoint) {
+            if (absl::Status s = e->LoadState(run->checkpoint->optimizer); !s.ok()) return s;
+          }
+          return e;
+        });
+    if (!ema.ok()) return ema.status();
+    out.ema = *std::move(ema);
+  }
   return out;
 }
 
@@ -159,9 +173,11 @@ class NetTrainer : public Trainer {
   absl::StatusOr<TrainSnapshot> Snapshot() final;
 
  protected:
-  // `kind` and `config_json` as in ModelStart; `step` the run's (StartedNet::step).
+  // `kind` and `config_json` as in ModelStart; `step` the run's (StartedNet::step); `ema` may
+  // be null (no average kept).
   NetTrainer(TrainOptions options, std::string kind, std::string config_json,
-             std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer, int64_t step);
+             std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer,
+             std::unique_ptr<Ema> ema, int64_t step);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
 
@@ -196,6 +212,7 @@ class NetTrainer : public Trainer {
   const std::string config_json_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<Ema> ema_;
   int64_t step_ = 0;
   int64_t total_steps_ = 0;  // options_.hyper.steps, unless SetTotalSteps moved it
   GradientAccumulator accumulator_;

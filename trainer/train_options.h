@@ -26,6 +26,12 @@ struct Hyperparams {
   // then planned from the measured rate early in the run (the schedule reaching min_lr at the
   // budget) and stored; the final evaluation and deployment still happen.
   double max_seconds = 0;
+  // > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999) and
+  // serve, export and evaluate it (trainer/ema.h).
+  double ema_decay = 0;
+  // Image jobs, > 0: weight each sample's loss by min(SNR(t), gamma) / SNR(t) (eps) or
+  // / (SNR(t) + 1) (v): min-SNR-gamma (Hang et al., 2023). 0: unweighted MSE.
+  double min_snr_gamma = 0;
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
   int64_t warmup_steps = 100;

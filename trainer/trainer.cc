@@ -25,7 +25,8 @@ namespace fs = std::filesystem;
 absl::StatusOr<std::string> SampleTextHere(const TrainSnapshot& snap, const std::string& device,
                                            const Tokenizer& tokenizer) {
   absl::StatusOr<std::unique_ptr<TextModel>> model =
-      CreateLlamaModel(snap.llama, snap.model, TextModelOptions{device, 1});
+      CreateLlamaModel(snap.llama, snap.serving.empty() ? snap.model : snap.serving,
+                       TextModelOptions{device, 1});
   if (!model.ok()) return model.status();
   absl::StatusOr<int> slot = (*model)->AcquireSlot();
   if (!slot.ok()) return slot.status();
@@ -54,7 +55,8 @@ absl::StatusOr<std::string> SampleImagesHere(const TrainSnapshot& snap,
   const EvalSamples& es = snap.samples;
   const int n = static_cast<int>(es.images.size());
   absl::StatusOr<std::unique_ptr<ImageModel>> model =
-      CreateDiffusionModel(snap.diffusion, snap.model, ImageModelOptions{device, std::max(1, n)});
+      CreateDiffusionModel(snap.diffusion, snap.serving.empty() ? snap.model : snap.serving,
+                           ImageModelOptions{device, std::max(1, n)});
   if (!model.ok()) return model.status();
   std::vector<int> samples;
   for (const ImageSampleSpec& spec : es.images) {
@@ -90,7 +92,7 @@ absl::Status ExportModel(const TrainSnapshot& snapshot, const std::string& dir,
   std::error_code ec;
   if (fs::exists(dir, ec)) return absl::AlreadyExistsError(absl::StrCat(dir, " already exists"));
   SafetensorsFile weights;
-  weights.tensors = snapshot.model;
+  weights.tensors = snapshot.serving.empty() ? snapshot.model : snapshot.serving;
   if (snapshot.kind == ModelKind::kText) {
     return WriteTextModelDir(dir, snapshot.llama, weights, snapshot.tokenizer, provenance);
   }

@@ -72,6 +72,7 @@ struct TrainSnapshot {
   LlamaConfig llama;          // kText
   DiffusionConfig diffusion;  // kImage
   TensorMap model;            // the weights, named as in model.safetensors
+  TensorMap serving;          // what to serve and sample (the EMA's); empty: `model`
   TensorMap optimizer;        // AdamW moments
   std::map<std::string, std::string> state;  // the checkpoint manifest's state
   std::string tokenizer;      // the serialized tokenizer.model

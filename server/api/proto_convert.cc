@@ -49,6 +49,10 @@ void operator()(F&& f) const {
     &v1::Hyperparameters::set_chunk_rows);
   f(&Hyperparams::max_seconds, &v1::Hyperparameters::max_seconds,
     &v1::Hyperparameters::set_max_seconds);
+  f(&Hyperparams::ema_decay, &v1::Hyperparameters::ema_decay,
+    &v1::Hyperparameters::set_ema_decay);
+  f(&Hyperparams::min_snr_gamma, &v1::Hyperparameters::min_snr_gamma,
+    &v1::Hyperparameters::set_min_snr_gamma);
 }
 };
 

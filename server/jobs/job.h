@@ -76,6 +76,8 @@ inline Hyperparams UnsetHyperparams() {
   h.holdout_fraction = 0;
   h.chunk_rows = 0;
   h.max_seconds = 0;
+  h.ema_decay = 0;
+  h.min_snr_gamma = 0;
   return h;
 }
 

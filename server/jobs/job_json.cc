@@ -66,7 +66,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Hyperparams, steps, batch_size, 
                                                 min_lr, warmup_steps, weight_decay, beta1, beta2,
                                                 grad_clip, decay_norms_and_embeddings, eval_every,
                                                 checkpoint_every, seed, caption_dropout,
-                                                holdout_fraction, chunk_rows, max_seconds)
+                                                holdout_fraction, chunk_rows, max_seconds,
+                                                ema_decay, min_snr_gamma)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(JobSpec, name, kind, dataset, text_model,
                                                 image_model, init_from, hyper, deploy_as,
                                                 deploy_on_improvement, priority)

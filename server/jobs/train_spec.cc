@@ -164,6 +164,12 @@ absl::Status Hyper(Hyperparams* h) {
   if (!(h->caption_dropout >= 0 && h->caption_dropout < 1)) {
     return Invalid(absl::StrCat("caption_dropout (", h->caption_dropout, ") must be in [0, 1)"));
   }
+  if (!(h->ema_decay >= 0 && h->ema_decay < 1)) {
+    return Invalid(absl::StrCat("ema_decay (", h->ema_decay, ") must be in [0, 1)"));
+  }
+  if (!(h->min_snr_gamma >= 0) || !std::isfinite(h->min_snr_gamma)) {
+    return Invalid(absl::StrCat("min_snr_gamma (", h->min_snr_gamma, ") must be >= 0"));
+  }
   if (h->holdout_fraction == 0) h->holdout_fraction = 0.1;
   if (!(h->holdout_fraction > 0 && h->holdout_fraction <= 0.5)) {
     return Invalid(absl::StrCat("holdout_fraction (", h->holdout_fraction, ") must be in (0, 0.5]"));

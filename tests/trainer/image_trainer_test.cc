@@ -24,6 +24,7 @@
 #include "models/diffusion/diffusion_schedule.h"
 #include "models/diffusion/diffusion_train_net.h"
 #include "models/formats/png.h"
+#include "models/formats/safetensors.h"
 #include "models/image_model.h"
 #include "models/model_dir.h"
 #include "tests/testing/base/files.h"
@@ -316,6 +317,68 @@ TEST(ImageTrainerTest, RestoredRunContinuesWithEqualLosses) {
   // Checkpoints beyond keep_checkpoints are pruned.
   ASSERT_TRUE(trainer->SaveCheckpoint(dir / "ckpt_b").ok());
   EXPECT_EQ(ListCheckpointSteps(dir / "ckpt_b"), std::vector<int64_t>{6});
+}
+
+// A run keeping an average of its weights (ema_decay) and weighting its loss by min-SNR-gamma:
+// the weighting changes the losses, a resumed run reproduces the straight one exactly (the
+// average travels in the checkpoint), and what is exported is the average, not the last weights.
+TEST(ImageTrainerTest, EmaAndMinSnrResumeExactlyAndExportTheAverage) {
+  TempDir dir("image_trainer_ema");
+  TrainOptions options = TinyOptions(WriteTinyFolder(dir), 16);
+  options.hyper.steps = 6;
+  options.hyper.batch_size = 4;
+  options.hyper.warmup_steps = 2;
+  options.keep_checkpoints = 1;
+  std::vector<double> plain;
+  {
+    std::unique_ptr<Trainer> trainer = MakeTrainer(options, dir / "work", dir / "ckpt_p");
+    ASSERT_NE(trainer, nullptr);
+    plain = Train(trainer.get(), 2);
+  }
+  options.hyper.ema_decay = 0.9;
+  options.hyper.min_snr_gamma = 5;
+  std::vector<double> straight;
+  TensorMap straight_export;
+  {
+    std::unique_ptr<Trainer> trainer = MakeTrainer(options, dir / "work", dir / "ckpt_a");
+    ASSERT_NE(trainer, nullptr);
+    straight = Train(trainer.get(), 6);
+    absl::StatusOr<TrainSnapshot> snap = trainer->Snapshot();
+    ASSERT_TRUE(snap.ok()) << snap.status();
+    ASSERT_FALSE(snap->serving.empty());
+    ASSERT_TRUE(trainer->ExportModel(dir / "model_a", {}).ok());
+    straight_export = ReadSafetensors(dir / "model_a/model.safetensors").value().tensors;
+    // The export is the average: equal to the snapshot's serving weights, not its last ones.
+    int differ = 0;
+    for (const auto& [name, t] : snap->serving) {
+      EXPECT_EQ(straight_export.at(name).bytes, t.bytes) << name;
+      differ += snap->model.at(name).bytes != t.bytes;
+    }
+    EXPECT_GT(differ, 0);
+  }
+  ASSERT_EQ(straight.size(), 6u);
+  // Same batches and noise as the plain run (same seed): only the weighting differs.
+  EXPECT_NE(straight[0], plain[0]);
+
+  std::vector<double> resumed;
+  {
+    std::unique_ptr<Trainer> trainer = MakeTrainer(options, dir / "work", dir / "ckpt_b");
+    ASSERT_NE(trainer, nullptr);
+    resumed = Train(trainer.get(), 3);
+    ASSERT_TRUE(trainer->SaveCheckpoint(dir / "ckpt_b").ok());
+  }
+  std::unique_ptr<Trainer> trainer = MakeTrainer(options, dir / "work", dir / "ckpt_b");
+  ASSERT_NE(trainer, nullptr);
+  ASSERT_EQ(trainer->step(), 3);
+  const std::vector<double> rest = Train(trainer.get(), 3);
+  resumed.insert(resumed.end(), rest.begin(), rest.end());
+  ASSERT_EQ(resumed.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(resumed[i], straight[i]) << "step " << i + 1;
+  ASSERT_TRUE(trainer->ExportModel(dir / "model_b", {}).ok());
+  const TensorMap resumed_export = ReadSafetensors(dir / "model_b/model.safetensors").value().tensors;
+  for (const auto& [name, t] : straight_export) {
+    EXPECT_EQ(resumed_export.at(name).bytes, t.bytes) << name << ": the average resumed exactly";
+  }
 }
 
 // Evaluation on Fashion-MNIST: held-out MSE on fixed noise (the same twice), and a grid of one
