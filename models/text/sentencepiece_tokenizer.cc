@@ -1,4 +1,4 @@
-#include "models/text/tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -145,11 +145,12 @@ unsigned int SentencePieceSeed(uint64_t seed) {
 
 }  // namespace
 
-Tokenizer::~Tokenizer() {
+SentencePieceTokenizer::~SentencePieceTokenizer() {
   if (sp_) api_->destroy(sp_);
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_path) {
+absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::Load(
+    const std::string& model_path) {
   if (!FileExists(model_path)) {
     return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
   }
@@ -168,11 +169,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
                                                    ": not a valid SentencePiece model (",
                                                    message, ")"));
   }
-  return std::unique_ptr<Tokenizer>(new Tokenizer(*api, sp));
+  return std::unique_ptr<SentencePieceTokenizer>(new SentencePieceTokenizer(*api, sp));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerialized(
-    const std::string& proto_bytes) {
+absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>>
+SentencePieceTokenizer::FromSerialized(const std::string& proto_bytes) {
   absl::StatusOr<const tandem_spm_api*> api = Api();
   if (!api.ok()) return api.status();
   int code = 0;
@@ -183,11 +184,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSerialized(
         "not a valid serialized SentencePiece model (", proto_bytes.size(), " bytes): ",
         TakeMessage(*api, err)));
   }
-  return std::unique_ptr<Tokenizer>(new Tokenizer(*api, sp));
+  return std::unique_ptr<SentencePieceTokenizer>(new SentencePieceTokenizer(*api, sp));
 }
 
-absl::Status Tokenizer::Train(const std::string& corpus_path, const std::string& model_path,
-                              const TokenizerTrainOptions& options) {
+absl::Status SentencePieceTokenizer::Train(const std::string& corpus_path,
+                                           const std::string& model_path,
+                                           const TokenizerTrainOptions& options) {
   if (options.vocab_size <= kReservedPieces) {
     return absl::InvalidArgumentError(absl::StrCat(
         "vocab_size (", options.vocab_size, ") must exceed ", kReservedPieces,
@@ -299,7 +301,7 @@ absl::Status Tokenizer::Train(const std::string& corpus_path, const std::string&
   return WriteAtomically(model_path, model);
 }
 
-std::vector<int32_t> Tokenizer::Encode(absl::string_view text) const {
+std::vector<int32_t> SentencePieceTokenizer::Encode(absl::string_view text) const {
   int32_t* ids = nullptr;
   size_t count = 0;
   // Encode only fails when no model is loaded, which the factories rule out.
@@ -309,7 +311,7 @@ std::vector<int32_t> Tokenizer::Encode(absl::string_view text) const {
   return out;
 }
 
-std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
+std::string SentencePieceTokenizer::Decode(absl::Span<const int32_t> ids) const {
   std::vector<int32_t> kept;
   kept.reserve(ids.size());
   for (int32_t id : ids) {
@@ -323,7 +325,7 @@ std::string Tokenizer::Decode(absl::Span<const int32_t> ids) const {
   return out;
 }
 
-bool Tokenizer::IsSpecial(int32_t id) const {
+bool SentencePieceTokenizer::IsSpecial(int32_t id) const {
   // A model may emit ids past the tokenizer's vocabulary (padded embeddings); SentencePiece
   // would reject the whole sequence, so they are dropped. <unk> would decode as " ⁇ ": it is
   // dropped too, with the control symbols (<s>, </s>) SentencePiece renders as nothing anyway.
@@ -331,7 +333,7 @@ bool Tokenizer::IsSpecial(int32_t id) const {
   return api_->is_special(sp_, id) != 0;
 }
 
-std::string Tokenizer::IdToPiece(int32_t id) const {
+std::string SentencePieceTokenizer::IdToPiece(int32_t id) const {
   if (id < 0 || id >= api_->piece_size(sp_)) return std::string();
   size_t len = 0;
   char* p = api_->id_to_piece(sp_, id, &len);
@@ -340,11 +342,16 @@ std::string Tokenizer::IdToPiece(int32_t id) const {
   return out;
 }
 
-int Tokenizer::vocab_size() const { return api_->piece_size(sp_); }
-int Tokenizer::bos_id() const { return api_->bos_id(sp_); }
-int Tokenizer::eos_id() const { return api_->eos_id(sp_); }
+float SentencePieceTokenizer::Score(int32_t id) const {
+  if (id < 0 || id >= api_->piece_size(sp_)) return 0.0f;
+  return api_->score(sp_, id);
+}
 
-std::string Tokenizer::Serialized() const {
+int SentencePieceTokenizer::vocab_size() const { return api_->piece_size(sp_); }
+int SentencePieceTokenizer::bos_id() const { return api_->bos_id(sp_); }
+int SentencePieceTokenizer::eos_id() const { return api_->eos_id(sp_); }
+
+std::string SentencePieceTokenizer::Serialized() const {
   size_t len = 0;
   char* p = api_->serialized(sp_, &len);
   std::string out(p, len);

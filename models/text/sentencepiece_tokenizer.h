@@ -1,10 +1,11 @@
-// Tokenizer: a SentencePiece model (tokenizer.model in a model directory), and training one on a
-// text corpus. Torch-free. Thread-safe after Load (SentencePiece's encode/decode are const).
+// SentencePieceTokenizer: a SentencePiece model (tokenizer.model in a model directory), and
+// training one on a text corpus. Torch-free. Thread-safe after Load (SentencePiece's encode and
+// decode are const).
 // SentencePiece itself lives in the module libtandem_sentencepiece.so, loaded on first use (see
 // sentencepiece_api.h for why); it is looked up in $TANDEM_SENTENCEPIECE_MODULE, then beside the
 // executable, then in ../lib, then by the dynamic loader's search path.
-#ifndef TANDEM_MODELS_TEXT_TOKENIZER_H_
-#define TANDEM_MODELS_TEXT_TOKENIZER_H_
+#ifndef TANDEM_MODELS_TEXT_SENTENCEPIECE_TOKENIZER_H_
+#define TANDEM_MODELS_TEXT_SENTENCEPIECE_TOKENIZER_H_
 
 #include <cstdint>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "models/text/tokenizer.h"
 
 struct tandem_spm_api;
 
@@ -32,13 +34,15 @@ struct TokenizerTrainOptions {
   bool hard_vocab_limit = true;
 };
 
-class Tokenizer {
+class SentencePieceTokenizer final : public Tokenizer {
  public:
-  ~Tokenizer();
+  ~SentencePieceTokenizer() override;
 
   // Loads a SentencePiece model file. NOT_FOUND / INVALID_ARGUMENT with the path on failure.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_path);
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSerialized(const std::string& proto_bytes);
+  static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> Load(
+      const std::string& model_path);
+  static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> FromSerialized(
+      const std::string& proto_bytes);
 
   // Trains a model on `corpus_path` (UTF-8 text, one sentence or paragraph per line) and writes
   // it to `model_path`. Ids: 0 <unk>, 1 <s> (BOS), 2 </s> (EOS), then byte-fallback pieces for all
@@ -46,26 +50,23 @@ class Tokenizer {
   static absl::Status Train(const std::string& corpus_path, const std::string& model_path,
                             const TokenizerTrainOptions& options);
 
-  // Text to ids, without BOS/EOS.
-  std::vector<int32_t> Encode(absl::string_view text) const;
-  // Ids to text (special ids are dropped).
-  std::string Decode(absl::Span<const int32_t> ids) const;
-  // True for the ids Decode drops: control symbols (<s>, </s>), <unk>, unused pieces and ids
-  // outside [0, vocab_size()).
-  bool IsSpecial(int32_t id) const;
-  std::string IdToPiece(int32_t id) const;
-
-  int vocab_size() const;
-  int bos_id() const;
-  int eos_id() const;
-  std::string Serialized() const;
+  TokenizerKind kind() const override { return TokenizerKind::kSentencePiece; }
+  std::vector<int32_t> Encode(absl::string_view text) const override;
+  std::string Decode(absl::Span<const int32_t> ids) const override;
+  bool IsSpecial(int32_t id) const override;
+  std::string IdToPiece(int32_t id) const override;
+  float Score(int32_t id) const override;
+  int vocab_size() const override;
+  int bos_id() const override;
+  int eos_id() const override;
+  std::string Serialized() const override;
 
  private:
-  Tokenizer(const tandem_spm_api* api, void* sp) : api_(api), sp_(sp) {}
+  SentencePieceTokenizer(const tandem_spm_api* api, void* sp) : api_(api), sp_(sp) {}
   const tandem_spm_api* api_;
   void* sp_;  // owned SentencePieceProcessor inside the module
 };
 
 }  // namespace tandem
 
-#endif  // TANDEM_MODELS_TEXT_TOKENIZER_H_
+#endif  // TANDEM_MODELS_TEXT_SENTENCEPIECE_TOKENIZER_H_

@@ -4,6 +4,7 @@
 #ifndef TANDEM_MODELS_TEXT_TEXT_STREAM_H_
 #define TANDEM_MODELS_TEXT_TEXT_STREAM_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -52,6 +53,11 @@ class StopStringFilter {
 
 // True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
 bool IsValidUtf8(absl::string_view text);
+// The length of the well-formed UTF-8 character starting at text[i] (1 to 4), or 0 when none
+// does (or i is past the end).
+size_t Utf8SequenceAt(absl::string_view text, size_t i);
+// `text` with every byte that is not part of a well-formed character replaced by U+FFFD.
+std::string ReplaceInvalidUtf8(absl::string_view text);
 
 }  // namespace tandem
 

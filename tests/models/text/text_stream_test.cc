@@ -11,7 +11,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "models/text/tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 
 namespace tandem {
 namespace {
@@ -50,8 +50,9 @@ class IncrementalDetokenizerTest : public ::testing::Test {
     TokenizerTrainOptions options;
     options.vocab_size = 320;
     options.num_threads = 1;
-    if (!Tokenizer::Train(corpus, dir + "/tokenizer.model", options).ok()) return;
-    absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(dir + "/tokenizer.model");
+    if (!SentencePieceTokenizer::Train(corpus, dir + "/tokenizer.model", options).ok()) return;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t =
+        SentencePieceTokenizer::Load(dir + "/tokenizer.model");
     if (t.ok()) tokenizer_ = t->release();
   }
   static void TearDownTestSuite() {
