@@ -49,6 +49,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <omp.h>
 #include <torch/torch.h>
 
 #include "models/llama/cpu_kernels.h"
@@ -56,6 +57,7 @@
 #include "models/torch/torch_util.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -64,6 +66,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -256,16 +259,44 @@ void AttendCpu(const float* qkv, const torch::Tensor& kv, const int64_t* rows,
   });
 }
 
-// y = w x (+ residual) for w [rows, cols] (float32, contiguous), its rows split over the
-// intra-op threads in chunks of at least ~64K multiply-adds.
-void ParallelMatVec(Width width, const torch::Tensor& w, const float* x, const float* residual,
-                    float* y) {
-  const int64_t rows = w.size(0), cols = w.size(1);
-  const float* data = w.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    cpu_kernels::MatVec(width, data, cols, x, residual, y, begin, end);
-  });
+// A barrier for the threads of one parallel region that spins (briefly, then yields) instead of
+// sleeping: DecodeRowCpu synchronises its threads 4 times per layer, a few microseconds apart,
+// and tandemd runs OpenMP with OMP_WAIT_POLICY=PASSIVE, under which every parallel region (and
+// OpenMP barrier) is a futex sleep and wake-up. One region per token, with these barriers inside
+// it, keeps that cost to one wake-up per token.
+class SpinBarrier {
+ public:
+  // Every thread of the region calls this with the team's size before its first Wait.
+  void SetThreads(int n) { threads_.store(n, std::memory_order_relaxed); }
+  void Wait() {
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 ==
+        threads_.load(std::memory_order_relaxed)) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < 4096) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();  // a descheduled partner: give it the core
+      }
+    }
+  }
+
+ private:
+  std::atomic<int> threads_{1};
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
+};
+
+// The share [begin, end) of n items that thread t of `threads` takes.
+void Share(int64_t n, int t, int threads, int64_t* begin, int64_t* end) {
+  *begin = n * t / threads;
+  *end = n * (t + 1) / threads;
 }
 
 class LlamaModel final : public TextModel {
@@ -323,8 +354,13 @@ class LlamaModel final : public TextModel {
   // loops (matrices read once per row, split over the threads), logits into `logits`.
   void DecodeRowsCpu(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
                      Width width, float* logits);
-  // One row of DecodeRowsCpu: `token` at `position` of physical row `row`.
+  // One row of DecodeRowsCpu: `token` at `position` of physical row `row`, on every intra-op
+  // thread (one parallel region; each thread takes its share of each matrix's rows and of the
+  // kv heads).
   void DecodeRowCpu(int64_t row, int64_t position, int32_t token, Width width, float* logits);
+  // Thread t's part of DecodeRowCpu; `barrier` is null when it runs alone.
+  void DecodeRowShare(int t, int threads, SpinBarrier* barrier, int64_t row, int64_t position,
+                      Width width, float* logits);
 
   const LlamaConfig config_;
   const torch::Device device_;
@@ -335,10 +371,10 @@ class LlamaModel final : public TextModel {
   const double scale_;
   Weights weights_;
   RunState state_;
-  // DecodeRowsCpu's activations: x [dim], h [max(dim, hidden)], qkv [KV*(G+2)*hd],
-  // attention out [H*hd], h13 [2*hidden]; and the attention scores of a step
-  // [max_slots*KV*G*seq_len] (the batched loops' too).
-  std::vector<float> x_, h_, qkv_, attn_, h13_, scores_;
+  // DecodeRowsCpu's activations: x [dim], qkv [KV*(G+2)*hd], attention out [H*hd], h13
+  // [2*hidden], each thread's normalized input h [threads, max(dim, hidden)]; and the attention
+  // scores of a step [max_slots*KV*G*seq_len] (the batched loops' too).
+  std::vector<float> x_, qkv_, attn_, h13_, h_, scores_;
 };
 
 void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
@@ -388,7 +424,6 @@ void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
   state_.row_length.assign(max_slots_, 0);
   const int64_t hidden = config_.hidden_dim, h_dim = kv * g * hd;
   x_.assign(dim, 0.0f);
-  h_.assign(std::max(dim, hidden), 0.0f);
   qkv_.assign(kv * (g + 2) * hd, 0.0f);
   attn_.assign(h_dim, 0.0f);
   h13_.assign(2 * hidden, 0.0f);
@@ -710,25 +745,69 @@ void LlamaModel::DecodeRowsCpu(absl::Span<const int> slots, absl::Span<const int
 
 void LlamaModel::DecodeRowCpu(int64_t row, int64_t position, int32_t token, Width width,
                               float* logits) {
+  const int64_t dim = config_.dim, h_size = std::max<int64_t>(dim, config_.hidden_dim);
+  std::memcpy(x_.data(), weights_.tok_embeddings.data_ptr<float>() + token * dim,
+              dim * sizeof(float));
+  // A thread per million multiply-adds of the step at most: tiny models stay serial.
+  const int threads = static_cast<int>(
+      std::clamp<int64_t>(parameter_count_ >> 20, 1, std::max(1, at::get_num_threads())));
+  if (static_cast<int64_t>(h_.size()) < threads * h_size) h_.assign(threads * h_size, 0.0f);
+  if (threads == 1) return DecodeRowShare(0, 1, nullptr, row, position, width, logits);
+  SpinBarrier barrier;
+#pragma omp parallel num_threads(threads)
+  {
+    barrier.SetThreads(omp_get_num_threads());
+    DecodeRowShare(omp_get_thread_num(), omp_get_num_threads(), &barrier, row, position, width,
+                   logits);
+  }
+}
+
+void LlamaModel::DecodeRowShare(int t, int threads, SpinBarrier* barrier, int64_t row,
+                                int64_t position, Width width, float* logits) {
   const int64_t dim = config_.dim, hidden = config_.hidden_dim;
   const int64_t kv = kv_heads_, g = group_, hd = head_dim_;
   const float eps = config_.norm_eps;
-  float* x = x_.data();  // [dim] the residual stream
-  float* h = h_.data();  // [dim] or [hidden]
-  std::memcpy(x, weights_.tok_embeddings.data_ptr<float>() + token * dim, dim * sizeof(float));
+  auto sync = [&] {
+    if (barrier != nullptr) barrier->Wait();
+  };
+  // y = w x (+ residual) over this thread's share of w's rows (w [rows, cols]).
+  auto matvec = [&](const torch::Tensor& w, const float* x, const float* residual, float* y) {
+    int64_t begin, end;
+    Share(w.size(0), t, threads, &begin, &end);
+    cpu_kernels::MatVec(width, w.data_ptr<float>(), w.size(1), x, residual, y, begin, end);
+  };
+  float* x = x_.data();  // [dim] the residual stream, shared
+  float* h = h_.data() + t * std::max(dim, hidden);  // this thread's normalized x or activation
+  float* qkv = qkv_.data();                          // [KV, G+2, hd]
   // RoPE of this position: (cos, sin) pairs [hd/2].
   const float* rope =
       reinterpret_cast<const float*>(weights_.rope.data_ptr<c10::complex<float>>()) +
       position * hd;
+  cpu_kernels::AttentionStep step{};
+  step.qkv = qkv;
+  step.scores = scores_.data();
+  step.out = attn_.data();
+  step.rows = &row;
+  step.positions = &position;
+  step.slots = max_slots_;
+  step.kv_heads = kv;
+  step.g = g;
+  step.hd = hd;
+  step.seq_len = config_.seq_len;
+  step.length = position + 1;
+  step.scale = static_cast<float>(scale_);
+  int64_t head_begin, head_end;  // this thread's kv heads
+  Share(kv, t, threads, &head_begin, &head_end);
   for (size_t l = 0; l < weights_.layers.size(); ++l) {
     const LayerWeights& w = weights_.layers[l];
     // Attention. The norm gains are folded into wqkv and w13: h = x / rms(x).
     float s = cpu_kernels::InvRms(width, x, dim, eps);
     for (int64_t i = 0; i < dim; ++i) h[i] = x[i] * s;
-    ParallelMatVec(width, w.wqkv, h, nullptr, qkv_.data());  // [KV, G+2, hd]
-    for (int64_t j = 0; j < kv; ++j) {  // rotate the G queries and the key of every group
+    matvec(w.wqkv, h, nullptr, qkv);
+    sync();  // qkv whole
+    for (int64_t j = head_begin; j < head_end; ++j) {  // rotate the G queries and key of group j
       for (int64_t head = 0; head <= g; ++head) {
-        float* v = qkv_.data() + (j * (g + 2) + head) * hd;
+        float* v = qkv + (j * (g + 2) + head) * hd;
         for (int64_t i = 0; i < hd / 2; ++i) {
           const float c = rope[2 * i], sn = rope[2 * i + 1], v0 = v[2 * i], v1 = v[2 * i + 1];
           v[2 * i] = v0 * c - v1 * sn;
@@ -736,23 +815,29 @@ void LlamaModel::DecodeRowCpu(int64_t row, int64_t position, int32_t token, Widt
         }
       }
     }
-    AttendCpu(qkv_.data(), state_.kv[l], &row, &position, 1, g, position + 1, scale_, width,
-              scores_.data(), attn_.data());
-    ParallelMatVec(width, w.wo, attn_.data(), x, x);  // x += wo attn
+    step.kv = state_.kv[l].data_ptr<float>();
+    cpu_kernels::AttentionScores(width, step, head_begin, head_end);
+    cpu_kernels::AttentionSoftmax(step, head_begin, head_end);
+    cpu_kernels::AttentionValues(width, step, head_begin, head_end);
+    sync();  // attention output whole
+    matvec(w.wo, attn_.data(), x, x);  // x += wo attn
+    sync();  // x whole
     // SwiGLU.
     s = cpu_kernels::InvRms(width, x, dim, eps);
     for (int64_t i = 0; i < dim; ++i) h[i] = x[i] * s;
-    ParallelMatVec(width, w.w13, h, nullptr, h13_.data());  // [2*hidden]: w1 h, then w3 h
+    matvec(w.w13, h, nullptr, h13_.data());  // [2*hidden]: w1 h, then w3 h
+    sync();  // h13 whole
     for (int64_t i = 0; i < hidden; ++i) {
       const float gate = h13_[i];
       h[i] = gate / (1.0f + std::exp(-gate)) * h13_[hidden + i];
     }
-    ParallelMatVec(width, w.w2, h, x, x);  // x += w2 act
+    matvec(w.w2, h, x, x);  // x += w2 act
+    sync();  // x whole
   }
   const float s = cpu_kernels::InvRms(width, x, dim, eps);
   const float* gain = weights_.norm.data_ptr<float>();
   for (int64_t i = 0; i < dim; ++i) h[i] = x[i] * s * gain[i];
-  ParallelMatVec(width, weights_.output, h, nullptr, logits);
+  matvec(weights_.output, h, nullptr, logits);
 }
 
 }  // namespace
