@@ -51,17 +51,25 @@ bool MayBeIncomplete(absl::string_view text) {
 
 // ---- IncrementalDetokenizer ------------------------------------------------------------------
 //
-// SentencePiece strips the leading space ("▁") of the first piece it decodes, so decoding a
-// window ids[prefix..] on its own would lose the space that the same piece shows in the middle
-// of the full text. Every window is therefore decoded together with an anchor: the last id
-// before it that SentencePiece would render (Tokenizer::Decode skips out-of-range and special
-// ids, which would otherwise leave the window's first piece first again). The anchor absorbs
-// the stripping, and the texts compared below both start with the anchor's own text, which
-// cancels out. With no renderable id before the window, the window's first piece is the first
-// piece of the whole text and must lose its space: decoding without an anchor does exactly that.
+// Tokenizer::Decode strips the leading space of the first piece it decodes (SentencePiece's "▁";
+// llama2.c's space after BOS), so decoding a window ids[prefix..] on its own would lose the space
+// that the same piece shows in the middle of the full text. Every window is therefore decoded
+// together with an anchor: the last id before it that Decode would render (it skips special
+// and out-of-range ids, which would otherwise leave the window's first piece first again). The
+// anchor absorbs the stripping, and the texts compared below both start with the anchor's own
+// text, which cancels out. With no renderable id before the window, the window's first piece is
+// the first piece of the whole text and must lose its space: decoding without an anchor does
+// exactly that.
 
-IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer)
-    : tokenizer_(tokenizer) {}
+IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer,
+                                               absl::Span<const int32_t> context)
+    : tokenizer_(tokenizer) {
+  // The context's last id becomes the first window's anchor; it is never emitted.
+  if (!context.empty()) {
+    ids_.push_back(context.back());
+    prefix_offset_ = read_offset_ = 1;
+  }
+}
 
 namespace {
 

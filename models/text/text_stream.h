@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "models/text/tokenizer.h"
 
 namespace tandem {
@@ -20,7 +21,12 @@ namespace tandem {
 // tokenizer.Decode(all ids) (the tokenizer must outlive this).
 class IncrementalDetokenizer {
  public:
-  explicit IncrementalDetokenizer(const Tokenizer* tokenizer);
+  // `context`: the ids the stream continues (a prompt, BOS first), of which only the last is
+  // kept: the first generated piece then shows the leading space it has after that id (none
+  // after BOS), so prompt text + streamed text is the decoded whole. Without a context the
+  // stream is decoded as a text of its own (its first piece loses its leading space).
+  explicit IncrementalDetokenizer(const Tokenizer* tokenizer,
+                                  absl::Span<const int32_t> context = {});
   // Adds one generated id; returns the newly completed text (possibly empty).
   std::string Push(int32_t id);
   // Whatever is still held back (an incomplete character at the very end).
