@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package tandem needs to build, test and run the demo. Idempotent: a
 # package already installed is skipped; apt-get runs only when something is missing.
+#   scripts/setup.sh [--bench]   --bench: also what the benchmarks compare with (python3-torch,
+#                                for bench/train_torch_reference.py)
 set -euo pipefail
 
 PACKAGES=(
@@ -11,6 +13,9 @@ PACKAGES=(
   libsentencepiece-dev libpng-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
   fortunes dataset-fashion-mnist curl
 )
+if [ "${1:-}" = "--bench" ]; then
+  PACKAGES+=(python3-torch)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
