@@ -341,37 +341,50 @@ int RunImageBench(Inference::Stub* stub, const std::vector<int>& counts) {
 
 // --------------------------------------------------------------------------------- overhead
 
-// What a 1-token Generate computes, in-process: encode, prefill BOS + prompt, sample greedily,
-// decode the token. The seconds of each of `n` repetitions.
-absl::StatusOr<std::vector<double>> InProcessOneToken(const std::string& model_dir, int n) {
-  absl::StatusOr<tandem::ModelDir> dir = tandem::ReadModelDir(model_dir);
-  if (!dir.ok()) return dir.status();
-  absl::StatusOr<std::unique_ptr<tandem::Tokenizer>> tok = tandem::LoadModelTokenizer(*dir);
-  if (!tok.ok()) return tok.status();
-  absl::StatusOr<tandem::SafetensorsFile> weights = tandem::ReadSafetensors(dir->weights_path());
-  if (!weights.ok()) return weights.status();
-  absl::StatusOr<std::unique_ptr<tandem::TextModel>> model =
-      tandem::CreateLlamaModel(dir->llama, weights->tensors, tandem::TextModelOptions{"cpu", 1});
-  if (!model.ok()) return model.status();
-  const std::string prompt = absl::GetFlag(FLAGS_prompt);
-  std::vector<float> logits(dir->llama.vocab_size);
-  std::vector<double> seconds;
-  for (int i = 0; i < n + 5; ++i) {  // 5 warm-up repetitions first
-    const auto t0 = Clock::now();
-    std::vector<int32_t> ids = {dir->llama.bos_id};
-    for (int32_t id : (*tok)->Encode(prompt)) ids.push_back(id);
-    absl::StatusOr<int> slot = (*model)->AcquireSlot();
-    if (!slot.ok()) return slot.status();
-    if (absl::Status s = (*model)->Prefill(*slot, ids, logits.data()); !s.ok()) return s;
-    tandem::Sampler sampler(tandem::SamplingParams{});
-    const int32_t next = sampler.Sample(logits.data(), dir->llama.vocab_size);
-    const std::string text = (*tok)->Decode({&next, 1});
-    (*model)->ReleaseSlot(*slot);
-    if (i >= 5) seconds.push_back(SecondsBetween(t0, Clock::now()));
+// What a 1-token Generate computes, done in-process: encode, prefill BOS + prompt, sample
+// greedily, decode the token.
+class InProcessOneToken {
+ public:
+  absl::Status Load(const std::string& model_dir) {
+    absl::StatusOr<tandem::ModelDir> dir = tandem::ReadModelDir(model_dir);
+    if (!dir.ok()) return dir.status();
+    config_ = dir->llama;
+    absl::StatusOr<std::unique_ptr<tandem::Tokenizer>> tok = tandem::LoadModelTokenizer(*dir);
+    if (!tok.ok()) return tok.status();
+    tokenizer_ = *std::move(tok);
+    absl::StatusOr<tandem::SafetensorsFile> weights = tandem::ReadSafetensors(dir->weights_path());
+    if (!weights.ok()) return weights.status();
+    absl::StatusOr<std::unique_ptr<tandem::TextModel>> model =
+        tandem::CreateLlamaModel(config_, weights->tensors, tandem::TextModelOptions{"cpu", 1});
+    if (!model.ok()) return model.status();
+    model_ = *std::move(model);
+    logits_.resize(config_.vocab_size);
+    return absl::OkStatus();
   }
-  return seconds;
-}
 
+  // Seconds of one call.
+  absl::StatusOr<double> Run(const std::string& prompt) {
+    const auto t0 = Clock::now();
+    std::vector<int32_t> ids = {config_.bos_id};
+    for (int32_t id : tokenizer_->Encode(prompt)) ids.push_back(id);
+    absl::StatusOr<int> slot = model_->AcquireSlot();
+    if (!slot.ok()) return slot.status();
+    if (absl::Status s = model_->Prefill(*slot, ids, logits_.data()); !s.ok()) return s;
+    tandem::Sampler sampler(tandem::SamplingParams{});
+    const int32_t next = sampler.Sample(logits_.data(), config_.vocab_size);
+    const std::string text = tokenizer_->Decode({&next, 1});
+    model_->ReleaseSlot(*slot);
+    return SecondsBetween(t0, Clock::now());
+  }
+
+ private:
+  tandem::LlamaConfig config_;
+  std::unique_ptr<tandem::Tokenizer> tokenizer_;
+  std::unique_ptr<tandem::TextModel> model_;
+  std::vector<float> logits_;
+};
+
+// The calls alternate with the in-process runs, so that both see the same machine.
 int RunOverheadBench(Inference::Stub* stub) {
   const int n = absl::GetFlag(FLAGS_requests);
   if (absl::GetFlag(FLAGS_model_dir).empty()) {
@@ -379,35 +392,42 @@ int RunOverheadBench(Inference::Stub* stub) {
     return 2;
   }
   const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
-  absl::StatusOr<std::vector<double>> local =
-      InProcessOneToken(absl::GetFlag(FLAGS_model_dir), n);
-  if (!local.ok()) {
-    std::fprintf(stderr, "tandem-bench: %s\n", local.status().ToString().c_str());
+  InProcessOneToken local;
+  if (absl::Status s = local.Load(absl::GetFlag(FLAGS_model_dir)); !s.ok()) {
+    std::fprintf(stderr, "tandem-bench: %s\n", s.ToString().c_str());
     return 1;
   }
+  const std::string prompt = absl::GetFlag(FLAGS_prompt);
   GenerateRequest req;
   req.set_model(absl::GetFlag(FLAGS_model));
-  req.set_prompt(absl::GetFlag(FLAGS_prompt));
+  req.set_prompt(prompt);
   req.mutable_text()->set_max_tokens(1);
   req.mutable_text()->set_temperature(0);
-  std::vector<double> remote;
-  for (int i = 0; i < n + 5; ++i) {
+  std::vector<double> remote, in_process;
+  for (int i = 0; i < n + 5; ++i) {  // 5 warm-up rounds first
+    absl::StatusOr<double> here = local.Run(prompt);
+    if (!here.ok()) {
+      std::fprintf(stderr, "tandem-bench: %s\n", here.status().ToString().c_str());
+      return 1;
+    }
     RunStats stats;
     const double s = Stream(stub, req, [](const GenerateResponse&, double) {}, &stats);
     if (!stats.ok) {
       std::fprintf(stderr, "tandem-bench: a call failed: %s\n", stats.error.c_str());
       return 1;
     }
-    if (i >= 5) remote.push_back(s);
+    if (i < 5) continue;
+    remote.push_back(s);
+    in_process.push_back(*here);
   }
-  const double grpc_p50 = Percentile(remote, 0.5), local_p50 = Percentile(*local, 0.5);
+  const double grpc_p50 = Percentile(remote, 0.5), local_p50 = Percentile(in_process, 0.5);
   std::printf("\n1-token Generate, %d calls one at a time, prompt \"%s\" (in-process: %d threads)\n",
-              n, absl::GetFlag(FLAGS_prompt).c_str(), threads);
+              n, prompt.c_str(), threads);
   std::printf("%-28s %9s %9s\n", "", "p50", "p99");
   std::printf("%-28s %8.3fms %8.3fms\n", "over gRPC (client-side)", grpc_p50 * 1e3,
               Percentile(remote, 0.99) * 1e3);
   std::printf("%-28s %8.3fms %8.3fms\n", "in-process model", local_p50 * 1e3,
-              Percentile(*local, 0.99) * 1e3);
+              Percentile(in_process, 0.99) * 1e3);
   std::printf("%-28s %8.3fms\n", "serving overhead (p50)", (grpc_p50 - local_p50) * 1e3);
   return 0;
 }
