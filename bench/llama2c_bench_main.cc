@@ -64,6 +64,8 @@ ABSL_FLAG(int, vocab_size, 32000, "Vocabulary");
 ABSL_FLAG(int, seq_len, 256, "Context");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the weights and the tokenizer");
 ABSL_FLAG(int64_t, bandwidth_mb, 1024, "Buffer of the read-bandwidth measurement (MB)");
+ABSL_FLAG(std::string, batches, "",
+          "Also time batched decode in-process: comma-separated stream counts (e.g. 1,8,32)");
 
 namespace {
 
@@ -242,6 +244,50 @@ double WeightBytesPerToken(const tandem::LlamaConfig& c) {
   return 4.0 * (c.n_layers * per_layer + static_cast<double>(c.vocab_size) * c.dim + c.dim);
 }
 
+// --batches: every count b decodes b sequences together (each after its own 8-token prompt)
+// for `steps` steps, in-process, on every --threads count; tokens/s and the ratio to b = 1.
+int BatchSweep(tandem::TextModel& model) {
+  if (absl::GetFlag(FLAGS_batches).empty()) return 0;
+  const int vocab = model.config().vocab_size;
+  const int steps = std::min(64, model.config().seq_len - 9);
+  std::printf("\nbatched decode in-process, %d steps after 8-token prompts\n", steps);
+  std::printf("%-8s %8s %12s %8s\n", "threads", "streams", "tokens/s", "x_single");
+  for (absl::string_view t : absl::StrSplit(absl::GetFlag(FLAGS_threads), ',')) {
+    int threads = 1;
+    if (!absl::SimpleAtoi(t, &threads)) return 2;
+    tandem::SetComputeThreads(threads);
+    double single = 0;
+    for (absl::string_view bs : absl::StrSplit(absl::GetFlag(FLAGS_batches), ',')) {
+      int b = 0;
+      if (!absl::SimpleAtoi(bs, &b) || b < 1 || b > model.max_slots()) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "bad --batches entry \"", bs, "\" (the model has ", model.max_slots(), " slots)")));
+      }
+      std::vector<int> slots;
+      std::vector<int32_t> tokens(b);
+      std::vector<float> logits(static_cast<size_t>(b) * vocab);
+      for (int i = 0; i < b; ++i) {
+        slots.push_back(*model.AcquireSlot());
+        std::vector<int32_t> prompt(8);
+        for (int k = 0; k < 8; ++k) prompt[k] = 3 + (i * 31 + k * 7) % (vocab - 3);
+        if (absl::Status s = model.Prefill(slots.back(), prompt, logits.data()); !s.ok()) {
+          return Fail(s);
+        }
+      }
+      const auto t0 = Clock::now();
+      for (int step = 0; step < steps; ++step) {
+        for (int i = 0; i < b; ++i) tokens[i] = 3 + (i + step * 13) % (vocab - 3);
+        if (absl::Status s = model.Decode(slots, tokens, logits.data()); !s.ok()) return Fail(s);
+      }
+      const double rate = static_cast<double>(b) * steps / SecondsSince(t0);
+      if (b == 1) single = rate;
+      std::printf("%-8d %8d %12.1f %7.2fx\n", threads, b, rate, single > 0 ? rate / single : 0);
+      for (int slot : slots) model.ReleaseSlot(slot);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,7 +303,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<tandem::SafetensorsFile> weights = tandem::ReadSafetensors(dir->weights_path());
   if (!weights.ok()) return Fail(weights.status());
   absl::StatusOr<std::unique_ptr<tandem::TextModel>> model =
-      tandem::CreateLlamaModel(dir->llama, weights->tensors, tandem::TextModelOptions{"cpu", 1});
+      tandem::CreateLlamaModel(dir->llama, weights->tensors, tandem::TextModelOptions{"cpu", 32});
   if (!model.ok()) return Fail(model.status());
 
   const tandem::LlamaConfig& c = dir->llama;
@@ -308,5 +354,5 @@ int main(int argc, char** argv) {
       std::printf("  tandem: %s  run.c:  %s", tandem_text.c_str(), run_c_text.c_str());
     }
   }
-  return 0;
+  return BatchSweep(**model);
 }

@@ -421,8 +421,9 @@ int RunOverheadBench(Inference::Stub* stub) {
     in_process.push_back(*here);
   }
   const double grpc_p50 = Percentile(remote, 0.5), local_p50 = Percentile(in_process, 0.5);
-  std::printf("\n1-token Generate, %d calls one at a time, prompt \"%s\" (in-process: %d threads)\n",
-              n, prompt.c_str(), threads);
+  std::printf(
+      "\n1-token Generate, %d calls one at a time, prompt \"%s\" (in-process: %d threads)\n", n,
+      prompt.c_str(), threads);
   std::printf("%-28s %9s %9s\n", "", "p50", "p99");
   std::printf("%-28s %8.3fms %8.3fms\n", "over gRPC (client-side)", grpc_p50 * 1e3,
               Percentile(remote, 0.99) * 1e3);

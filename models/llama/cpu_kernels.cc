@@ -58,18 +58,68 @@ TANDEM_INLINE float Dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-// ---- MatVec ----------------------------------------------------------------------------------
-
-// Rows [begin, end) of y = w x (+ residual), one row after the other: each row is one sequential
-// stream, which the hardware prefetchers follow at full speed. (Interleaving a few rows to reuse
-// the loads of x, with software prefetches, measured slower on every weight shape of a 15M model:
-// the prefetchers lose the pattern, and the prefetch instructions stall on full fill buffers.)
+// sum_d w[d] * x_k[d] for four x_k at once, each the very sequence of operations Dot<V>(w, x_k)
+// performs (so each result is Dot's, bit for bit), the loads of w shared by the four. Written
+// out by hand: with arrays of accumulators GCC keeps them on the stack.
 template <typename V>
-TANDEM_INLINE void MatVecT(const float* w, int64_t cols, const float* x, const float* residual,
-                           float* y, int64_t begin, int64_t end) {
+TANDEM_INLINE void Dot4(const float* w, const float* x0, const float* x1, const float* x2,
+                        const float* x3, int64_t n, float* out) {
+  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+  V a0 = {}, b0 = {}, a1 = {}, b1 = {}, a2 = {}, b2 = {}, a3 = {}, b3 = {}, w0, w1, u, v;
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
+    Load(w0, w + d), Load(w1, w + d + kLanes);
+    Load(u, x0 + d), Load(v, x0 + d + kLanes), a0 += w0 * u, b0 += w1 * v;
+    Load(u, x1 + d), Load(v, x1 + d + kLanes), a1 += w0 * u, b1 += w1 * v;
+    Load(u, x2 + d), Load(v, x2 + d + kLanes), a2 += w0 * u, b2 += w1 * v;
+    Load(u, x3 + d), Load(v, x3 + d + kLanes), a3 += w0 * u, b3 += w1 * v;
+  }
+  if (d + kLanes <= n) {
+    Load(w0, w + d);
+    Load(u, x0 + d), a0 += w0 * u;
+    Load(u, x1 + d), a1 += w0 * u;
+    Load(u, x2 + d), a2 += w0 * u;
+    Load(u, x3 + d), a3 += w0 * u;
+    d += kLanes;
+  }
+  float s0 = HSum(a0 + b0), s1 = HSum(a1 + b1), s2 = HSum(a2 + b2), s3 = HSum(a3 + b3);
+  for (; d < n; ++d) {
+    s0 += w[d] * x0[d];
+    s1 += w[d] * x1[d];
+    s2 += w[d] * x2[d];
+    s3 += w[d] * x3[d];
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+// ---- MatMat ----------------------------------------------------------------------------------
+
+// Rows [begin, end) of Y = X w^T (+ R), one weight row after the other: each row is one
+// sequential stream, which the hardware prefetchers follow at full speed, and is read once for
+// all the inputs, four at a time. (Interleaving a few weight rows instead, with software
+// prefetches, measured slower on every weight shape of a 15M model: the prefetchers lose the
+// pattern, and the prefetch instructions stall on full fill buffers.)
+template <typename V>
+TANDEM_INLINE void MatMatT(const float* w, int64_t cols, const float* x, int64_t x_stride,
+                           int64_t b, const float* residual, float* y, int64_t y_stride,
+                           int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
-    const float sum = Dot<V>(w + r * cols, x, cols);
-    y[r] = residual != nullptr ? residual[r] + sum : sum;
+    const float* row = w + r * cols;
+    int64_t m = 0;
+    for (; m + 4 <= b; m += 4) {
+      const float* xm = x + m * x_stride;
+      float sums[4];
+      Dot4<V>(row, xm, xm + x_stride, xm + 2 * x_stride, xm + 3 * x_stride, cols, sums);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t at = (m + k) * y_stride + r;
+        y[at] = residual != nullptr ? residual[at] + sums[k] : sums[k];
+      }
+    }
+    for (; m < b; ++m) {
+      const float sum = Dot<V>(row, x + m * x_stride, cols);
+      const int64_t at = m * y_stride + r;
+      y[at] = residual != nullptr ? residual[at] + sum : sum;
+    }
   }
 }
 
@@ -145,9 +195,9 @@ TANDEM_INLINE void ValuesT(const AttentionStep& s, int64_t begin, int64_t end) {
 
 // ---- one entry point per width ---------------------------------------------------------------
 
-void MatVec4(const float* w, int64_t cols, const float* x, const float* residual, float* y,
-             int64_t begin, int64_t end) {
-  MatVecT<Float4>(w, cols, x, residual, y, begin, end);
+void MatMat4(const float* w, int64_t cols, const float* x, int64_t x_stride, int64_t b,
+             const float* residual, float* y, int64_t y_stride, int64_t begin, int64_t end) {
+  MatMatT<Float4>(w, cols, x, x_stride, b, residual, y, y_stride, begin, end);
 }
 float SumSquares4(const float* x, int64_t n) { return SumSquaresT<Float4>(x, n); }
 void Scores4(const AttentionStep& s, int64_t begin, int64_t end) { ScoresT<Float4>(s, begin, end); }
@@ -155,10 +205,11 @@ void Values4(const AttentionStep& s, int64_t begin, int64_t end) { ValuesT<Float
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TANDEM_HAVE_WIDE 1
-__attribute__((target("avx2,fma"))) void MatVec8(const float* w, int64_t cols, const float* x,
-                                                 const float* residual, float* y, int64_t begin,
+__attribute__((target("avx2,fma"))) void MatMat8(const float* w, int64_t cols, const float* x,
+                                                 int64_t x_stride, int64_t b, const float* residual,
+                                                 float* y, int64_t y_stride, int64_t begin,
                                                  int64_t end) {
-  MatVecT<Float8>(w, cols, x, residual, y, begin, end);
+  MatMatT<Float8>(w, cols, x, x_stride, b, residual, y, y_stride, begin, end);
 }
 __attribute__((target("avx2,fma"))) float SumSquares8(const float* x, int64_t n) {
   return SumSquaresT<Float8>(x, n);
@@ -171,10 +222,12 @@ __attribute__((target("avx2,fma"))) void Values8(const AttentionStep& s, int64_t
                                                  int64_t end) {
   ValuesT<Float8>(s, begin, end);
 }
-__attribute__((target("avx512f,avx2,fma"))) void MatVec16(const float* w, int64_t cols,
-                                                          const float* x, const float* residual,
-                                                          float* y, int64_t begin, int64_t end) {
-  MatVecT<Float16>(w, cols, x, residual, y, begin, end);
+__attribute__((target("avx512f,avx2,fma"))) void MatMat16(const float* w, int64_t cols,
+                                                          const float* x, int64_t x_stride,
+                                                          int64_t b, const float* residual,
+                                                          float* y, int64_t y_stride, int64_t begin,
+                                                          int64_t end) {
+  MatMatT<Float16>(w, cols, x, x_stride, b, residual, y, y_stride, begin, end);
 }
 __attribute__((target("avx512f,avx2,fma"))) float SumSquares16(const float* x, int64_t n) {
   return SumSquaresT<Float16>(x, n);
@@ -205,13 +258,17 @@ Width WidestWidth() {
 #endif
 }
 
-void MatVec(Width width, const float* w, int64_t cols, const float* x, const float* residual,
-            float* y, int64_t begin, int64_t end) {
+void MatMat(Width width, const float* w, int64_t cols, const float* x, int64_t x_stride, int64_t b,
+            const float* residual, float* y, int64_t y_stride, int64_t begin, int64_t end) {
 #if TANDEM_HAVE_WIDE
-  if (width == Width::k16) return MatVec16(w, cols, x, residual, y, begin, end);
-  if (width == Width::k8) return MatVec8(w, cols, x, residual, y, begin, end);
+  if (width == Width::k16) {
+    return MatMat16(w, cols, x, x_stride, b, residual, y, y_stride, begin, end);
+  }
+  if (width == Width::k8) {
+    return MatMat8(w, cols, x, x_stride, b, residual, y, y_stride, begin, end);
+  }
 #endif
-  MatVec4(w, cols, x, residual, y, begin, end);
+  MatMat4(w, cols, x, x_stride, b, residual, y, y_stride, begin, end);
 }
 
 float InvRms(Width width, const float* x, int64_t n, float eps) {

@@ -17,10 +17,13 @@ enum class Width { k4 = 4, k8 = 8, k16 = 16 };
 // The widest width this CPU runs.
 Width WidestWidth();
 
-// y[r] = sum_c w[r, c] * x[c] (+ residual[r] when residual is not null) for the rows [begin, end)
-// of the row-major matrix w of `cols` columns. y may be residual (an in-place residual add).
-void MatVec(Width width, const float* w, int64_t cols, const float* x, const float* residual,
-            float* y, int64_t begin, int64_t end);
+// y[m, r] = sum_c w[r, c] * x[m, c] (+ residual[m, r] when residual is not null) for the rows
+// [begin, end) of the row-major matrix w of `cols` columns and the b inputs x[m] (rows of
+// x_stride floats); y and residual have rows of y_stride floats, and y may be residual (an
+// in-place residual add). Each weight row is read once for all b inputs, and each y[m, r] is
+// the same sum, bit for bit, whatever b and m are: a batch computes what its rows would alone.
+void MatMat(Width width, const float* w, int64_t cols, const float* x, int64_t x_stride, int64_t b,
+            const float* residual, float* y, int64_t y_stride, int64_t begin, int64_t end);
 
 // 1 / sqrt(mean(x^2) + eps) over x[0, n).
 float InvRms(Width width, const float* x, int64_t n, float eps);

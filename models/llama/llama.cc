@@ -10,10 +10,11 @@
 // (2i, 2i+1) of every head by pos * theta^(-2i/head_dim); attention is causal, grouped-query
 // (query head h reads kv head h / (n_heads / n_kv_heads)) and scaled by 1/sqrt(head_dim).
 //
-// Speed. The models this serves are small enough that eager-mode op dispatch, not arithmetic,
-// bounds much of a step, so a layer is as few ATen ops as it can be: 18 that compute on the CPU
-// decode path (4 per RMSNorm, qkv, RoPE, 3 for attention, wo, w13, silu, mul, w2; see RunLayers)
-// plus a dozen views. To get there:
+// Speed. Decode on the CPU leaves ATen altogether (DecodeRowsCpu, below). Elsewhere — prefill,
+// Forward, and decode on other devices — the models this serves are small enough that eager-mode
+// op dispatch, not arithmetic, bounds much of a step, so a layer is as few ATen ops as it can
+// be: 18 that compute (4 per RMSNorm, qkv, RoPE, 3 for attention, wo, w13, silu, mul, w2; see
+// RunLayers) plus a dozen views. To get there (the CPU decode loops share the first three):
 //   * wq|wk|wv are fused into one matrix, ordered per kv head j as [the G query heads of group j,
 //     k_j, v_j], so that one matmul gives qkv [N, KV, G+2, hd] in which the queries of a group
 //     are a [N*KV, G, hd] view (grouped-query attention without repeating K/V) and RoPE rotates
@@ -23,25 +24,30 @@
 //     that follows them (W (x*g) == (W diag(g)) x), and mean(x^2) + eps is one addmv;
 //   * residual adds are fused into the projections (addmm / addmv);
 //   * the rotary table is built once; the step's indices (and mask) once per step;
-//   * on the CPU a decode step of fewer than kGemvRows rows (one stream, or a few) leaves ATen
-//     altogether (DecodeRowCpu): each row's forward is a handful of loops over the weights in
-//     place (cpu_kernels.h: matrix-vector products one sequential row stream at a time, the
-//     widest vectors the CPU has, the rows split over the intra-op threads), with no op
-//     dispatch, no allocation and no temporary tensors. A single stream is bound by reading the
-//     weights once per token; these loops read them at the speed the hardware prefetchers
-//     allow, where OpenBLAS's sgemv (4-row panels) fell well short of it on the 32000-row output
-//     projection of a 15M model. Larger steps use gemm (addmm), whose cost per row falls with
-//     the rows;
+//   * on the CPU a step of fewer than kGemvRows rows multiplies with mv, since OpenBLAS's sgemm
+//     packs its whole right-hand side, several times the cost of a gemv for a row or two;
 //   * Prefill computes the output projection for the last position only.
+//
+// Decode on the CPU, below kLoopRows sequences a step, is a handful of loops over the weights in
+// place (cpu_kernels.h), with no op dispatch, no allocation and no temporary tensors (larger
+// steps multiply in sgemm and attend in the same loops): each weight row is read once per step,
+// one sequential stream at a time, and multiplied with every sequence's vector at the widest
+// width the CPU has; the step runs in one OpenMP region per token, each thread taking its share of
+// every matrix's rows and of the (sequence, kv head) attention tasks, meeting at spin barriers.
+// A single stream is bound by reading the weights once per token: these loops read them at the
+// speed the hardware prefetchers allow, where OpenBLAS's sgemv fell well short of it on the
+// 32000-row output projection of a 15M model. Every sequence's logits are the same bits whatever
+// else is in a step of fewer than kLoopRows rows and on any thread count (steps of more differ
+// from them within rounding).
 //
 // The KV cache is one tensor per layer, [2, max_slots, KV, seq_len, hd] (K then V). Active
 // sequences occupy the physical rows [0, n_active) and a map turns logical slots into rows;
 // ReleaseSlot moves the last active row into the hole. Rows hold different lengths: each writes
 // its new K/V at its own position and attends over its own prefix only. On the CPU, decode
-// attention is three small loops over the cache rows in place (AttendCpu: scores, softmax,
-// values; one BLAS call per (row, kv head) would cost more than the arithmetic); elsewhere it is
-// ATen's batched matmul, over views of rows [0, B) when the step covers every active slot and a
-// gather of the rows otherwise, with an additive mask hiding each row's positions past its own.
+// attention is three small loops over the cache rows in place (scores, softmax, values; one BLAS
+// call per (row, kv head) would cost more than the arithmetic); elsewhere it is ATen's batched
+// matmul, over views of rows [0, B) when the step covers every active slot and a gather of the
+// rows otherwise, with an additive mask hiding each row's positions past its own.
 // The decode weights live in one huge-page block on the CPU (huge_pages.h): the TLB misses of
 // 4 KiB pages cost a single stream as much as the reads.
 #include "models/llama/llama.h"
@@ -85,6 +91,10 @@ using torch_util::ToFloatTensor;
 
 // CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
 constexpr int64_t kGemvRows = 4;
+// CPU decode steps of fewer rows than this run in the cpu_kernels loops (DecodeRowsCpu); larger
+// ones multiply in OpenBLAS's sgemm, whose register-blocked kernels win there despite packing
+// the weights (the crossover measured on a 7M model, 1 thread: about 16 rows).
+constexpr int64_t kLoopRows = 16;
 // Prefill runs at most this many tokens through one forward.
 constexpr size_t kPrefillChunk = 512;
 
@@ -198,10 +208,10 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode on the CPU (cpu_kernels.h). ATen's bmm makes one BLAS call per (row, kv head) pair, and
-// that fixed cost exceeds the G x hd x length arithmetic of a decode step many times over; the
-// attention loops walk the cache rows in place instead (no mask, no gather), streaming each row's
-// K and V prefix once. A step of fewer than kGemvRows rows skips ATen altogether (DecodeRowsCpu).
+// Decode on the CPU (cpu_kernels.h; see the top of this file). ATen's bmm makes one BLAS call per
+// (row, kv head) pair, and that fixed cost exceeds the G x hd x length arithmetic of a decode
+// step many times over; the attention loops walk the cache rows in place instead (no mask, no
+// gather), streaming each row's K and V prefix once.
 
 using cpu_kernels::Width;
 
@@ -260,7 +270,7 @@ void AttendCpu(const float* qkv, const torch::Tensor& kv, const int64_t* rows,
 }
 
 // A barrier for the threads of one parallel region that spins (briefly, then yields) instead of
-// sleeping: DecodeRowCpu synchronises its threads 4 times per layer, a few microseconds apart,
+// sleeping: DecodeRowsCpu synchronises its threads 8 times per layer, microseconds apart,
 // and tandemd runs OpenMP with OMP_WAIT_POLICY=PASSIVE, under which every parallel region (and
 // OpenMP barrier) is a futex sleep and wake-up. One region per token, with these barriers inside
 // it, keeps that cost to one wake-up per token.
@@ -350,17 +360,15 @@ class LlamaModel final : public TextModel {
   // Decode's slots: acquired, distinct, each with room for one more position. The highest
   // physical row among them and the longest length after the step.
   absl::Status CheckDecodeSlots(absl::Span<const int> slots, int* max_row, int* max_length) const;
-  // Decode of a few rows on the CPU without ATen: each row's whole forward in the cpu_kernels
-  // loops (matrices read once per row, split over the threads), logits into `logits`.
+  // Decode on the CPU without ATen: the whole step in the cpu_kernels loops, on every intra-op
+  // thread in one parallel region (each thread takes its share of every matrix's rows, of the
+  // step's rows and of its (row, kv head) attention tasks), logits into `logits`.
   void DecodeRowsCpu(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
                      Width width, float* logits);
-  // One row of DecodeRowsCpu: `token` at `position` of physical row `row`, on every intra-op
-  // thread (one parallel region; each thread takes its share of each matrix's rows and of the
-  // kv heads).
-  void DecodeRowCpu(int64_t row, int64_t position, int32_t token, Width width, float* logits);
-  // Thread t's part of DecodeRowCpu; `barrier` is null when it runs alone.
-  void DecodeRowShare(int t, int threads, SpinBarrier* barrier, int64_t row, int64_t position,
-                      Width width, float* logits);
+  // Thread t's part of DecodeRowsCpu over the b rows staged in rows_, positions_ and x_;
+  // `barrier` is null when it runs alone.
+  void DecodeRowsShare(int t, int threads, SpinBarrier* barrier, int64_t b, Width width,
+                       float* logits);
 
   const LlamaConfig config_;
   const torch::Device device_;
@@ -371,10 +379,12 @@ class LlamaModel final : public TextModel {
   const double scale_;
   Weights weights_;
   RunState state_;
-  // DecodeRowsCpu's activations: x [dim], qkv [KV*(G+2)*hd], attention out [H*hd], h13
-  // [2*hidden], each thread's normalized input h [threads, max(dim, hidden)]; and the attention
-  // scores of a step [max_slots*KV*G*seq_len] (the batched loops' too).
-  std::vector<float> x_, qkv_, attn_, h13_, h_, scores_;
+  // DecodeRowsCpu's step, one row per sequence of the step (at most max_slots): physical rows,
+  // positions; activations x [dim], h (normalized x, or the SwiGLU activation)
+  // [max(dim, hidden)], qkv [KV*(G+2)*hd], attention out [H*hd], h13 [2*hidden]; and the
+  // attention scores [max_slots*KV*G*seq_len].
+  std::vector<int64_t> rows_, positions_;
+  std::vector<float> x_, h_, qkv_, attn_, h13_, scores_;
 };
 
 void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
@@ -422,12 +432,15 @@ void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
   state_.slot_row.assign(max_slots_, -1);
   state_.row_slot.assign(max_slots_, -1);
   state_.row_length.assign(max_slots_, 0);
-  const int64_t hidden = config_.hidden_dim, h_dim = kv * g * hd;
-  x_.assign(dim, 0.0f);
-  qkv_.assign(kv * (g + 2) * hd, 0.0f);
-  attn_.assign(h_dim, 0.0f);
-  h13_.assign(2 * hidden, 0.0f);
-  scores_.assign(int64_t{max_slots_} * kv * g * config_.seq_len, 0.0f);
+  const int64_t hidden = config_.hidden_dim, h_dim = kv * g * hd, s = max_slots_;
+  rows_.assign(s, 0);
+  positions_.assign(s, 0);
+  x_.assign(s * dim, 0.0f);
+  h_.assign(s * std::max(dim, hidden), 0.0f);
+  qkv_.assign(s * kv * (g + 2) * hd, 0.0f);
+  attn_.assign(s * h_dim, 0.0f);
+  h13_.assign(s * 2 * hidden, 0.0f);
+  scores_.assign(s * kv * g * config_.seq_len, 0.0f);
 }
 
 void LlamaModel::PlaceInHugePages() {
@@ -670,8 +683,8 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
   const bool dense = max_row == b - 1;
   const int64_t length = max_length;  // attention span of the step: [0, length)
   const DecodePath path = ChooseDecodePath(device_);
-  const bool loops = !path.aten;
-  if (loops && b < kGemvRows) {
+  const bool loops = !path.aten;  // the CPU: attention in the loops
+  if (loops && b < kLoopRows) {
     return RunTorch("Decode", [&]() -> absl::Status {
       DecodeRowsCpu(slots, tokens, path.width, logits);
       return absl::OkStatus();
@@ -735,109 +748,123 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
 void LlamaModel::DecodeRowsCpu(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
                                Width width, float* logits) {
   RECORD_FUNCTION("tandem::DecodeRowsCpu", std::vector<c10::IValue>());
-  for (size_t i = 0; i < slots.size(); ++i) {
+  const int64_t b = slots.size(), dim = config_.dim;
+  const float* embeddings = weights_.tok_embeddings.data_ptr<float>();
+  for (int64_t i = 0; i < b; ++i) {
     const int row = state_.slot_row[slots[i]];
-    DecodeRowCpu(row, state_.row_length[row], tokens[i], width,
-                 logits + i * static_cast<int64_t>(config_.vocab_size));
+    rows_[i] = row;
+    positions_[i] = state_.row_length[row];
+    std::memcpy(&x_[i * dim], embeddings + tokens[i] * dim, dim * sizeof(float));
+  }
+  // A thread per million multiply-adds of the step at most: tiny models stay serial.
+  const int threads = static_cast<int>(
+      std::clamp<int64_t>(parameter_count_ * b >> 20, 1, std::max(1, at::get_num_threads())));
+  if (threads == 1) {
+    DecodeRowsShare(0, 1, nullptr, b, width, logits);
+  } else {
+    SpinBarrier barrier;
+#pragma omp parallel num_threads(threads)
+    {
+      barrier.SetThreads(omp_get_num_threads());
+      DecodeRowsShare(omp_get_thread_num(), omp_get_num_threads(), &barrier, b, width, logits);
+    }
   }
   for (int slot : slots) ++state_.row_length[state_.slot_row[slot]];
 }
 
-void LlamaModel::DecodeRowCpu(int64_t row, int64_t position, int32_t token, Width width,
-                              float* logits) {
-  const int64_t dim = config_.dim, h_size = std::max<int64_t>(dim, config_.hidden_dim);
-  std::memcpy(x_.data(), weights_.tok_embeddings.data_ptr<float>() + token * dim,
-              dim * sizeof(float));
-  // A thread per million multiply-adds of the step at most: tiny models stay serial.
-  const int threads = static_cast<int>(
-      std::clamp<int64_t>(parameter_count_ >> 20, 1, std::max(1, at::get_num_threads())));
-  if (static_cast<int64_t>(h_.size()) < threads * h_size) h_.assign(threads * h_size, 0.0f);
-  if (threads == 1) return DecodeRowShare(0, 1, nullptr, row, position, width, logits);
-  SpinBarrier barrier;
-#pragma omp parallel num_threads(threads)
-  {
-    barrier.SetThreads(omp_get_num_threads());
-    DecodeRowShare(omp_get_thread_num(), omp_get_num_threads(), &barrier, row, position, width,
-                   logits);
-  }
-}
-
-void LlamaModel::DecodeRowShare(int t, int threads, SpinBarrier* barrier, int64_t row,
-                                int64_t position, Width width, float* logits) {
-  const int64_t dim = config_.dim, hidden = config_.hidden_dim;
+void LlamaModel::DecodeRowsShare(int t, int threads, SpinBarrier* barrier, int64_t b,
+                                 Width width, float* logits) {
+  const int64_t dim = config_.dim, hidden = config_.hidden_dim, vocab = config_.vocab_size;
   const int64_t kv = kv_heads_, g = group_, hd = head_dim_;
+  const int64_t h_stride = std::max(dim, hidden), qkv_stride = kv * (g + 2) * hd;
   const float eps = config_.norm_eps;
   auto sync = [&] {
     if (barrier != nullptr) barrier->Wait();
   };
-  // y = w x (+ residual) over this thread's share of w's rows (w [rows, cols]).
-  auto matvec = [&](const torch::Tensor& w, const float* x, const float* residual, float* y) {
+  // out[m] = w in[m] (+ residual[m]) for every row m, over this thread's share of w's rows
+  // (w [rows, cols]; in, out and residual rows of the given strides).
+  auto matmat = [&](const torch::Tensor& w, const float* in, int64_t in_stride,
+                    const float* residual, float* out, int64_t out_stride) {
     int64_t begin, end;
     Share(w.size(0), t, threads, &begin, &end);
-    cpu_kernels::MatVec(width, w.data_ptr<float>(), w.size(1), x, residual, y, begin, end);
+    cpu_kernels::MatMat(width, w.data_ptr<float>(), w.size(1), in, in_stride, b, residual, out,
+                        out_stride, begin, end);
   };
-  float* x = x_.data();  // [dim] the residual stream, shared
-  float* h = h_.data() + t * std::max(dim, hidden);  // this thread's normalized x or activation
-  float* qkv = qkv_.data();                          // [KV, G+2, hd]
-  // RoPE of this position: (cos, sin) pairs [hd/2].
-  const float* rope =
-      reinterpret_cast<const float*>(weights_.rope.data_ptr<c10::complex<float>>()) +
-      position * hd;
+  int64_t row_begin, row_end;  // this thread's rows of the step, for the elementwise work
+  Share(b, t, threads, &row_begin, &row_end);
+  // h[m] = x[m] / rms(x[m]) (* gain) over this thread's rows. The gains of the layers' norms
+  // are folded into wqkv and w13.
+  auto normalize = [&](const float* gain) {
+    for (int64_t m = row_begin; m < row_end; ++m) {
+      const float* x = &x_[m * dim];
+      float* h = &h_[m * h_stride];
+      const float s = cpu_kernels::InvRms(width, x, dim, eps);
+      for (int64_t i = 0; i < dim; ++i) h[i] = gain ? x[i] * s * gain[i] : x[i] * s;
+    }
+  };
+  const float* rope =  // (cos, sin) pairs [seq_len, hd/2]
+      reinterpret_cast<const float*>(weights_.rope.data_ptr<c10::complex<float>>());
   cpu_kernels::AttentionStep step{};
-  step.qkv = qkv;
+  step.qkv = qkv_.data();
   step.scores = scores_.data();
   step.out = attn_.data();
-  step.rows = &row;
-  step.positions = &position;
+  step.rows = rows_.data();
+  step.positions = positions_.data();
   step.slots = max_slots_;
   step.kv_heads = kv;
   step.g = g;
   step.hd = hd;
   step.seq_len = config_.seq_len;
-  step.length = position + 1;
+  step.length = *std::max_element(positions_.begin(), positions_.begin() + b) + 1;
   step.scale = static_cast<float>(scale_);
-  int64_t head_begin, head_end;  // this thread's kv heads
-  Share(kv, t, threads, &head_begin, &head_end);
+  int64_t task_begin, task_end;  // this thread's (row, kv head) attention tasks
+  Share(b * kv, t, threads, &task_begin, &task_end);
   for (size_t l = 0; l < weights_.layers.size(); ++l) {
     const LayerWeights& w = weights_.layers[l];
-    // Attention. The norm gains are folded into wqkv and w13: h = x / rms(x).
-    float s = cpu_kernels::InvRms(width, x, dim, eps);
-    for (int64_t i = 0; i < dim; ++i) h[i] = x[i] * s;
-    matvec(w.wqkv, h, nullptr, qkv);
+    // Attention.
+    normalize(nullptr);
+    sync();  // h whole
+    matmat(w.wqkv, h_.data(), h_stride, nullptr, qkv_.data(), qkv_stride);  // [b, KV, G+2, hd]
     sync();  // qkv whole
-    for (int64_t j = head_begin; j < head_end; ++j) {  // rotate the G queries and key of group j
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      // Rotate the G queries and the key of kv head j of row i by the row's position.
+      const int64_t i = task / kv, j = task % kv;
+      const float* angle = rope + positions_[i] * hd;
       for (int64_t head = 0; head <= g; ++head) {
-        float* v = qkv + (j * (g + 2) + head) * hd;
-        for (int64_t i = 0; i < hd / 2; ++i) {
-          const float c = rope[2 * i], sn = rope[2 * i + 1], v0 = v[2 * i], v1 = v[2 * i + 1];
-          v[2 * i] = v0 * c - v1 * sn;
-          v[2 * i + 1] = v0 * sn + v1 * c;
+        float* v = &qkv_[i * qkv_stride + (j * (g + 2) + head) * hd];
+        for (int64_t p = 0; p < hd / 2; ++p) {
+          const float c = angle[2 * p], sn = angle[2 * p + 1], v0 = v[2 * p], v1 = v[2 * p + 1];
+          v[2 * p] = v0 * c - v1 * sn;
+          v[2 * p + 1] = v0 * sn + v1 * c;
         }
       }
     }
     step.kv = state_.kv[l].data_ptr<float>();
-    cpu_kernels::AttentionScores(width, step, head_begin, head_end);
-    cpu_kernels::AttentionSoftmax(step, head_begin, head_end);
-    cpu_kernels::AttentionValues(width, step, head_begin, head_end);
+    cpu_kernels::AttentionScores(width, step, task_begin, task_end);
+    cpu_kernels::AttentionSoftmax(step, task_begin, task_end);
+    cpu_kernels::AttentionValues(width, step, task_begin, task_end);
     sync();  // attention output whole
-    matvec(w.wo, attn_.data(), x, x);  // x += wo attn
+    matmat(w.wo, attn_.data(), kv * g * hd, x_.data(), x_.data(), dim);  // x += wo attn
     sync();  // x whole
     // SwiGLU.
-    s = cpu_kernels::InvRms(width, x, dim, eps);
-    for (int64_t i = 0; i < dim; ++i) h[i] = x[i] * s;
-    matvec(w.w13, h, nullptr, h13_.data());  // [2*hidden]: w1 h, then w3 h
+    normalize(nullptr);
+    sync();  // h whole
+    matmat(w.w13, h_.data(), h_stride, nullptr, h13_.data(), 2 * hidden);  // [b, 2*hidden]
     sync();  // h13 whole
-    for (int64_t i = 0; i < hidden; ++i) {
-      const float gate = h13_[i];
-      h[i] = gate / (1.0f + std::exp(-gate)) * h13_[hidden + i];
+    for (int64_t m = row_begin; m < row_end; ++m) {  // h = silu(w1 h) * (w3 h)
+      const float* h13 = &h13_[m * 2 * hidden];
+      float* h = &h_[m * h_stride];
+      for (int64_t i = 0; i < hidden; ++i) {
+        h[i] = h13[i] / (1.0f + std::exp(-h13[i])) * h13[hidden + i];
+      }
     }
-    matvec(w.w2, h, x, x);  // x += w2 act
+    sync();  // the activation whole
+    matmat(w.w2, h_.data(), h_stride, x_.data(), x_.data(), dim);  // x += w2 act
     sync();  // x whole
   }
-  const float s = cpu_kernels::InvRms(width, x, dim, eps);
-  const float* gain = weights_.norm.data_ptr<float>();
-  for (int64_t i = 0; i < dim; ++i) h[i] = x[i] * s * gain[i];
-  matvec(weights_.output, h, nullptr, logits);
+  normalize(weights_.norm.data_ptr<float>());
+  sync();  // h whole
+  matmat(weights_.output, h_.data(), h_stride, nullptr, logits, vocab);
 }
 
 }  // namespace

@@ -356,9 +356,10 @@ TEST(LlamaModelTest, BatchedDecodeAlsoMatchesForward) {
 
 // --- errors ---------------------------------------------------------------------------------
 
-// The CPU loops of steps below 4 rows compute a row with the same bits alone, beside others and
-// on any number of threads: a sequence's text cannot depend on what is batched with it there.
-TEST(LlamaModelTest, SmallCpuStepsAreBitwiseBatchAndThreadInvariant) {
+// The CPU decode loops compute a row with the same bits alone, beside others (in the blocks of
+// four that share the weight loads, or past them) and on any number of threads: a sequence's
+// text cannot depend on what is batched with it.
+TEST(LlamaModelTest, CpuDecodeIsBitwiseBatchAndThreadInvariant) {
   // dim 256: matrices of 512 and more rows, which the loops split over two threads.
   const LlamaConfig config = TinyConfig(/*tied=*/true, 256, 64);
   const int vocab = config.vocab_size;
@@ -367,9 +368,9 @@ TEST(LlamaModelTest, SmallCpuStepsAreBitwiseBatchAndThreadInvariant) {
   // on `threads` threads; slot 0's logits of every step.
   auto run = [&](int others, int threads) {
     SetComputeThreads(threads);
-    std::unique_ptr<TextModel> model = MakeModel(config, 5, 3);
+    std::unique_ptr<TextModel> model = MakeModel(config, 5, 6);
     std::vector<int> slots;
-    std::vector<float> logits(3 * vocab);
+    std::vector<float> logits(6 * vocab);
     for (int i = 0; i <= others; ++i) {
       slots.push_back(*model->AcquireSlot());
       EXPECT_TRUE(model->Prefill(slots.back(), i == 0 ? prompt : Tokens(3 + i, 10 + i, vocab),
@@ -388,7 +389,40 @@ TEST(LlamaModelTest, SmallCpuStepsAreBitwiseBatchAndThreadInvariant) {
   EXPECT_EQ(run(0, 2), alone);
   EXPECT_EQ(run(1, 1), alone);
   EXPECT_EQ(run(2, 2), alone);
+  EXPECT_EQ(run(4, 1), alone);  // slot 0 in a block of four, one more past it
+  EXPECT_EQ(run(5, 2), alone);
   SetComputeThreads(0);
+}
+
+// Steps of 16 rows and more multiply in sgemm (then attend in the loops): each row within rounding
+// of decoding it alone.
+TEST(LlamaModelTest, LargeCpuStepsMatchSoloDecodingWithinRounding) {
+  const LlamaConfig config = TinyConfig(/*tied=*/false);
+  const int vocab = config.vocab_size, n = 17;
+  std::unique_ptr<TextModel> batched = MakeModel(config, 8, n), solo = MakeModel(config, 8, 1);
+  std::vector<int> slots;
+  std::vector<float> logits(n * vocab), alone(vocab);
+  for (int i = 0; i < n; ++i) {
+    slots.push_back(*batched->AcquireSlot());
+    ASSERT_TRUE(
+        batched->Prefill(slots.back(), Tokens(2 + i % 5, 20 + i, vocab), logits.data()).ok());
+  }
+  std::vector<std::vector<int32_t>> steps(n);
+  for (int step = 0; step < 6; ++step) {
+    std::vector<int32_t> tokens(n);
+    for (int i = 0; i < n; ++i) tokens[i] = steps[i].emplace_back((i * 7 + step * 3) % vocab);
+    ASSERT_TRUE(batched->Decode(slots, tokens, logits.data()).ok());
+  }
+  // The last step's row i, against sequence i decoded alone.
+  for (int i = 0; i < n; ++i) {
+    const int slot = *solo->AcquireSlot();
+    ASSERT_TRUE(solo->Prefill(slot, Tokens(2 + i % 5, 20 + i, vocab), alone.data()).ok());
+    for (int32_t token : steps[i]) {
+      ASSERT_TRUE(solo->Decode({&slot, 1}, {&token, 1}, alone.data()).ok());
+    }
+    EXPECT_LE(MaxAbsDiff(&logits[i * vocab], alone.data(), vocab), kTolerance) << "row " << i;
+    solo->ReleaseSlot(slot);
+  }
 }
 
 TEST(LlamaModelTest, MissingTensorIsNamed) {
