@@ -2,8 +2,12 @@
 // Generate streams and reports time to first token and inter-token latency (p50, p99), aggregate
 // tokens/s, and the fraction of the machine's matmul peak (measured here, in the same run, through
 // the same LibTorch build and thread count) that the model's useful arithmetic reaches.
+// --mode=overhead measures what serving adds to the model instead: the p50 latency of 1-token
+// Generate calls, one at a time, against the same work done in-process here (tokenize, prefill,
+// sample, detokenize) on the model directory's own copy of the model.
 //
 //   tandem-bench --server=HOST:PORT --model_dir=DIR --streams=1,8,32 --max_tokens=128
+//   tandem-bench --server=HOST:PORT --model_dir=DIR --mode=overhead --threads=N
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -26,7 +30,10 @@
 #include "bench/colocate.h"
 #include "models/torch/device.h"
 #include "models/torch/matmul_peak.h"
+#include "models/llama/llama.h"
 #include "models/model_dir.h"
+#include "models/text/sampler.h"
+#include "models/torch/device.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "tandemd address");
@@ -43,7 +50,8 @@ ABSL_FLAG(std::string, device, "cpu", "Device for the matmul peak (the server's 
 ABSL_FLAG(bool, skip_peak, false, "Do not measure the matmul peak");
 ABSL_FLAG(std::string, mode, "text",
           "text: LLM streams; image: diffusion requests; colocate: serving beside training "
-          "(bench/colocate.h)");
+          "(bench/colocate.h); overhead: 1-token calls against the same work in-process");
+ABSL_FLAG(int, requests, 200, "overhead: 1-token calls (and in-process repetitions) to time");
 ABSL_FLAG(int, steps, 50, "image: DDIM steps per request");
 ABSL_FLAG(double, guidance, 3.0, "image: guidance scale");
 ABSL_FLAG(std::string, caption, "a photo of a sneaker", "image: caption of every request");
@@ -240,6 +248,100 @@ int RunImageBench(Inference::Stub* stub, const std::vector<int>& counts) {
   return 0;
 }
 
+// --------------------------------------------------------------------------------- overhead
+
+// What a 1-token Generate computes, done in-process: encode, prefill BOS + prompt, sample
+// greedily, decode the token.
+class InProcessOneToken {
+ public:
+  absl::Status Load(const std::string& model_dir) {
+    absl::StatusOr<tandem::ModelDir> dir = tandem::ReadModelDir(model_dir);
+    if (!dir.ok()) return dir.status();
+    config_ = dir->llama;
+    absl::StatusOr<std::unique_ptr<tandem::Tokenizer>> tok = tandem::LoadModelTokenizer(*dir);
+    if (!tok.ok()) return tok.status();
+    tokenizer_ = *std::move(tok);
+    absl::StatusOr<tandem::SafetensorsFile> weights = tandem::ReadSafetensors(dir->weights_path());
+    if (!weights.ok()) return weights.status();
+    absl::StatusOr<std::unique_ptr<tandem::TextModel>> model =
+        tandem::CreateLlamaModel(config_, weights->tensors, tandem::TextModelOptions{"cpu", 1});
+    if (!model.ok()) return model.status();
+    model_ = *std::move(model);
+    logits_.resize(config_.vocab_size);
+    return absl::OkStatus();
+  }
+
+  // Seconds of one call.
+  absl::StatusOr<double> Run(const std::string& prompt) {
+    const auto t0 = Clock::now();
+    std::vector<int32_t> ids = {config_.bos_id};
+    for (int32_t id : tokenizer_->Encode(prompt)) ids.push_back(id);
+    absl::StatusOr<int> slot = model_->AcquireSlot();
+    if (!slot.ok()) return slot.status();
+    if (absl::Status s = model_->Prefill(*slot, ids, logits_.data()); !s.ok()) return s;
+    tandem::Sampler sampler(tandem::SamplingParams{});
+    const int32_t next = sampler.Sample(logits_.data(), config_.vocab_size);
+    const std::string text = tokenizer_->Decode({&next, 1});
+    model_->ReleaseSlot(*slot);
+    return SecondsBetween(t0, Clock::now());
+  }
+
+ private:
+  tandem::LlamaConfig config_;
+  std::unique_ptr<tandem::Tokenizer> tokenizer_;
+  std::unique_ptr<tandem::TextModel> model_;
+  std::vector<float> logits_;
+};
+
+// The calls alternate with the in-process runs, so that both see the same machine.
+int RunOverheadBench(Inference::Stub* stub) {
+  const int n = absl::GetFlag(FLAGS_requests);
+  if (absl::GetFlag(FLAGS_model_dir).empty()) {
+    std::fprintf(stderr, "tandem-bench: --mode=overhead needs --model_dir\n");
+    return 2;
+  }
+  const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  InProcessOneToken local;
+  if (absl::Status s = local.Load(absl::GetFlag(FLAGS_model_dir)); !s.ok()) {
+    std::fprintf(stderr, "tandem-bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  const std::string prompt = absl::GetFlag(FLAGS_prompt);
+  GenerateRequest req;
+  req.set_model(absl::GetFlag(FLAGS_model));
+  req.set_prompt(prompt);
+  req.mutable_text()->set_max_tokens(1);
+  req.mutable_text()->set_temperature(0);
+  std::vector<double> remote, in_process;
+  for (int i = 0; i < n + 5; ++i) {  // 5 warm-up rounds first
+    absl::StatusOr<double> here = local.Run(prompt);
+    if (!here.ok()) {
+      std::fprintf(stderr, "tandem-bench: %s\n", here.status().ToString().c_str());
+      return 1;
+    }
+    RunStats stats;
+    const double s = Stream(stub, req, [](const GenerateResponse&, double) {}, &stats);
+    if (!stats.ok) {
+      std::fprintf(stderr, "tandem-bench: a call failed: %s\n", stats.error.c_str());
+      return 1;
+    }
+    if (i < 5) continue;
+    remote.push_back(s);
+    in_process.push_back(*here);
+  }
+  const double grpc_p50 = Percentile(remote, 0.5), local_p50 = Percentile(in_process, 0.5);
+  std::printf(
+      "\n1-token Generate, %d calls one at a time, prompt \"%s\" (in-process: %d threads)\n", n,
+      prompt.c_str(), threads);
+  std::printf("%-28s %9s %9s\n", "", "p50", "p99");
+  std::printf("%-28s %8.3fms %8.3fms\n", "over gRPC (client-side)", grpc_p50 * 1e3,
+              Percentile(remote, 0.99) * 1e3);
+  std::printf("%-28s %8.3fms %8.3fms\n", "in-process model", local_p50 * 1e3,
+              Percentile(in_process, 0.99) * 1e3);
+  std::printf("%-28s %8.3fms\n", "serving overhead (p50)", (grpc_p50 - local_p50) * 1e3);
+  return 0;
+}
+
 // ----------------------------------------------------------------------------------- set-up
 
 // --streams as numbers, or false (with the bad entry printed).
@@ -297,7 +399,8 @@ int main(int argc, char** argv) {
   if (!ParseCounts(&counts)) return 2;
   ModelShape shape;
   if (!ReadModelShape(&shape)) return 2;
-  const tandem::MatmulPeak peak = MeasurePeak();
+  const bool overhead = absl::GetFlag(FLAGS_mode) == "overhead";
+  const tandem::MatmulPeak peak = overhead ? tandem::MatmulPeak{} : MeasurePeak();
   PrintModelShape(shape);
 
   // Separate connections per stream would measure the kernel, not the server: one channel.
@@ -307,5 +410,6 @@ int main(int argc, char** argv) {
   auto stub = Inference::NewStub(channel);
   if (absl::GetFlag(FLAGS_mode) == "image") return RunImageBench(stub.get(), counts);
   if (absl::GetFlag(FLAGS_mode) == "colocate") return tandem::bench::RunColocateBench(channel);
+  if (overhead) return RunOverheadBench(stub.get());
   return RunTextBench(stub.get(), counts, shape, peak);
 }

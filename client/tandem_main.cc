@@ -2,6 +2,8 @@
 //   tandem [--server=HOST:PORT] generate [--model=M] [sampling flags] "prompt"
 //   tandem [--server=HOST:PORT] models
 //   tandem [--server=HOST:PORT] train submit|watch|list|get|cancel|pause|resume ...
+//   tandem import --format=llama2c --checkpoint=model.bin --tokenizer=tokenizer.bin OUT_DIR
+//   tandem export --format=llama2c MODEL_DIR OUT_DIR
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "client/commands.h"
+#include "client/model_file_commands.h"
 
 ABSL_FLAG(std::string, server, "",
           "tandemd address HOST:PORT (default: $TANDEM_SERVER, else localhost:50051)");
@@ -97,6 +100,14 @@ ABSL_FLAG(int, text_seq_len, 0, "train submit (image): caption tokens");
 ABSL_FLAG(int, diffusion_steps, 0, "train submit (image): training timesteps T");
 ABSL_FLAG(bool, v_prediction, false, "train submit (image): v-prediction (else epsilon)");
 
+// import / export: model files on this machine.
+ABSL_FLAG(std::string, format, "", "import, export: the other side's format (llama2c)");
+ABSL_FLAG(std::string, checkpoint, "", "import: the llama2.c checkpoint (model.bin, any version)");
+ABSL_FLAG(std::string, tokenizer, "", "import: the llama2.c tokenizer.bin");
+ABSL_FLAG(int, llama2c_version, 0,
+          "export: checkpoint version: 0 (run.c), 1 (float32 with a header), 2 (Q8_0, runq.c)");
+ABSL_FLAG(int, group_size, 0, "export --llama2c_version=2: values per Q8_0 scale (0: default)");
+
 namespace {
 
 constexpr char kUsage[] =
@@ -113,7 +124,12 @@ constexpr char kUsage[] =
     "  train watch ID [--samples_dir=DIR] [--replay]   follow a job (exit 0: SUCCEEDED)\n"
     "  train list [--state=running,queued,...]         list training jobs\n"
     "  train get ID [--history] [--json]               a job's details\n"
-    "  train cancel|pause|resume ID                    change a job's state\n";
+    "  train cancel|pause|resume ID                    change a job's state\n"
+    "  import --format=llama2c --checkpoint=model.bin --tokenizer=tokenizer.bin OUT_DIR\n"
+    "                                                  llama2.c's two files as a model directory\n"
+    "  export --format=llama2c [--llama2c_version=0|1|2] MODEL_DIR OUT_DIR\n"
+    "                                                  a text model as OUT_DIR/model.bin and\n"
+    "                                                  OUT_DIR/tokenizer.bin for llama2.c's run.c\n";
 
 // --stop may repeat (absl flags keep only the last value), so it is taken out of argv first.
 std::vector<std::string> ExtractStops(int* argc, char** argv) {
@@ -336,6 +352,31 @@ int main(int argc, char** argv) {
     return tandem::client::ListModels(connect);
   }
   if (command == "train") return Train(connect, args);
+  if (command == "import") {
+    if (args.size() != 3) {
+      std::fprintf(stderr, "tandem: import takes one OUT_DIR argument\n");
+      return 2;
+    }
+    tandem::client::ImportOptions o;
+    o.format = absl::GetFlag(FLAGS_format);
+    o.checkpoint = absl::GetFlag(FLAGS_checkpoint);
+    o.tokenizer = absl::GetFlag(FLAGS_tokenizer);
+    o.out_dir = args[2];
+    return tandem::client::Import(o);
+  }
+  if (command == "export") {
+    if (args.size() != 4) {
+      std::fprintf(stderr, "tandem: export takes a MODEL_DIR and an OUT_DIR\n");
+      return 2;
+    }
+    tandem::client::ExportOptions o;
+    o.format = absl::GetFlag(FLAGS_format);
+    o.model = args[2];
+    o.out_dir = args[3];
+    o.version = absl::GetFlag(FLAGS_llama2c_version);
+    o.group_size = absl::GetFlag(FLAGS_group_size);
+    return tandem::client::Export(o);
+  }
   std::fprintf(stderr, "tandem: unknown command \"%s\"\n%s", command.c_str(), kUsage);
   return 2;
 }

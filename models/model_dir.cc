@@ -80,6 +80,30 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   return FsyncPath(dir.empty() ? "." : dir, O_RDONLY | O_DIRECTORY);
 }
 
+const char* TokenizerFileName(TokenizerKind kind) {
+  return kind == TokenizerKind::kLlama2c ? kLlama2cTokenizerFile : kTokenizerFile;
+}
+
+absl::StatusOr<TokenizerKind> FindTokenizer(const std::string& dir) {
+  std::error_code ec;
+  const bool sentencepiece = fs::exists(dir + "/" + kTokenizerFile, ec);
+  const bool llama2c = fs::exists(dir + "/" + kLlama2cTokenizerFile, ec);
+  if (sentencepiece && llama2c) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, " holds both ", kTokenizerFile, " (SentencePiece) and ", kLlama2cTokenizerFile,
+        " (llama2.c); remove the one the model was not trained with"));
+  }
+  if (!sentencepiece && !llama2c) {
+    return absl::NotFoundError(absl::StrCat("model directory ", dir, " has no tokenizer (",
+                                            kTokenizerFile, " or ", kLlama2cTokenizerFile, ")"));
+  }
+  return llama2c ? TokenizerKind::kLlama2c : TokenizerKind::kSentencePiece;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadModelTokenizer(const ModelDir& dir) {
+  return LoadTokenizer(dir.tokenizer_kind, dir.tokenizer_path());
+}
+
 absl::StatusOr<ModelDir> ReadModelDir(const std::string& path) {
   ModelDir dir;
   dir.path = path;
@@ -115,11 +139,12 @@ absl::StatusOr<ModelDir> ReadModelDir(const std::string& path) {
     return absl::InvalidArgumentError(
         absl::StrCat(config_path, ": unknown kind \"", kind, "\" (expected text or image)"));
   }
-  for (const char* f : {kWeightsFile, kTokenizerFile}) {
-    if (!fs::exists(path + "/" + f)) {
-      return absl::NotFoundError(absl::StrCat("model directory ", path, " has no ", f));
-    }
+  if (!fs::exists(path + "/" + kWeightsFile)) {
+    return absl::NotFoundError(absl::StrCat("model directory ", path, " has no ", kWeightsFile));
   }
+  absl::StatusOr<TokenizerKind> tokenizer = FindTokenizer(path);
+  if (!tokenizer.ok()) return tokenizer.status();
+  dir.tokenizer_kind = *tokenizer;
   const std::string meta_path = path + "/" + kMetaFile;
   if (fs::exists(meta_path)) {
     absl::StatusOr<std::string> meta = ReadFile(meta_path);
@@ -138,8 +163,7 @@ absl::StatusOr<ModelDir> ReadModelDir(const std::string& path) {
 namespace {
 
 absl::Status WriteModelDir(const std::string& path, const std::string& config_json,
-                           const SafetensorsFile& weights,
-                           const std::string& tokenizer_model_bytes,
+                           const SafetensorsFile& weights, const TokenizerFile& tokenizer,
                            const ModelProvenance& provenance) {
   std::error_code ec;
   fs::create_directories(path, ec);
@@ -149,8 +173,16 @@ absl::Status WriteModelDir(const std::string& path, const std::string& config_js
   // Weights and tokenizer first, config last: a directory with a config is complete.
   absl::Status s = WriteSafetensors(path + "/" + kWeightsFile, weights);
   if (!s.ok()) return s;
-  s = WriteFileAtomically(path + "/" + kTokenizerFile, tokenizer_model_bytes);
+  s = WriteFileAtomically(path + "/" + TokenizerFileName(tokenizer.kind), tokenizer.bytes);
   if (!s.ok()) return s;
+  const TokenizerKind other = tokenizer.kind == TokenizerKind::kLlama2c
+                                  ? TokenizerKind::kSentencePiece
+                                  : TokenizerKind::kLlama2c;
+  fs::remove(path + "/" + TokenizerFileName(other), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot remove the old ", TokenizerFileName(other),
+                                            " in ", path, ": ", ec.message()));
+  }
   nlohmann::json meta = {{"source", provenance.source},
                          {"train_job_id", provenance.train_job_id},
                          {"train_step", provenance.train_step}};
@@ -162,17 +194,15 @@ absl::Status WriteModelDir(const std::string& path, const std::string& config_js
 }  // namespace
 
 absl::Status WriteTextModelDir(const std::string& path, const LlamaConfig& config,
-                               const SafetensorsFile& weights,
-                               const std::string& tokenizer_model_bytes,
+                               const SafetensorsFile& weights, const TokenizerFile& tokenizer,
                                const ModelProvenance& provenance) {
-  return WriteModelDir(path, config.ToJson(), weights, tokenizer_model_bytes, provenance);
+  return WriteModelDir(path, config.ToJson(), weights, tokenizer, provenance);
 }
 
 absl::Status WriteImageModelDir(const std::string& path, const DiffusionConfig& config,
-                                const SafetensorsFile& weights,
-                                const std::string& tokenizer_model_bytes,
+                                const SafetensorsFile& weights, const TokenizerFile& tokenizer,
                                 const ModelProvenance& provenance) {
-  return WriteModelDir(path, config.ToJson(), weights, tokenizer_model_bytes, provenance);
+  return WriteModelDir(path, config.ToJson(), weights, tokenizer, provenance);
 }
 
 }  // namespace tandem

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package tandem needs to build, test and run the demo. Idempotent: a
 # package already installed is skipped; apt-get runs only when something is missing.
+#   scripts/setup.sh [--bench]   --bench: also what the benchmarks compare with (python3-torch,
+#                                for bench/train_torch_reference.py)
 set -euo pipefail
 
 PACKAGES=(
@@ -14,6 +16,9 @@ PACKAGES=(
   # below).
   prometheus python3 python3-yaml python3-jsonschema shellcheck
 )
+if [ "${1:-}" = "--bench" ]; then
+  PACKAGES+=(python3-torch)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

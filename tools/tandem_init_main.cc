@@ -27,7 +27,7 @@
 #include "models/image_model.h"
 #include "models/llama/llama.h"
 #include "models/model_dir.h"
-#include "models/text/tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 #include "models/torch/device.h"
 #include "trainer/data/image_data.h"
 
@@ -87,15 +87,15 @@ absl::Status CheckFlags(const std::string& kind, const std::string& corpus,
   return absl::OkStatus();
 }
 
-// The trained tokenizer: its serialized model and vocabulary size.
-struct TokenizerFile {
-  std::string bytes;
+// The trained tokenizer: its SentencePiece model and vocabulary size.
+struct TrainedTokenizer {
+  tandem::TokenizerFile file;
   int vocab_size = 0;
 };
 
 // Trains the tokenizer on `corpus` (empty: every Fashion-MNIST caption phrasing, written to a
 // temporary file in `out`). Temporary files are removed whatever happens.
-absl::StatusOr<TokenizerFile> TrainTokenizer(const std::string& out, const std::string& kind,
+absl::StatusOr<TrainedTokenizer> TrainTokenizer(const std::string& out, const std::string& kind,
                                              std::string corpus) {
   std::error_code ec;
   std::string captions_tmp;
@@ -117,18 +117,17 @@ absl::StatusOr<TokenizerFile> TrainTokenizer(const std::string& out, const std::
   const std::string tok_tmp = absl::StrCat(out, "/.tokenizer.", ::getpid(), ".model");
   std::fprintf(stderr, "tandem-init: training a %d-piece %s tokenizer on %s\n",
                topts.vocab_size, topts.model_type.c_str(), corpus.c_str());
-  const absl::Status trained = tandem::Tokenizer::Train(corpus, tok_tmp, topts);
+  const absl::Status trained = tandem::SentencePieceTokenizer::Train(corpus, tok_tmp, topts);
   if (!captions_tmp.empty()) fs::remove(captions_tmp, ec);
   if (!trained.ok()) {
     fs::remove(tok_tmp, ec);
     return trained;
   }
-  absl::StatusOr<std::string> bytes = tandem::ReadFile(tok_tmp);
-  absl::StatusOr<std::unique_ptr<tandem::Tokenizer>> tok = tandem::Tokenizer::Load(tok_tmp);
+  absl::StatusOr<std::unique_ptr<tandem::SentencePieceTokenizer>> tok =
+      tandem::SentencePieceTokenizer::Load(tok_tmp);
   fs::remove(tok_tmp, ec);
-  if (!bytes.ok()) return bytes.status();
   if (!tok.ok()) return tok.status();
-  return TokenizerFile{*std::move(bytes), (*tok)->vocab_size()};
+  return TrainedTokenizer{(*tok)->File(), (*tok)->vocab_size()};
 }
 
 absl::StatusOr<tandem::LlamaConfig> LlamaConfigFromFlags(int vocab) {
@@ -184,7 +183,7 @@ absl::StatusOr<tandem::DiffusionConfig> DiffusionConfigFromFlags(int vocab) {
 
 // Writes the model directory of `kind` with fresh weights; returns its parameter count.
 absl::StatusOr<int64_t> WriteModel(const std::string& out, const std::string& kind,
-                                   const TokenizerFile& tokenizer) {
+                                   const TrainedTokenizer& tokenizer) {
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   tandem::SafetensorsFile file;
   file.metadata["format"] = "pt";
@@ -197,7 +196,7 @@ absl::StatusOr<int64_t> WriteModel(const std::string& out, const std::string& ki
     if (!weights.ok()) return weights.status();
     file.tensors = *std::move(weights);
     file.metadata["tandem.config"] = config->ToJson();
-    if (absl::Status s = tandem::WriteTextModelDir(out, *config, file, tokenizer.bytes, prov);
+    if (absl::Status s = tandem::WriteTextModelDir(out, *config, file, tokenizer.file, prov);
         !s.ok()) {
       return s;
     }
@@ -209,7 +208,7 @@ absl::StatusOr<int64_t> WriteModel(const std::string& out, const std::string& ki
   if (!weights.ok()) return weights.status();
   file.tensors = *std::move(weights);
   file.metadata["tandem.config"] = config->ToJson();
-  if (absl::Status s = tandem::WriteImageModelDir(out, *config, file, tokenizer.bytes, prov);
+  if (absl::Status s = tandem::WriteImageModelDir(out, *config, file, tokenizer.file, prov);
       !s.ok()) {
     return s;
   }
@@ -234,7 +233,7 @@ int main(int argc, char** argv) {
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) return Fail(absl::StrCat("cannot create ", out, ": ", ec.message()));
-  absl::StatusOr<TokenizerFile> tokenizer = TrainTokenizer(out, kind, corpus);
+  absl::StatusOr<TrainedTokenizer> tokenizer = TrainTokenizer(out, kind, corpus);
   if (!tokenizer.ok()) return Fail(std::string(tokenizer.status().message()));
   absl::StatusOr<int64_t> parameters = WriteModel(out, kind, *tokenizer);
   if (!parameters.ok()) return Fail(std::string(parameters.status().message()));

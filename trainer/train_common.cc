@@ -274,7 +274,7 @@ absl::StatusOr<TrainSnapshot> NetTrainer::Snapshot() {
   // The data position and every random draw are functions of (seed, step, micro-step).
   snap.state["data_position"] = absl::StrCat("step ", step_, " of a counter-based stream");
   snap.state["config"] = config_json_;
-  snap.tokenizer = tokenizer_->Serialized();
+  snap.tokenizer = tokenizer_->File();
   snap.keep_checkpoints = options_.keep_checkpoints;
   DescribeModel(&snap);
   snap.samples = Samples();

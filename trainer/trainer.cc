@@ -135,7 +135,7 @@ absl::StatusOr<EvalMetrics> Trainer::Evaluate() {
   absl::StatusOr<TrainSnapshot> snap = Snapshot();
   if (!snap.ok()) return snap.status();
   if (snap->kind == ModelKind::kText) {
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromSerialized(snap->tokenizer);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = TokenizerFromFile(snap->tokenizer);
     if (!tok.ok()) return tok.status();
     absl::StatusOr<std::string> text = SampleTextHere(*snap, options().device, **tok);
     if (!text.ok()) return text.status();

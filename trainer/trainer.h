@@ -75,7 +75,7 @@ struct TrainSnapshot {
   TensorMap serving;          // what to serve and sample (the EMA's); empty: `model`
   TensorMap optimizer;        // AdamW moments
   std::map<std::string, std::string> state;  // the checkpoint manifest's state
-  std::string tokenizer;      // the serialized tokenizer.model
+  TokenizerFile tokenizer;    // the job's tokenizer file (SentencePiece or llama2.c)
   int keep_checkpoints = 3;
   EvalSamples samples;        // what an evaluation at this step samples
 };
@@ -83,7 +83,7 @@ struct TrainSnapshot {
 // Writes the snapshot as the checkpoint of its step into `checkpoints_dir` (trainer/checkpoint.h)
 // and prunes all but the newest snapshot.keep_checkpoints. Any thread.
 absl::Status WriteCheckpoint(const TrainSnapshot& snapshot, const std::string& checkpoints_dir);
-// Writes a servable model directory (config.json, model.safetensors, tokenizer.model, meta.json
+// Writes a servable model directory (config.json, model.safetensors, the tokenizer, meta.json
 // with `provenance`) to `dir`, which must not exist yet. Any thread.
 absl::Status ExportModel(const TrainSnapshot& snapshot, const std::string& dir,
                          const ModelProvenance& provenance);

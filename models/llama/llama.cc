@@ -10,10 +10,11 @@
 // (2i, 2i+1) of every head by pos * theta^(-2i/head_dim); attention is causal, grouped-query
 // (query head h reads kv head h / (n_heads / n_kv_heads)) and scaled by 1/sqrt(head_dim).
 //
-// Speed. The models this serves are small enough that eager-mode op dispatch, not arithmetic,
-// bounds much of a step, so a layer is as few ATen ops as it can be: 18 that compute on the CPU
-// decode path (4 per RMSNorm, qkv, RoPE, 3 for attention, wo, w13, silu, mul, w2; see RunLayers)
-// plus a dozen views. To get there:
+// Speed. Decode on the CPU leaves ATen altogether (DecodeRowsCpu, below). Elsewhere — prefill,
+// Forward, and decode on other devices — the models this serves are small enough that eager-mode
+// op dispatch, not arithmetic, bounds much of a step, so a layer is as few ATen ops as it can
+// be: 18 that compute (4 per RMSNorm, qkv, RoPE, 3 for attention, wo, w13, silu, mul, w2; see
+// RunLayers) plus a dozen views. To get there (the CPU decode loops share the first three):
 //   * wq|wk|wv are fused into one matrix, ordered per kv head j as [the G query heads of group j,
 //     k_j, v_j], so that one matmul gives qkv [N, KV, G+2, hd] in which the queries of a group
 //     are a [N*KV, G, hd] view (grouped-query attention without repeating K/V) and RoPE rotates
@@ -23,28 +24,46 @@
 //     that follows them (W (x*g) == (W diag(g)) x), and mean(x^2) + eps is one addmv;
 //   * residual adds are fused into the projections (addmm / addmv);
 //   * the rotary table is built once; the step's indices (and mask) once per step;
-//   * OpenBLAS's sgemm packs its whole right-hand side, several times the cost of a gemv when
-//     only a row or two multiply it, so on the CPU a step of fewer than kGemvRows rows uses mv;
+//   * on the CPU a step of fewer than kGemvRows rows multiplies with mv, since OpenBLAS's sgemm
+//     packs its whole right-hand side, several times the cost of a gemv for a row or two;
 //   * Prefill computes the output projection for the last position only.
+//
+// Decode on the CPU, below kLoopRows sequences a step, is a handful of loops over the weights in
+// place (cpu_kernels.h), with no op dispatch, no allocation and no temporary tensors (larger
+// steps multiply in sgemm and attend in the same loops): each weight row is read once per step,
+// one sequential stream at a time, and multiplied with every sequence's vector at the widest
+// width the CPU has; the step runs in one OpenMP region per token, each thread taking its share of
+// every matrix's rows and of the (sequence, kv head) attention tasks, meeting at spin barriers.
+// A single stream is bound by reading the weights once per token: these loops read them at the
+// speed the hardware prefetchers allow, where OpenBLAS's sgemv fell well short of it on the
+// 32000-row output projection of a 15M model. Every sequence's logits are the same bits whatever
+// else is in a step of fewer than kLoopRows rows and on any thread count (steps of more differ
+// from them within rounding).
 //
 // The KV cache is one tensor per layer, [2, max_slots, KV, seq_len, hd] (K then V). Active
 // sequences occupy the physical rows [0, n_active) and a map turns logical slots into rows;
 // ReleaseSlot moves the last active row into the hole. Rows hold different lengths: each writes
 // its new K/V at its own position and attends over its own prefix only. On the CPU, decode
-// attention is two small loops over the cache rows in place (DecodeScoresCpu, DecodeValuesCpu:
-// one BLAS call per (row, kv head) would cost more than the arithmetic); elsewhere it is ATen's
-// batched matmul, over views of rows [0, B) when the step covers every active slot and a gather of
-// the rows otherwise, with an additive mask hiding each row's positions past its own.
+// attention is three small loops over the cache rows in place (scores, softmax, values; one BLAS
+// call per (row, kv head) would cost more than the arithmetic); elsewhere it is ATen's batched
+// matmul, over views of rows [0, B) when the step covers every active slot and a gather of the
+// rows otherwise, with an additive mask hiding each row's positions past its own.
+// The decode weights live in one huge-page block on the CPU (huge_pages.h): the TLB misses of
+// 4 KiB pages cost a single stream as much as the reads.
 #include "models/llama/llama.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <omp.h>
 #include <torch/torch.h>
 
+#include "models/llama/cpu_kernels.h"
+#include "models/torch/huge_pages.h"
 #include "models/torch/torch_util.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -53,6 +72,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -71,6 +91,10 @@ using torch_util::ToFloatTensor;
 
 // CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
 constexpr int64_t kGemvRows = 4;
+// CPU decode steps of fewer rows than this run in the cpu_kernels loops (DecodeRowsCpu); larger
+// ones multiply in OpenBLAS's sgemm, whose register-blocked kernels win there despite packing
+// the weights (the crossover measured on a 7M model, 1 thread: about 16 rows).
+constexpr int64_t kLoopRows = 16;
 // Prefill runs at most this many tokens through one forward.
 constexpr size_t kPrefillChunk = 512;
 
@@ -184,162 +208,50 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode attention on the CPU. ATen's bmm makes one BLAS call per (row, kv head) pair, and that
-// fixed cost exceeds the G x hd x length arithmetic of a decode step many times over. These loops
-// walk the cache rows in place instead (no mask, no gather), streaming each row's K and V prefix
-// once; ATen's softmax runs between them. Each row's arithmetic is the same whatever else is in
-// the batch.
+// Decode on the CPU (cpu_kernels.h; see the top of this file). ATen's bmm makes one BLAS call per
+// (row, kv head) pair, and that fixed cost exceeds the G x hd x length arithmetic of a decode
+// step many times over; the attention loops walk the cache rows in place instead (no mask, no
+// gather), streaming each row's K and V prefix once.
 
-// Raw view of one decode step for the loops below.
-struct DecodeStepView {
-  const float* qkv;          // [b, KV, G+2, hd]: queries of group j, then k_j, v_j (after RoPE)
-  float* kv;                 // cache [2, S, KV, T, hd]
-  float* scores;             // [b*KV, G, L]: scores, then probabilities
-  float* out;                // [b, KV, G, hd]
-  const int64_t* rows;       // [b] physical rows
-  const int64_t* positions;  // [b] position of each row's new token
-  int64_t slots, kv_heads, g, hd, seq_len;
-  int64_t length;  // L: the step's longest row
-  float scale;
+using cpu_kernels::Width;
 
-  // The [T, hd] K (which = 0) or V (which = 1) of step row i's kv head j.
-  float* Cache(int64_t which, int64_t i, int64_t j) const {
-    return kv + ((which * slots + rows[i]) * kv_heads + j) * seq_len * hd;
-  }
+// How a decode step runs: ATen throughout (any device), or the CPU loops at a vector width.
+// TANDEM_DECODE_ATTENTION=aten|vec4|vec8 overrides the choice on the CPU, so that tests and
+// comparisons can run every path on any machine (vec8 falls back to vec4 without AVX2).
+struct DecodePath {
+  bool aten = true;
+  Width width = Width::k4;
 };
 
-// v = the sizeof(V) bytes at p, unaligned; V is a GCC/Clang vector of floats. (An out parameter:
-// returning a 32-byte vector from a template also compiled without AVX draws -Wpsabi.)
-template <typename V>
-inline __attribute__((always_inline)) void Load(V& v, const float* p) {
-  std::memcpy(&v, p, sizeof(V));
-}
-
-// sum_d a[d] * b[d]
-template <typename V>
-inline __attribute__((always_inline)) float Dot(const float* a, const float* b, int64_t n) {
-  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
-  V acc0 = {}, acc1 = {}, a0, b0, a1, b1;
-  int64_t d = 0;
-  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
-    Load(a0, a + d), Load(b0, b + d), Load(a1, a + d + kLanes), Load(b1, b + d + kLanes);
-    acc0 += a0 * b0;
-    acc1 += a1 * b1;
-  }
-  if (d + kLanes <= n) {
-    Load(a0, a + d), Load(b0, b + d);
-    acc0 += a0 * b0;
-    d += kLanes;
-  }
-  acc0 += acc1;
-  float sum = 0.0f;
-  for (int64_t i = 0; i < kLanes; ++i) sum += acc0[i];
-  for (; d < n; ++d) sum += a[d] * b[d];
-  return sum;
-}
-
-// y[0:n] += a * x[0:n]
-template <typename V>
-inline __attribute__((always_inline)) void Axpy(float a, const float* x, float* y, int64_t n) {
-  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
-  V xv, yv;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    Load(xv, x + i), Load(yv, y + i);
-    yv += a * xv;
-    std::memcpy(y + i, &yv, sizeof(V));
-  }
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
-// Tasks [begin, end) of (row i, kv head j) = (task / KV, task % KV): store the new k, v at the
-// row's position, then scores[task, h, t] = scale * q_h . K[t] for t <= position, -inf after.
-template <typename V>
-inline __attribute__((always_inline)) void DecodeScoresTasks(const DecodeStepView& s, int64_t begin,
-                                                             int64_t end) {
-  const int64_t g = s.g, hd = s.hd, L = s.length;
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t i = task / s.kv_heads, j = task % s.kv_heads, pos = s.positions[i];
-    const float* q = s.qkv + task * (g + 2) * hd;  // [G+2, hd]
-    float* k = s.Cache(0, i, j);                   // [T, hd]
-    std::memcpy(k + pos * hd, q + g * hd, hd * sizeof(float));
-    std::memcpy(s.Cache(1, i, j) + pos * hd, q + (g + 1) * hd, hd * sizeof(float));
-    float* scores = s.scores + task * g * L;  // [G, L]
-    for (int64_t t = 0; t <= pos; ++t) {
-      for (int64_t h = 0; h < g; ++h) {
-        scores[h * L + t] = s.scale * Dot<V>(q + h * hd, k + t * hd, hd);
-      }
-    }
-    for (int64_t h = 0; h < g; ++h) {
-      std::fill(scores + h * L + pos + 1, scores + (h + 1) * L,
-                -std::numeric_limits<float>::infinity());
-    }
-  }
-}
-
-// out[task, h, :] = sum over t <= position of probs[task, h, t] * V[t, :].
-template <typename V>
-inline __attribute__((always_inline)) void DecodeValuesTasks(const DecodeStepView& s, int64_t begin,
-                                                             int64_t end) {
-  const int64_t g = s.g, hd = s.hd, L = s.length;
-  for (int64_t task = begin; task < end; ++task) {
-    const int64_t i = task / s.kv_heads, j = task % s.kv_heads, n = s.positions[i] + 1;
-    const float* v = s.Cache(1, i, j);  // [T, hd]
-    for (int64_t h = 0; h < g; ++h) {
-      const float* p = s.scores + (task * g + h) * L;  // [L]
-      float* out = s.out + (task * g + h) * hd;        // [hd]
-      std::fill(out, out + hd, 0.0f);
-      for (int64_t t = 0; t < n; ++t) Axpy<V>(p[t], v + t * hd, out, hd);
-    }
-  }
-}
-
-typedef float Float4 __attribute__((vector_size(16)));  // SSE / NEON width, every 64-bit CPU
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// 8-wide copies for AVX2 machines, chosen at run time (the build targets baseline x86-64).
-typedef float Float8 __attribute__((vector_size(32)));
-__attribute__((target("avx2"))) void DecodeScoresAvx2(const DecodeStepView& s, int64_t begin,
-                                                      int64_t end) {
-  DecodeScoresTasks<Float8>(s, begin, end);
-}
-__attribute__((target("avx2"))) void DecodeValuesAvx2(const DecodeStepView& s, int64_t begin,
-                                                      int64_t end) {
-  DecodeValuesTasks<Float8>(s, begin, end);
-}
-bool CpuHasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
-#else
-void DecodeScoresAvx2(const DecodeStepView&, int64_t, int64_t) {}
-void DecodeValuesAvx2(const DecodeStepView&, int64_t, int64_t) {}
-bool CpuHasAvx2() { return false; }
-#endif
-
-// How a decode step attends: the loops above, 8 or 4 lanes wide (CPU only), or ATen's batched
-// matmul over the cache (any device). TANDEM_DECODE_ATTENTION=aten|vec4 overrides the choice on
-// the CPU, so that tests and comparisons can run every path on any machine.
-enum class DecodeAttention { kAten, kVec4, kVec8 };
-
-DecodeAttention ChooseDecodeAttention(const torch::Device& device) {
-  if (!device.is_cpu()) return DecodeAttention::kAten;
+DecodePath ChooseDecodePath(const torch::Device& device) {
+  if (!device.is_cpu()) return DecodePath{};
+  const Width widest = cpu_kernels::WidestWidth();
   const char* forced = std::getenv("TANDEM_DECODE_ATTENTION");
-  if (forced != nullptr && std::strcmp(forced, "aten") == 0) return DecodeAttention::kAten;
-  if (forced != nullptr && std::strcmp(forced, "vec4") == 0) return DecodeAttention::kVec4;
-  return CpuHasAvx2() ? DecodeAttention::kVec8 : DecodeAttention::kVec4;
+  if (forced != nullptr && std::strcmp(forced, "aten") == 0) return DecodePath{};
+  if (forced != nullptr && std::strcmp(forced, "vec4") == 0) return DecodePath{false, Width::k4};
+  if (forced != nullptr && std::strcmp(forced, "vec8") == 0) {
+    return DecodePath{false, widest == Width::k4 ? Width::k4 : Width::k8};
+  }
+  return DecodePath{false, widest};
 }
 
 // Tasks per parallel chunk: about 32K multiply-adds each, so that short steps stay serial.
-int64_t DecodeGrain(const DecodeStepView& s) {
+int64_t AttentionGrain(const cpu_kernels::AttentionStep& s) {
   return std::max<int64_t>(1, (int64_t{1} << 15) / (s.g * s.hd * s.length));
 }
 
-// The parts of a DecodeStepView that both loops share.
-DecodeStepView StepView(const torch::Tensor& kv, const int64_t* rows, const int64_t* positions,
-                        int64_t g, int64_t length) {
-  DecodeStepView s{};
+// Stores every row's new k, v and attends over the cache: scores, softmax, values.
+// qkv: [b, KV, G+2, hd] contiguous (after RoPE); kv: [2, S, KV, T, hd]; rows, positions: [b]
+// (host); scores: b*KV*G*length floats of scratch; out: [b, KV, G, hd].
+void AttendCpu(const float* qkv, const torch::Tensor& kv, const int64_t* rows,
+               const int64_t* positions, int64_t b, int64_t g, int64_t length, double scale,
+               Width width, float* scores, float* out) {
+  RECORD_FUNCTION("tandem::AttendCpu", std::vector<c10::IValue>());
+  cpu_kernels::AttentionStep s{};
+  s.qkv = qkv;
   s.kv = kv.data_ptr<float>();
+  s.scores = scores;
+  s.out = out;
   s.rows = rows;
   s.positions = positions;
   s.slots = kv.size(1);
@@ -348,42 +260,53 @@ DecodeStepView StepView(const torch::Tensor& kv, const int64_t* rows, const int6
   s.hd = kv.size(4);
   s.seq_len = kv.size(3);
   s.length = length;
-  return s;
-}
-
-// Stores every row's new k, v and returns the scores [b*KV, G, L] (-inf past each position).
-// qkv: [b, KV, G+2, hd] contiguous; kv: [2, S, KV, T, hd]; rows, positions: [b] (host).
-torch::Tensor DecodeScoresCpu(const torch::Tensor& qkv, const torch::Tensor& kv,
-                              const int64_t* rows, const int64_t* positions, int64_t length,
-                              double scale, bool avx2) {
-  RECORD_FUNCTION("tandem::DecodeScoresCpu", std::vector<c10::IValue>());
-  TORCH_CHECK(qkv.is_contiguous() && kv.is_contiguous() && qkv.scalar_type() == torch::kFloat);
-  const int64_t b = qkv.size(0), kv_heads = qkv.size(1), g = qkv.size(2) - 2;
-  torch::Tensor scores = at::empty({b * kv_heads, g, length}, qkv.options());  // [b*KV, G, L]
-  DecodeStepView s = StepView(kv, rows, positions, g, length);
-  s.qkv = qkv.data_ptr<float>();
-  s.scores = scores.data_ptr<float>();
   s.scale = static_cast<float>(scale);
-  at::parallel_for(0, b * kv_heads, DecodeGrain(s), [&](int64_t begin, int64_t end) {
-    avx2 ? DecodeScoresAvx2(s, begin, end) : DecodeScoresTasks<Float4>(s, begin, end);
+  const int64_t tasks = b * s.kv_heads, grain = AttentionGrain(s);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    cpu_kernels::AttentionScores(width, s, begin, end);
+    cpu_kernels::AttentionSoftmax(s, begin, end);
+    cpu_kernels::AttentionValues(width, s, begin, end);
   });
-  return scores;
 }
 
-// probs [b*KV, G, L] @ V over each row's positions -> [b, KV, G, hd].
-torch::Tensor DecodeValuesCpu(const torch::Tensor& probs, const torch::Tensor& kv,
-                              const int64_t* rows, const int64_t* positions, bool avx2) {
-  RECORD_FUNCTION("tandem::DecodeValuesCpu", std::vector<c10::IValue>());
-  TORCH_CHECK(probs.is_contiguous() && kv.is_contiguous());
-  const int64_t kv_heads = kv.size(2), g = probs.size(1), b = probs.size(0) / kv_heads;
-  torch::Tensor out = at::empty({b, kv_heads, g, kv.size(4)}, probs.options());  // [b, KV, G, hd]
-  DecodeStepView s = StepView(kv, rows, positions, g, probs.size(2));
-  s.scores = probs.data_ptr<float>();
-  s.out = out.data_ptr<float>();
-  at::parallel_for(0, b * kv_heads, DecodeGrain(s), [&](int64_t begin, int64_t end) {
-    avx2 ? DecodeValuesAvx2(s, begin, end) : DecodeValuesTasks<Float4>(s, begin, end);
-  });
-  return out;
+// A barrier for the threads of one parallel region that spins (briefly, then yields) instead of
+// sleeping: DecodeRowsCpu synchronises its threads 8 times per layer, microseconds apart,
+// and tandemd runs OpenMP with OMP_WAIT_POLICY=PASSIVE, under which every parallel region (and
+// OpenMP barrier) is a futex sleep and wake-up. One region per token, with these barriers inside
+// it, keeps that cost to one wake-up per token.
+class SpinBarrier {
+ public:
+  // Every thread of the region calls this with the team's size before its first Wait.
+  void SetThreads(int n) { threads_.store(n, std::memory_order_relaxed); }
+  void Wait() {
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 ==
+        threads_.load(std::memory_order_relaxed)) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < 4096) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();  // a descheduled partner: give it the core
+      }
+    }
+  }
+
+ private:
+  std::atomic<int> threads_{1};
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
+};
+
+// The share [begin, end) of n items that thread t of `threads` takes.
+void Share(int64_t n, int t, int threads, int64_t* begin, int64_t* end) {
+  *begin = n * t / threads;
+  *end = n * (t + 1) / threads;
 }
 
 class LlamaModel final : public TextModel {
@@ -401,6 +324,8 @@ class LlamaModel final : public TextModel {
 
   // Fuses and moves the weights (float32 CPU tensors by name) and allocates the run state.
   void Load(const std::map<std::string, torch::Tensor>& w);
+  // On the CPU, moves the matrices and embeddings into one huge-page block (huge_pages.h).
+  void PlaceInHugePages();
 
   const LlamaConfig& config() const override { return config_; }
   const std::string& device() const override { return device_string_; }
@@ -435,6 +360,15 @@ class LlamaModel final : public TextModel {
   // Decode's slots: acquired, distinct, each with room for one more position. The highest
   // physical row among them and the longest length after the step.
   absl::Status CheckDecodeSlots(absl::Span<const int> slots, int* max_row, int* max_length) const;
+  // Decode on the CPU without ATen: the whole step in the cpu_kernels loops, on every intra-op
+  // thread in one parallel region (each thread takes its share of every matrix's rows, of the
+  // step's rows and of its (row, kv head) attention tasks), logits into `logits`.
+  void DecodeRowsCpu(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                     Width width, float* logits);
+  // Thread t's part of DecodeRowsCpu over the b rows staged in rows_, positions_ and x_;
+  // `barrier` is null when it runs alone.
+  void DecodeRowsShare(int t, int threads, SpinBarrier* barrier, int64_t b, Width width,
+                       float* logits);
 
   const LlamaConfig config_;
   const torch::Device device_;
@@ -445,6 +379,12 @@ class LlamaModel final : public TextModel {
   const double scale_;
   Weights weights_;
   RunState state_;
+  // DecodeRowsCpu's step, one row per sequence of the step (at most max_slots): physical rows,
+  // positions; activations x [dim], h (normalized x, or the SwiGLU activation)
+  // [max(dim, hidden)], qkv [KV*(G+2)*hd], attention out [H*hd], h13 [2*hidden]; and the
+  // attention scores [max_slots*KV*G*seq_len].
+  std::vector<int64_t> rows_, positions_;
+  std::vector<float> x_, h_, qkv_, attn_, h13_, scores_;
 };
 
 void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
@@ -473,6 +413,7 @@ void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
     layer.w2 = to_device(get("feed_forward.w2.weight"));  // [dim, hidden]
     weights_.layers.push_back(std::move(layer));
   }
+  PlaceInHugePages();
   // Rotary table, computed in double: angle(pos, i) = pos * theta^(-2i/hd).
   const torch::Tensor inv_freq =
       torch::pow(config_.rope_theta,
@@ -491,6 +432,26 @@ void LlamaModel::Load(const std::map<std::string, torch::Tensor>& w) {
   state_.slot_row.assign(max_slots_, -1);
   state_.row_slot.assign(max_slots_, -1);
   state_.row_length.assign(max_slots_, 0);
+  const int64_t hidden = config_.hidden_dim, h_dim = kv * g * hd, s = max_slots_;
+  rows_.assign(s, 0);
+  positions_.assign(s, 0);
+  x_.assign(s * dim, 0.0f);
+  h_.assign(s * std::max(dim, hidden), 0.0f);
+  qkv_.assign(s * kv * (g + 2) * hd, 0.0f);
+  attn_.assign(s * h_dim, 0.0f);
+  h13_.assign(s * 2 * hidden, 0.0f);
+  scores_.assign(s * kv * g * config_.seq_len, 0.0f);
+}
+
+void LlamaModel::PlaceInHugePages() {
+  std::vector<torch::Tensor*> slots = {&weights_.tok_embeddings, &weights_.output, &weights_.norm};
+  for (LayerWeights& l : weights_.layers) {
+    for (torch::Tensor* t : {&l.wqkv, &l.wo, &l.w13, &l.w2}) slots.push_back(t);
+  }
+  std::vector<torch::Tensor> tensors;
+  for (torch::Tensor* t : slots) tensors.push_back(*t);
+  const std::vector<torch::Tensor> placed = torch_util::CopyIntoHugePages(tensors);
+  for (size_t i = 0; i < slots.size(); ++i) *slots[i] = placed[i];
 }
 
 template <typename Attend>
@@ -721,9 +682,14 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
   // compute in caller order, gathering the rows.
   const bool dense = max_row == b - 1;
   const int64_t length = max_length;  // attention span of the step: [0, length)
-  const DecodeAttention attention = ChooseDecodeAttention(device_);
-  const bool loops = attention != DecodeAttention::kAten;
-  const bool avx2 = attention == DecodeAttention::kVec8;
+  const DecodePath path = ChooseDecodePath(device_);
+  const bool loops = !path.aten;  // the CPU: attention in the loops
+  if (loops && b < kLoopRows) {
+    return RunTorch("Decode", [&]() -> absl::Status {
+      DecodeRowsCpu(slots, tokens, path.width, logits);
+      return absl::OkStatus();
+    });
+  }
   return RunTorch("Decode", [&]() -> absl::Status {
     // Step inputs, host side: tokens, positions and rows in the computed order: [3, b].
     torch::Tensor index = torch::empty({3, b}, torch::kInt64);
@@ -749,13 +715,12 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
     torch::Tensor x = at::embedding(weights_.tok_embeddings, token_ids);  // [b, dim]
     x = RunLayers(x, rope, [&](size_t l, const torch::Tensor& qkv) {
       torch::Tensor cache = state_.kv[l];  // [2, S, KV, seq_len, hd]
-      if (loops) {                         // 3 ops: scores (storing k, v), softmax, values
-        const int64_t* rows_p = host + 2 * b;
-        const int64_t* positions_p = host + b;
-        const torch::Tensor scores =
-            DecodeScoresCpu(qkv, cache, rows_p, positions_p, length, scale_, avx2);  // [b*KV, G, L]
-        return DecodeValuesCpu(at::softmax(scores, -1), cache, rows_p, positions_p, avx2)
-            .view({b, kv * g * hd});  // [b, H*hd]
+      if (loops) {  // 1 op: the loops store k, v, then attend
+        TORCH_CHECK(qkv.is_contiguous());
+        torch::Tensor out = at::empty({b, kv * g * hd}, qkv.options());  // [b, H*hd]
+        AttendCpu(qkv.data_ptr<float>(), cache, host + 2 * b, host + b, b, g, length, scale_,
+                  path.width, scores_.data(), out.data_ptr<float>());
+        return out;
       }
       // 1 + (dense ? 0 : 1) + 3 ops. New k|v: [b, KV, 2, hd] -> [b, 2, KV, hd].
       at::index_put_(cache, put_index, qkv.narrow(2, g, 2).permute({0, 2, 1, 3}));
@@ -778,6 +743,128 @@ absl::Status LlamaModel::Decode(absl::Span<const int> slots, absl::Span<const in
     for (int slot : slots) ++state_.row_length[state_.slot_row[slot]];
     return absl::OkStatus();
   });
+}
+
+void LlamaModel::DecodeRowsCpu(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                               Width width, float* logits) {
+  RECORD_FUNCTION("tandem::DecodeRowsCpu", std::vector<c10::IValue>());
+  const int64_t b = slots.size(), dim = config_.dim;
+  const float* embeddings = weights_.tok_embeddings.data_ptr<float>();
+  for (int64_t i = 0; i < b; ++i) {
+    const int row = state_.slot_row[slots[i]];
+    rows_[i] = row;
+    positions_[i] = state_.row_length[row];
+    std::memcpy(&x_[i * dim], embeddings + tokens[i] * dim, dim * sizeof(float));
+  }
+  // A thread per million multiply-adds of the step at most: tiny models stay serial.
+  const int threads = static_cast<int>(
+      std::clamp<int64_t>(parameter_count_ * b >> 20, 1, std::max(1, at::get_num_threads())));
+  if (threads == 1) {
+    DecodeRowsShare(0, 1, nullptr, b, width, logits);
+  } else {
+    SpinBarrier barrier;
+#pragma omp parallel num_threads(threads)
+    {
+      barrier.SetThreads(omp_get_num_threads());
+      DecodeRowsShare(omp_get_thread_num(), omp_get_num_threads(), &barrier, b, width, logits);
+    }
+  }
+  for (int slot : slots) ++state_.row_length[state_.slot_row[slot]];
+}
+
+void LlamaModel::DecodeRowsShare(int t, int threads, SpinBarrier* barrier, int64_t b,
+                                 Width width, float* logits) {
+  const int64_t dim = config_.dim, hidden = config_.hidden_dim, vocab = config_.vocab_size;
+  const int64_t kv = kv_heads_, g = group_, hd = head_dim_;
+  const int64_t h_stride = std::max(dim, hidden), qkv_stride = kv * (g + 2) * hd;
+  const float eps = config_.norm_eps;
+  auto sync = [&] {
+    if (barrier != nullptr) barrier->Wait();
+  };
+  // out[m] = w in[m] (+ residual[m]) for every row m, over this thread's share of w's rows
+  // (w [rows, cols]; in, out and residual rows of the given strides).
+  auto matmat = [&](const torch::Tensor& w, const float* in, int64_t in_stride,
+                    const float* residual, float* out, int64_t out_stride) {
+    int64_t begin, end;
+    Share(w.size(0), t, threads, &begin, &end);
+    cpu_kernels::MatMat(width, w.data_ptr<float>(), w.size(1), in, in_stride, b, residual, out,
+                        out_stride, begin, end);
+  };
+  int64_t row_begin, row_end;  // this thread's rows of the step, for the elementwise work
+  Share(b, t, threads, &row_begin, &row_end);
+  // h[m] = x[m] / rms(x[m]) (* gain) over this thread's rows. The gains of the layers' norms
+  // are folded into wqkv and w13.
+  auto normalize = [&](const float* gain) {
+    for (int64_t m = row_begin; m < row_end; ++m) {
+      const float* x = &x_[m * dim];
+      float* h = &h_[m * h_stride];
+      const float s = cpu_kernels::InvRms(width, x, dim, eps);
+      for (int64_t i = 0; i < dim; ++i) h[i] = gain ? x[i] * s * gain[i] : x[i] * s;
+    }
+  };
+  const float* rope =  // (cos, sin) pairs [seq_len, hd/2]
+      reinterpret_cast<const float*>(weights_.rope.data_ptr<c10::complex<float>>());
+  cpu_kernels::AttentionStep step{};
+  step.qkv = qkv_.data();
+  step.scores = scores_.data();
+  step.out = attn_.data();
+  step.rows = rows_.data();
+  step.positions = positions_.data();
+  step.slots = max_slots_;
+  step.kv_heads = kv;
+  step.g = g;
+  step.hd = hd;
+  step.seq_len = config_.seq_len;
+  step.length = *std::max_element(positions_.begin(), positions_.begin() + b) + 1;
+  step.scale = static_cast<float>(scale_);
+  int64_t task_begin, task_end;  // this thread's (row, kv head) attention tasks
+  Share(b * kv, t, threads, &task_begin, &task_end);
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    // Attention.
+    normalize(nullptr);
+    sync();  // h whole
+    matmat(w.wqkv, h_.data(), h_stride, nullptr, qkv_.data(), qkv_stride);  // [b, KV, G+2, hd]
+    sync();  // qkv whole
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      // Rotate the G queries and the key of kv head j of row i by the row's position.
+      const int64_t i = task / kv, j = task % kv;
+      const float* angle = rope + positions_[i] * hd;
+      for (int64_t head = 0; head <= g; ++head) {
+        float* v = &qkv_[i * qkv_stride + (j * (g + 2) + head) * hd];
+        for (int64_t p = 0; p < hd / 2; ++p) {
+          const float c = angle[2 * p], sn = angle[2 * p + 1], v0 = v[2 * p], v1 = v[2 * p + 1];
+          v[2 * p] = v0 * c - v1 * sn;
+          v[2 * p + 1] = v0 * sn + v1 * c;
+        }
+      }
+    }
+    step.kv = state_.kv[l].data_ptr<float>();
+    cpu_kernels::AttentionScores(width, step, task_begin, task_end);
+    cpu_kernels::AttentionSoftmax(step, task_begin, task_end);
+    cpu_kernels::AttentionValues(width, step, task_begin, task_end);
+    sync();  // attention output whole
+    matmat(w.wo, attn_.data(), kv * g * hd, x_.data(), x_.data(), dim);  // x += wo attn
+    sync();  // x whole
+    // SwiGLU.
+    normalize(nullptr);
+    sync();  // h whole
+    matmat(w.w13, h_.data(), h_stride, nullptr, h13_.data(), 2 * hidden);  // [b, 2*hidden]
+    sync();  // h13 whole
+    for (int64_t m = row_begin; m < row_end; ++m) {  // h = silu(w1 h) * (w3 h)
+      const float* h13 = &h13_[m * 2 * hidden];
+      float* h = &h_[m * h_stride];
+      for (int64_t i = 0; i < hidden; ++i) {
+        h[i] = h13[i] / (1.0f + std::exp(-h13[i])) * h13[hidden + i];
+      }
+    }
+    sync();  // the activation whole
+    matmat(w.w2, h_.data(), h_stride, x_.data(), x_.data(), dim);  // x += w2 act
+    sync();  // x whole
+  }
+  normalize(weights_.norm.data_ptr<float>());
+  sync();  // h whole
+  matmat(weights_.output, h_.data(), h_stride, nullptr, logits, vocab);
 }
 
 }  // namespace

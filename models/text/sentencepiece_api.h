@@ -15,7 +15,7 @@
 extern "C" {
 #endif
 
-#define TANDEM_SENTENCEPIECE_API_VERSION 1
+#define TANDEM_SENTENCEPIECE_API_VERSION 2
 
 typedef struct tandem_spm_api {
   int version;
@@ -28,6 +28,7 @@ typedef struct tandem_spm_api {
   /* malloc'd UTF-8, length in *len; NULL on failure. */
   char* (*decode)(void* sp, const int32_t* ids, size_t n, size_t* len);
   char* (*id_to_piece)(void* sp, int32_t id, size_t* len);
+  float (*score)(void* sp, int32_t id);
   int (*piece_size)(void* sp);
   int (*bos_id)(void* sp);
   int (*eos_id)(void* sp);

@@ -70,6 +70,10 @@ char* IdToPiece(void* sp, int32_t id, size_t* len) {
   return CopyOut(static_cast<SentencePieceProcessor*>(sp)->IdToPiece(id), len);
 }
 
+float Score(void* sp, int32_t id) {
+  return static_cast<SentencePieceProcessor*>(sp)->GetScore(id);
+}
+
 int PieceSize(void* sp) { return static_cast<SentencePieceProcessor*>(sp)->GetPieceSize(); }
 int BosId(void* sp) { return static_cast<SentencePieceProcessor*>(sp)->bos_id(); }
 int EosId(void* sp) { return static_cast<SentencePieceProcessor*>(sp)->eos_id(); }
@@ -102,7 +106,7 @@ void FreeBuf(void* p) { std::free(p); }
 
 const tandem_spm_api kApi = {
     TANDEM_SENTENCEPIECE_API_VERSION, Load, LoadSerialized, Destroy, Encode, Decode, IdToPiece,
-    PieceSize, BosId, EosId, IsSpecial, Serialized, Train, FreeBuf};
+    Score,    PieceSize, BosId, EosId, IsSpecial, Serialized, Train, FreeBuf};
 
 }  // namespace
 

@@ -51,17 +51,25 @@ bool MayBeIncomplete(absl::string_view text) {
 
 // ---- IncrementalDetokenizer ------------------------------------------------------------------
 //
-// SentencePiece strips the leading space ("▁") of the first piece it decodes, so decoding a
-// window ids[prefix..] on its own would lose the space that the same piece shows in the middle
-// of the full text. Every window is therefore decoded together with an anchor: the last id
-// before it that SentencePiece would render (Tokenizer::Decode skips out-of-range and special
-// ids, which would otherwise leave the window's first piece first again). The anchor absorbs
-// the stripping, and the texts compared below both start with the anchor's own text, which
-// cancels out. With no renderable id before the window, the window's first piece is the first
-// piece of the whole text and must lose its space: decoding without an anchor does exactly that.
+// Tokenizer::Decode strips the leading space of the first piece it decodes (SentencePiece's "▁";
+// llama2.c's space after BOS), so decoding a window ids[prefix..] on its own would lose the space
+// that the same piece shows in the middle of the full text. Every window is therefore decoded
+// together with an anchor: the last id before it that Decode would render (it skips special
+// and out-of-range ids, which would otherwise leave the window's first piece first again). The
+// anchor absorbs the stripping, and the texts compared below both start with the anchor's own
+// text, which cancels out. With no renderable id before the window, the window's first piece is
+// the first piece of the whole text and must lose its space: decoding without an anchor does
+// exactly that.
 
-IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer)
-    : tokenizer_(tokenizer) {}
+IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer* tokenizer,
+                                               absl::Span<const int32_t> context)
+    : tokenizer_(tokenizer) {
+  // The context's last id becomes the first window's anchor; it is never emitted.
+  if (!context.empty()) {
+    ids_.push_back(context.back());
+    prefix_offset_ = read_offset_ = 1;
+  }
+}
 
 namespace {
 
@@ -159,31 +167,50 @@ std::string StopStringFilter::Flush() {
 
 // ---- UTF-8 -----------------------------------------------------------------------------------
 
-bool IsValidUtf8(absl::string_view text) {
+size_t Utf8SequenceAt(absl::string_view text, size_t i) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const size_t n = text.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    const int len = SequenceLength(c);  // rejects C0, C1 (overlong 2-byte) and F5..FF
-    if (len == 0 || i + len > n) return false;
-    for (int k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) return false;
-    }
-    const unsigned char c1 = s[i + 1];
-    // The second byte's range rules out overlong 3/4-byte forms, surrogates (ED A0..BF) and
-    // code points past U+10FFFF (F4 90..).
-    if (c == 0xE0 && c1 < 0xA0) return false;
-    if (c == 0xED && c1 > 0x9F) return false;
-    if (c == 0xF0 && c1 < 0x90) return false;
-    if (c == 0xF4 && c1 > 0x8F) return false;
+  if (i >= n) return 0;
+  const unsigned char c = s[i];
+  if (c < 0x80) return 1;
+  const size_t len = SequenceLength(c);  // rejects C0, C1 (overlong 2-byte) and F5..FF
+  if (len == 0 || i + len > n) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    if ((s[i + k] & 0xC0) != 0x80) return 0;
+  }
+  const unsigned char c1 = s[i + 1];
+  // The second byte's range rules out overlong 3/4-byte forms, surrogates (ED A0..BF) and
+  // code points past U+10FFFF (F4 90..).
+  if (c == 0xE0 && c1 < 0xA0) return 0;
+  if (c == 0xED && c1 > 0x9F) return 0;
+  if (c == 0xF0 && c1 < 0x90) return 0;
+  if (c == 0xF4 && c1 > 0x8F) return 0;
+  return len;
+}
+
+bool IsValidUtf8(absl::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const size_t len = Utf8SequenceAt(text, i);
+    if (len == 0) return false;
     i += len;
   }
   return true;
+}
+
+std::string ReplaceInvalidUtf8(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    const size_t len = Utf8SequenceAt(text, i);
+    if (len == 0) {
+      out.append(kReplacementChar.data(), kReplacementChar.size());
+      ++i;
+    } else {
+      out.append(text.data() + i, len);
+      i += len;
+    }
+  }
+  return out;
 }
 
 }  // namespace tandem

@@ -4,11 +4,13 @@
 #ifndef TANDEM_MODELS_TEXT_TEXT_STREAM_H_
 #define TANDEM_MODELS_TEXT_TEXT_STREAM_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "models/text/tokenizer.h"
 
 namespace tandem {
@@ -19,7 +21,12 @@ namespace tandem {
 // tokenizer.Decode(all ids) (the tokenizer must outlive this).
 class IncrementalDetokenizer {
  public:
-  explicit IncrementalDetokenizer(const Tokenizer* tokenizer);
+  // `context`: the ids the stream continues (a prompt, BOS first), of which only the last is
+  // kept: the first generated piece then shows the leading space it has after that id (none
+  // after BOS), so prompt text + streamed text is the decoded whole. Without a context the
+  // stream is decoded as a text of its own (its first piece loses its leading space).
+  explicit IncrementalDetokenizer(const Tokenizer* tokenizer,
+                                  absl::Span<const int32_t> context = {});
   // Adds one generated id; returns the newly completed text (possibly empty).
   std::string Push(int32_t id);
   // Whatever is still held back (an incomplete character at the very end).
@@ -52,6 +59,11 @@ class StopStringFilter {
 
 // True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
 bool IsValidUtf8(absl::string_view text);
+// The length of the well-formed UTF-8 character starting at text[i] (1 to 4), or 0 when none
+// does (or i is past the end).
+size_t Utf8SequenceAt(absl::string_view text, size_t i);
+// `text` with every byte that is not part of a well-formed character replaced by U+FFFD.
+std::string ReplaceInvalidUtf8(absl::string_view text);
 
 }  // namespace tandem
 

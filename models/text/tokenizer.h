@@ -1,8 +1,8 @@
-// Tokenizer: a SentencePiece model (tokenizer.model in a model directory), and training one on a
-// text corpus. Torch-free. Thread-safe after Load (SentencePiece's encode/decode are const).
-// SentencePiece itself lives in the module libtandem_sentencepiece.so, loaded on first use (see
-// sentencepiece_api.h for why); it is looked up in $TANDEM_SENTENCEPIECE_MODULE, then beside the
-// executable, then in ../lib, then by the dynamic loader's search path.
+// Tokenizer: text to token ids and back, behind one interface with two kinds of file —
+//   SentencePiece (tokenizer.model; sentencepiece_tokenizer.h), what tandem trains, and
+//   llama2.c (tokenizer.bin; llama2c_tokenizer.h), what llama2.c's run.c reads.
+// A model directory holds one of them (models/model_dir.h says which). Torch-free.
+// Implementations are immutable after loading and thread-safe.
 #ifndef TANDEM_MODELS_TEXT_TOKENIZER_H_
 #define TANDEM_MODELS_TEXT_TOKENIZER_H_
 
@@ -11,60 +11,59 @@
 #include <string>
 #include <vector>
 
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
-struct tandem_spm_api;
-
 namespace tandem {
 
-struct TokenizerTrainOptions {
-  int vocab_size = 512;
-  std::string model_type = "bpe";  // "bpe" or "unigram"
-  // Lines sampled from the corpus for training (SentencePiece's input_sentence_size); 0 = all.
-  int64_t max_sentences = 2000000;
-  int num_threads = 0;  // 0: all cores
-  uint64_t seed = 0;
-  // false: vocab_size is an upper bound (a small corpus, e.g. captions, may not fill it); the
-  // trained tokenizer's vocab_size() says how many pieces it got.
-  bool hard_vocab_limit = true;
+enum class TokenizerKind { kSentencePiece, kLlama2c };
+
+// "sentencepiece" or "llama2c", for messages.
+const char* TokenizerKindName(TokenizerKind kind);
+
+// A tokenizer as a file holds it: its kind and the file's bytes.
+struct TokenizerFile {
+  TokenizerKind kind = TokenizerKind::kSentencePiece;
+  std::string bytes;
 };
 
 class Tokenizer {
  public:
-  ~Tokenizer();
+  virtual ~Tokenizer() = default;
 
-  // Loads a SentencePiece model file. NOT_FOUND / INVALID_ARGUMENT with the path on failure.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_path);
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSerialized(const std::string& proto_bytes);
-
-  // Trains a model on `corpus_path` (UTF-8 text, one sentence or paragraph per line) and writes
-  // it to `model_path`. Ids: 0 <unk>, 1 <s> (BOS), 2 </s> (EOS), then byte-fallback pieces for all
-  // 256 bytes (so any UTF-8 text encodes without <unk>), then learned pieces.
-  static absl::Status Train(const std::string& corpus_path, const std::string& model_path,
-                            const TokenizerTrainOptions& options);
-
+  virtual TokenizerKind kind() const = 0;
   // Text to ids, without BOS/EOS.
-  std::vector<int32_t> Encode(absl::string_view text) const;
-  // Ids to text (special ids are dropped).
-  std::string Decode(absl::Span<const int32_t> ids) const;
+  virtual std::vector<int32_t> Encode(absl::string_view text) const = 0;
+  // Ids to text (special ids are dropped), as the text of a sequence that starts with BOS: the
+  // leading space the first piece carries (SentencePiece's dummy prefix) is not shown. Invalid
+  // UTF-8 (dangling byte pieces) comes out as U+FFFD, one per byte.
+  virtual std::string Decode(absl::Span<const int32_t> ids) const = 0;
   // True for the ids Decode drops: control symbols (<s>, </s>), <unk>, unused pieces and ids
   // outside [0, vocab_size()).
-  bool IsSpecial(int32_t id) const;
-  std::string IdToPiece(int32_t id) const;
+  virtual bool IsSpecial(int32_t id) const = 0;
+  // The piece as the file stores it ("▁the" in SentencePiece, " the" in llama2.c, "<0x0A>" for
+  // a byte in both); empty outside [0, vocab_size()).
+  virtual std::string IdToPiece(int32_t id) const = 0;
+  // The piece's score (SentencePiece: log probability or negated merge rank; llama2.c: the
+  // merge priority run.c's encoder uses); 0 outside [0, vocab_size()).
+  virtual float Score(int32_t id) const = 0;
 
-  int vocab_size() const;
-  int bos_id() const;
-  int eos_id() const;
-  std::string Serialized() const;
+  virtual int vocab_size() const = 0;
+  virtual int bos_id() const = 0;
+  virtual int eos_id() const = 0;
+  // The file's bytes (kind() says which format).
+  virtual std::string Serialized() const = 0;
 
- private:
-  Tokenizer(const tandem_spm_api* api, void* sp) : api_(api), sp_(sp) {}
-  const tandem_spm_api* api_;
-  void* sp_;  // owned SentencePieceProcessor inside the module
+  TokenizerFile File() const { return TokenizerFile{kind(), Serialized()}; }
 };
+
+// Loads a tokenizer file of `kind`: NOT_FOUND when it does not exist, INVALID_ARGUMENT (naming
+// the path) when it is not a valid file of that kind.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(TokenizerKind kind,
+                                                         const std::string& path);
+// The tokenizer of `file`'s bytes; INVALID_ARGUMENT when they are not a valid file of its kind.
+absl::StatusOr<std::unique_ptr<Tokenizer>> TokenizerFromFile(const TokenizerFile& file);
 
 }  // namespace tandem
 

@@ -62,7 +62,7 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& na
                                                            const std::vector<int>& devices) {
   absl::StatusOr<ModelDir> dir = ReadModelDir(path);
   if (!dir.ok()) return dir.status();
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir->tokenizer_path());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadModelTokenizer(*dir);
   if (!tok.ok()) return tok.status();
   const int model_vocab =
       dir->kind == ModelKind::kText ? dir->llama.vocab_size : dir->diffusion.vocab_size;

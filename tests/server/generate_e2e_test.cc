@@ -15,7 +15,7 @@
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
-#include "models/text/tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 #include "server/api/server.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
@@ -105,7 +105,7 @@ class GenerateE2ETest : public ::testing::Test {
   }
 
   std::unique_ptr<Tokenizer> LoadTokenizer() {
-    auto tok = Tokenizer::Load(*root_ + "/models/tiny/tokenizer.model");
+    auto tok = SentencePieceTokenizer::Load(*root_ + "/models/tiny/tokenizer.model");
     EXPECT_TRUE(tok.ok());
     return *std::move(tok);
   }

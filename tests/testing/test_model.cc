@@ -17,7 +17,7 @@
 #include "models/image_model.h"
 #include "models/llama/llama.h"
 #include "models/model_dir.h"
-#include "models/text/tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 
 namespace tandem::testing {
 namespace {
@@ -33,7 +33,7 @@ std::string Beside(const std::string& dir, const std::string& what, const std::s
 std::string TrainTokenizer(const std::string& dir, const std::string& corpus,
                            const TokenizerTrainOptions& options) {
   const std::string tok = Beside(dir, "tok", ".model");
-  absl::Status s = Tokenizer::Train(corpus, tok, options);
+  absl::Status s = SentencePieceTokenizer::Train(corpus, tok, options);
   EXPECT_TRUE(s.ok()) << s;
   return tok;
 }
@@ -41,7 +41,7 @@ std::string TrainTokenizer(const std::string& dir, const std::string& corpus,
 // Writes the model directory around `weights` and the tokenizer at `tok` with
 // write(dir, file, tokenizer bytes, provenance).
 using WriteDir = std::function<absl::Status(const std::string&, const SafetensorsFile&,
-                                            const std::string&, const ModelProvenance&)>;
+                                            const TokenizerFile&, const ModelProvenance&)>;
 void WriteModelDir(const std::string& dir, absl::StatusOr<TensorMap> weights,
                    const std::string& tok, const WriteDir& write) {
   EXPECT_TRUE(weights.ok()) << weights.status();
@@ -51,7 +51,8 @@ void WriteModelDir(const std::string& dir, absl::StatusOr<TensorMap> weights,
   EXPECT_TRUE(tok_bytes.ok()) << tok_bytes.status();
   ModelProvenance prov;
   prov.source = "test";
-  const absl::Status s = write(dir, file, tok_bytes.value_or(""), prov);
+  const absl::Status s =
+      write(dir, file, TokenizerFile{TokenizerKind::kSentencePiece, tok_bytes.value_or("")}, prov);
   EXPECT_TRUE(s.ok()) << s;
 }
 
@@ -118,8 +119,10 @@ std::string WriteTinyModel(const std::string& dir, const TinyModelSpec& spec) {
   EXPECT_TRUE(normalized.ok()) << normalized;
   WriteModelDir(
       dir, RandomLlamaWeights(cfg, spec.seed), tok,
-      [&](const std::string& d, const SafetensorsFile& file, const std::string& bytes,
-          const ModelProvenance& prov) { return WriteTextModelDir(d, cfg, file, bytes, prov); });
+      [&](const std::string& d, const SafetensorsFile& file, const TokenizerFile& tokenizer,
+          const ModelProvenance& prov) {
+        return WriteTextModelDir(d, cfg, file, tokenizer, prov);
+      });
   return dir;
 }
 
@@ -131,13 +134,15 @@ std::string WriteTinyImageModel(const std::string& dir, uint64_t seed) {
   topts.vocab_size = 400;
   topts.hard_vocab_limit = false;
   const std::string tok = TrainTokenizer(dir, corpus, topts);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(tok);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = SentencePieceTokenizer::Load(tok);
   EXPECT_TRUE(loaded.ok()) << loaded.status();
   const DiffusionConfig cfg = TinyImageConfig(loaded.ok() ? (*loaded)->vocab_size() : 0);
   WriteModelDir(
       dir, RandomDiffusionWeights(cfg, seed), tok,
-      [&](const std::string& d, const SafetensorsFile& file, const std::string& bytes,
-          const ModelProvenance& prov) { return WriteImageModelDir(d, cfg, file, bytes, prov); });
+      [&](const std::string& d, const SafetensorsFile& file, const TokenizerFile& tokenizer,
+          const ModelProvenance& prov) {
+        return WriteImageModelDir(d, cfg, file, tokenizer, prov);
+      });
   return dir;
 }
 

@@ -26,9 +26,10 @@ namespace {
 
 constexpr float kTolerance = 1e-5f;
 
-// The decode attention implementations on the CPU (see ChooseDecodeAttention in llama.cc): the
-// machine's widest loops (""), the 4-lane loops, and ATen's batched matmul (the CUDA path).
-const char* const kAttentionPaths[] = {"", "vec4", "aten"};
+// The decode paths on the CPU (see ChooseDecodePath in llama.cc): the machine's widest loops
+// (""), the 8- and 4-lane loops (steps of fewer than 4 rows run without ATen, larger ones attend
+// in the loops), and ATen throughout (the CUDA path).
+const char* const kAttentionPaths[] = {"", "vec8", "vec4", "aten"};
 
 // Sets TANDEM_DECODE_ATTENTION for one scope.
 class ScopedAttentionPath {
@@ -354,6 +355,75 @@ TEST(LlamaModelTest, BatchedDecodeAlsoMatchesForward) {
 }
 
 // --- errors ---------------------------------------------------------------------------------
+
+// The CPU decode loops compute a row with the same bits alone, beside others (in the blocks of
+// four that share the weight loads, or past them) and on any number of threads: a sequence's
+// text cannot depend on what is batched with it.
+TEST(LlamaModelTest, CpuDecodeIsBitwiseBatchAndThreadInvariant) {
+  // dim 256: matrices of 512 and more rows, which the loops split over two threads.
+  const LlamaConfig config = TinyConfig(/*tied=*/true, 256, 64);
+  const int vocab = config.vocab_size;
+  const std::vector<int32_t> prompt = Tokens(6, 3, vocab), steps = Tokens(12, 4, vocab);
+  // Decodes `steps` after `prompt` in slot 0, with `others` sequences beside it in every step,
+  // on `threads` threads; slot 0's logits of every step.
+  auto run = [&](int others, int threads) {
+    SetComputeThreads(threads);
+    std::unique_ptr<TextModel> model = MakeModel(config, 5, 6);
+    std::vector<int> slots;
+    std::vector<float> logits(6 * vocab);
+    for (int i = 0; i <= others; ++i) {
+      slots.push_back(*model->AcquireSlot());
+      EXPECT_TRUE(model->Prefill(slots.back(), i == 0 ? prompt : Tokens(3 + i, 10 + i, vocab),
+                                 logits.data())
+                      .ok());
+    }
+    std::vector<float> out;
+    for (size_t k = 0; k < steps.size(); ++k) {
+      std::vector<int32_t> tokens(slots.size(), steps[k]);
+      EXPECT_TRUE(model->Decode(slots, tokens, logits.data()).ok());
+      out.insert(out.end(), logits.begin(), logits.begin() + vocab);
+    }
+    return out;
+  };
+  const std::vector<float> alone = run(0, 1);
+  EXPECT_EQ(run(0, 2), alone);
+  EXPECT_EQ(run(1, 1), alone);
+  EXPECT_EQ(run(2, 2), alone);
+  EXPECT_EQ(run(4, 1), alone);  // slot 0 in a block of four, one more past it
+  EXPECT_EQ(run(5, 2), alone);
+  SetComputeThreads(0);
+}
+
+// Steps of 16 rows and more multiply in sgemm (then attend in the loops): each row within rounding
+// of decoding it alone.
+TEST(LlamaModelTest, LargeCpuStepsMatchSoloDecodingWithinRounding) {
+  const LlamaConfig config = TinyConfig(/*tied=*/false);
+  const int vocab = config.vocab_size, n = 17;
+  std::unique_ptr<TextModel> batched = MakeModel(config, 8, n), solo = MakeModel(config, 8, 1);
+  std::vector<int> slots;
+  std::vector<float> logits(n * vocab), alone(vocab);
+  for (int i = 0; i < n; ++i) {
+    slots.push_back(*batched->AcquireSlot());
+    ASSERT_TRUE(
+        batched->Prefill(slots.back(), Tokens(2 + i % 5, 20 + i, vocab), logits.data()).ok());
+  }
+  std::vector<std::vector<int32_t>> steps(n);
+  for (int step = 0; step < 6; ++step) {
+    std::vector<int32_t> tokens(n);
+    for (int i = 0; i < n; ++i) tokens[i] = steps[i].emplace_back((i * 7 + step * 3) % vocab);
+    ASSERT_TRUE(batched->Decode(slots, tokens, logits.data()).ok());
+  }
+  // The last step's row i, against sequence i decoded alone.
+  for (int i = 0; i < n; ++i) {
+    const int slot = *solo->AcquireSlot();
+    ASSERT_TRUE(solo->Prefill(slot, Tokens(2 + i % 5, 20 + i, vocab), alone.data()).ok());
+    for (int32_t token : steps[i]) {
+      ASSERT_TRUE(solo->Decode({&slot, 1}, {&token, 1}, alone.data()).ok());
+    }
+    EXPECT_LE(MaxAbsDiff(&logits[i * vocab], alone.data(), vocab), kTolerance) << "row " << i;
+    solo->ReleaseSlot(slot);
+  }
+}
 
 TEST(LlamaModelTest, MissingTensorIsNamed) {
   const LlamaConfig config = TinyConfig(false, 32);

@@ -11,7 +11,8 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "models/text/tokenizer.h"
+#include "models/text/llama2c_tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 
 namespace tandem {
 namespace {
@@ -37,7 +38,9 @@ std::string Corpus() {
   return corpus;
 }
 
-class IncrementalDetokenizerTest : public ::testing::Test {
+// Every test runs on both tokenizer kinds: the SentencePiece model, and the same pieces and
+// scores as a llama2.c tokenizer.bin (which decodes the same text).
+class IncrementalDetokenizerTest : public ::testing::TestWithParam<TokenizerKind> {
  protected:
   static void SetUpTestSuite() {
     std::string dir = ::testing::TempDir() + "text_stream_test_XXXXXX";
@@ -50,19 +53,31 @@ class IncrementalDetokenizerTest : public ::testing::Test {
     TokenizerTrainOptions options;
     options.vocab_size = 320;
     options.num_threads = 1;
-    if (!Tokenizer::Train(corpus, dir + "/tokenizer.model", options).ok()) return;
-    absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(dir + "/tokenizer.model");
-    if (t.ok()) tokenizer_ = t->release();
+    if (!SentencePieceTokenizer::Train(corpus, dir + "/tokenizer.model", options).ok()) return;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t =
+        SentencePieceTokenizer::Load(dir + "/tokenizer.model");
+    if (!t.ok()) return;
+    absl::StatusOr<Llama2cVocab> vocab = Llama2cVocabFrom(**t, (*t)->vocab_size());
+    if (!vocab.ok()) return;
+    absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> llama2c =
+        Llama2cTokenizer::FromVocab(*std::move(vocab));
+    if (!llama2c.ok()) return;
+    sentencepiece_ = t->release();
+    llama2c_ = llama2c->release();
   }
   static void TearDownTestSuite() {
-    delete tokenizer_;
-    tokenizer_ = nullptr;
+    delete sentencepiece_;
+    delete llama2c_;
+    sentencepiece_ = llama2c_ = nullptr;
   }
-  void SetUp() override { ASSERT_NE(tokenizer_, nullptr) << "tokenizer training failed"; }
+  void SetUp() override {
+    tokenizer_ = GetParam() == TokenizerKind::kLlama2c ? llama2c_ : sentencepiece_;
+    ASSERT_NE(tokenizer_, nullptr) << "tokenizer training failed";
+  }
 
   // Streams `ids` one at a time; checks the pieces add up to Decode(ids) and returns them (the
   // last one is Flush()).
-  static std::vector<std::string> Stream(const std::vector<int32_t>& ids) {
+  std::vector<std::string> Stream(const std::vector<int32_t>& ids) const {
     IncrementalDetokenizer detok(tokenizer_);
     std::vector<std::string> chunks;
     std::string all;
@@ -76,12 +91,21 @@ class IncrementalDetokenizerTest : public ::testing::Test {
     return chunks;
   }
 
-  static Tokenizer* tokenizer_;
+  static Tokenizer* sentencepiece_;
+  static Tokenizer* llama2c_;
+  const Tokenizer* tokenizer_ = nullptr;
 };
 
-Tokenizer* IncrementalDetokenizerTest::tokenizer_ = nullptr;
+Tokenizer* IncrementalDetokenizerTest::sentencepiece_ = nullptr;
+Tokenizer* IncrementalDetokenizerTest::llama2c_ = nullptr;
 
-TEST_F(IncrementalDetokenizerTest, KeepsSpacesAtEveryWindowBoundary) {
+INSTANTIATE_TEST_SUITE_P(BothKinds, IncrementalDetokenizerTest,
+                         ::testing::Values(TokenizerKind::kSentencePiece, TokenizerKind::kLlama2c),
+                         [](const ::testing::TestParamInfo<TokenizerKind>& info) {
+                           return std::string(TokenizerKindName(info.param));
+                         });
+
+TEST_P(IncrementalDetokenizerTest, KeepsSpacesAtEveryWindowBoundary) {
   for (const std::string text :
        {"hello world again", " hello", "  two leading", "hello   world", "a b c d e f g",
         "trailing   ", "the end.\n\nthe  end .", "   "}) {
@@ -93,7 +117,7 @@ TEST_F(IncrementalDetokenizerTest, KeepsSpacesAtEveryWindowBoundary) {
   }
 }
 
-TEST_F(IncrementalDetokenizerTest, HoldsBackPartialCharacters) {
+TEST_P(IncrementalDetokenizerTest, HoldsBackPartialCharacters) {
   // "日" is three byte-fallback pieces: nothing until the last one arrives.
   IncrementalDetokenizer detok(tokenizer_);
   std::vector<int32_t> hello = tokenizer_->Encode("hello");
@@ -115,7 +139,7 @@ TEST_F(IncrementalDetokenizerTest, HoldsBackPartialCharacters) {
   EXPECT_EQ(detok.Flush(), "");
 }
 
-TEST_F(IncrementalDetokenizerTest, FlushReleasesADanglingByte) {
+TEST_P(IncrementalDetokenizerTest, FlushReleasesADanglingByte) {
   std::vector<int32_t> ids = tokenizer_->Encode("end");
   ids.push_back(3 + 0xE6);  // generation stopped mid-character
   std::vector<std::string> chunks = Stream(ids);
@@ -123,7 +147,7 @@ TEST_F(IncrementalDetokenizerTest, FlushReleasesADanglingByte) {
   EXPECT_EQ(chunks.back(), kReplacement);
 }
 
-TEST_F(IncrementalDetokenizerTest, SpecialIdsInTheMiddle) {
+TEST_P(IncrementalDetokenizerTest, SpecialIdsInTheMiddle) {
   std::vector<int32_t> ids = {1};  // BOS first: the first real piece still loses its space
   for (int32_t id : tokenizer_->Encode("hello world")) ids.push_back(id);
   ids.push_back(2);
@@ -136,7 +160,7 @@ TEST_F(IncrementalDetokenizerTest, SpecialIdsInTheMiddle) {
   EXPECT_EQ(joined, "hello world again");
 }
 
-TEST_F(IncrementalDetokenizerTest, RealisticTextStreamsValidUtf8Chunks) {
+TEST_P(IncrementalDetokenizerTest, RealisticTextStreamsValidUtf8Chunks) {
   const std::string texts[] = {
       "naïve café — 日本語 🙂 and  again",
       "  über   déjà-vu 🙂🙂 ",
@@ -156,7 +180,7 @@ TEST_F(IncrementalDetokenizerTest, RealisticTextStreamsValidUtf8Chunks) {
 // Random id sequences, biased towards byte-fallback pieces and spaces: whatever the model
 // generates, the stream adds up to Decode(all), and when Decode(all) is valid UTF-8 every chunk
 // is too (no character is ever split across chunks).
-TEST_F(IncrementalDetokenizerTest, RandomSequencesMatchFullDecode) {
+TEST_P(IncrementalDetokenizerTest, RandomSequencesMatchFullDecode) {
   std::mt19937_64 rng(1234);
   const int vocab = tokenizer_->vocab_size();
   const std::vector<int32_t> interesting = {
@@ -187,7 +211,23 @@ TEST_F(IncrementalDetokenizerTest, RandomSequencesMatchFullDecode) {
   }
 }
 
-TEST_F(IncrementalDetokenizerTest, EmptyStream) {
+// A stream that continues a prompt: the prompt's text and the streamed text add up to the decode
+// of the whole, the first generated piece keeping its space; after BOS alone it loses it.
+TEST_P(IncrementalDetokenizerTest, ContextKeepsTheFirstPiecesSpace) {
+  const std::vector<int32_t> ids = tokenizer_->Encode("hello world again, and again");
+  for (size_t split = 0; split <= ids.size(); ++split) {
+    std::vector<int32_t> context = {1};
+    context.insert(context.end(), ids.begin(), ids.begin() + split);
+    IncrementalDetokenizer detok(tokenizer_, context);
+    std::string streamed;
+    for (size_t i = split; i < ids.size(); ++i) streamed += detok.Push(ids[i]);
+    streamed += detok.Flush();
+    EXPECT_EQ(tokenizer_->Decode(context) + streamed, "hello world again, and again")
+        << "split " << split;
+  }
+}
+
+TEST_P(IncrementalDetokenizerTest, EmptyStream) {
   IncrementalDetokenizer detok(tokenizer_);
   EXPECT_EQ(detok.Flush(), "");
 }

@@ -1,4 +1,4 @@
-#include "models/text/tokenizer.h"
+#include "models/text/sentencepiece_tokenizer.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,47 +12,12 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "tests/testing/base/files.h"
+#include "tests/testing/base/text_corpus.h"
 
 namespace tandem {
 namespace {
 
-// A deterministic English-ish corpus: a few hundred lines, with digits, punctuation, accented
-// words (learned as pieces) and whitespace runs. CJK and emoji never occur in it, so those only
-// ever encode through byte fallback.
-std::string Corpus() {
-  static const char* const kWords[] = {
-      "the",    "a",      "model",  "token",  "stream", "server", "train",  "loss",
-      "step",   "batch",  "learn",  "rate",   "of",     "and",    "to",     "in",
-      "is",     "was",    "with",   "for",    "that",   "it",     "on",     "as",
-      "café",   "naïve",  "über",   "déjà",   "vu",     "hello",  "world",  "again",
-      "quick",  "brown",  "fox",    "jumps",  "over",   "lazy",   "dog",    "GPU",
-      "value",  "layer",  "head",   "query",  "key",    "cache",  "text",   "line"};
-  constexpr int kNumWords = sizeof(kWords) / sizeof(kWords[0]);
-  uint64_t state = 12345;
-  auto next = [&state](uint64_t n) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    return (state >> 33) % n;
-  };
-  std::string corpus;
-  for (int line = 0; line < 400; ++line) {
-    const int words = 4 + static_cast<int>(next(12));
-    for (int w = 0; w < words; ++w) {
-      if (w > 0) corpus += next(10) == 0 ? "  " : " ";
-      switch (next(12)) {
-        case 0:
-          corpus += std::to_string(next(100000));
-          break;
-        case 1:
-          corpus += std::string(kWords[next(kNumWords)]) + ",";
-          break;
-        default:
-          corpus += kWords[next(kNumWords)];
-      }
-    }
-    corpus += next(3) == 0 ? "!\n" : ".\n";
-  }
-  return corpus;
-}
+std::string Corpus() { return testing::EnglishishCorpus(); }
 
 using testing::ListDir;
 using testing::MakeTempDir;
@@ -72,9 +37,10 @@ class TokenizerTest : public ::testing::Test {
     options.vocab_size = kVocab;
     options.num_threads = 2;
     options.seed = 7;
-    train_status_ = new absl::Status(Tokenizer::Train(*corpus_path_, *model_path_, options));
+    train_status_ =
+        new absl::Status(SentencePieceTokenizer::Train(*corpus_path_, *model_path_, options));
     if (train_status_->ok()) {
-      absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(*model_path_);
+      absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::Load(*model_path_);
       if (t.ok()) tokenizer_ = t->release();
     }
   }
@@ -188,13 +154,13 @@ TEST_F(TokenizerTest, DecodeDropsSpecialAndOutOfRangeIds) {
 TEST_F(TokenizerTest, SerializedRoundTrip) {
   const std::string proto = tokenizer_->Serialized();
   EXPECT_EQ(proto, ReadAll(*model_path_));
-  absl::StatusOr<std::unique_ptr<Tokenizer>> copy = Tokenizer::FromSerialized(proto);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> copy = SentencePieceTokenizer::FromSerialized(proto);
   ASSERT_TRUE(copy.ok()) << copy.status();
   const std::string text = "naïve café  hello world 42";
   EXPECT_EQ((*copy)->Encode(text), tokenizer_->Encode(text));
   EXPECT_EQ((*copy)->vocab_size(), kVocab);
 
-  EXPECT_EQ(Tokenizer::FromSerialized("definitely not a model proto").status().code(),
+  EXPECT_EQ(SentencePieceTokenizer::FromSerialized("definitely not a model proto").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -207,13 +173,13 @@ TEST_F(TokenizerTest, TrainingIsDeterministic) {
   options.vocab_size = kVocab;
   options.num_threads = 2;
   options.seed = 7;
-  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  ASSERT_TRUE(SentencePieceTokenizer::Train(*corpus_path_, path, options).ok());
   EXPECT_EQ(ReadAll(path), tokenizer_->Serialized());
 
   // The thread count is recorded in the model but does not change the pieces.
   options.num_threads = 1;
-  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
-  absl::StatusOr<std::unique_ptr<Tokenizer>> single = Tokenizer::Load(path);
+  ASSERT_TRUE(SentencePieceTokenizer::Train(*corpus_path_, path, options).ok());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> single = SentencePieceTokenizer::Load(path);
   ASSERT_TRUE(single.ok()) << single.status();
   ASSERT_EQ((*single)->vocab_size(), kVocab);
   for (int id = 0; id < kVocab; ++id) {
@@ -221,9 +187,9 @@ TEST_F(TokenizerTest, TrainingIsDeterministic) {
   }
   // Sampling fewer lines than the corpus holds is deterministic too.
   options.max_sentences = 150;
-  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  ASSERT_TRUE(SentencePieceTokenizer::Train(*corpus_path_, path, options).ok());
   const std::string sampled = ReadAll(path);
-  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
+  ASSERT_TRUE(SentencePieceTokenizer::Train(*corpus_path_, path, options).ok());
   EXPECT_EQ(ReadAll(path), sampled);
   EXPECT_EQ(ListDir(other), std::vector<std::string>{"tokenizer.model"});
   ASSERT_EQ(::remove(path.c_str()), 0);
@@ -236,8 +202,8 @@ TEST_F(TokenizerTest, TrainsUnigramToo) {
   options.vocab_size = 320;
   options.model_type = "unigram";
   options.num_threads = 1;
-  ASSERT_TRUE(Tokenizer::Train(*corpus_path_, path, options).ok());
-  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
+  ASSERT_TRUE(SentencePieceTokenizer::Train(*corpus_path_, path, options).ok());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::Load(path);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ((*t)->vocab_size(), 320);
   const std::string text = "  naïve café — 日本語 🙂  x";
@@ -248,28 +214,28 @@ TEST_F(TokenizerTest, TrainsUnigramToo) {
 TEST_F(TokenizerTest, TrainRejectsBadOptions) {
   TokenizerTrainOptions options;
   options.vocab_size = 259;  // no room for a single learned piece
-  absl::Status s = Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options);
+  absl::Status s = SentencePieceTokenizer::Train(*corpus_path_, *dir_ + "/x.model", options);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("vocab_size (259)"), std::string::npos) << s;
 
   options.vocab_size = 300;
   options.model_type = "word";
-  EXPECT_EQ(Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options).code(),
+  EXPECT_EQ(SentencePieceTokenizer::Train(*corpus_path_, *dir_ + "/x.model", options).code(),
             absl::StatusCode::kInvalidArgument);
 
   options.model_type = "bpe";
   options.max_sentences = 50;
-  EXPECT_EQ(Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options).code(),
+  EXPECT_EQ(SentencePieceTokenizer::Train(*corpus_path_, *dir_ + "/x.model", options).code(),
             absl::StatusCode::kInvalidArgument);
   options.max_sentences = 0;
-  s = Tokenizer::Train(*dir_ + "/no_such_corpus.txt", *dir_ + "/x.model", options);
+  s = SentencePieceTokenizer::Train(*dir_ + "/no_such_corpus.txt", *dir_ + "/x.model", options);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(std::string(s.message()).find("no_such_corpus.txt"), std::string::npos) << s;
 
   // More pieces than the corpus can justify: SentencePiece's own error, naming the corpus.
   options.vocab_size = 100000;
   options.model_type = "unigram";
-  s = Tokenizer::Train(*corpus_path_, *dir_ + "/x.model", options);
+  s = SentencePieceTokenizer::Train(*corpus_path_, *dir_ + "/x.model", options);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("Vocabulary size too high"), std::string::npos) << s;
   EXPECT_NE(std::string(s.message()).find("corpus.txt"), std::string::npos) << s;
@@ -279,7 +245,7 @@ TEST_F(TokenizerTest, TrainRejectsBadOptions) {
   WriteAll(empty, "");
   options.vocab_size = 300;
   options.model_type = "bpe";
-  s = Tokenizer::Train(empty, *dir_ + "/x.model", options);
+  s = SentencePieceTokenizer::Train(empty, *dir_ + "/x.model", options);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("empty.txt"), std::string::npos) << s;
   ASSERT_EQ(::remove(empty.c_str()), 0);
@@ -289,7 +255,7 @@ TEST_F(TokenizerTest, TrainRejectsBadOptions) {
 
 TEST(TokenizerLoadTest, MissingFileIsNotFound) {
   const std::string path = MakeTempDir("tokenizer_test") + "/missing.model";
-  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::Load(path);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
 }
@@ -297,7 +263,7 @@ TEST(TokenizerLoadTest, MissingFileIsNotFound) {
 TEST(TokenizerLoadTest, CorruptFileIsInvalidArgument) {
   const std::string path = MakeTempDir("tokenizer_test") + "/corrupt.model";
   WriteAll(path, "this is not a sentencepiece model");
-  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(path);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::Load(path);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
 }

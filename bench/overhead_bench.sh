@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Serving overhead: builds, creates the 7M-parameter benchmark model (as llm_bench.sh), starts
+# tandemd on it, and compares the p50 latency of 1-token Generate calls (one at a time, over a
+# real gRPC channel) with the same work in-process (tokenize, prefill, sample, detokenize).
+#   bench/overhead_bench.sh [extra tandem-bench flags]
+source "$(dirname "$0")/bench_lib.sh"
+PORT=${PORT:-50062}
+mkdir -p "$RUN/models" "$RUN/data"
+[ -s "$RUN/data/fortunes.txt" ] || bash scripts/fortunes_corpus.sh "$RUN/data/fortunes.txt"
+if [ ! -f "$RUN/models/bench7m/config.json" ]; then
+  "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/models/bench7m" \
+    --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=3
+fi
+start_tandemd "$PORT" "$RUN/tandemd.log" --models_dir="$RUN/models"
+# The in-process side waits for work as tandemd's OpenMP threads do (tandemd sets PASSIVE): two
+# spinning teams on the same cores would measure the contention, not the server.
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$BIN/tandem-bench" --server="127.0.0.1:$PORT" \
+  --model_dir="$RUN/models/bench7m" --mode=overhead --threads="${THREADS:-0}" "$@"
