@@ -23,10 +23,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/matmul_peak.h"
+#include "client/channel.h"
 #include "models/model_dir.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "tandemd address");
+ABSL_FLAG(bool, tls, false, "Connect with TLS, trusting the system's CAs (implied by --tls_ca)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle the server's certificate must chain to");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "", "File holding the bearer token (default: $TANDEM_TOKEN)");
 ABSL_FLAG(std::string, model, "", "Model name (default: the server's default)");
 ABSL_FLAG(std::string, model_dir, "",
           "The model's directory, for its shape (FLOPs per token); required for the peak fraction");
@@ -388,10 +394,18 @@ int main(int argc, char** argv) {
   const tandem::bench::MatmulPeak peak = MeasurePeak();
   PrintModelShape(shape);
 
+  absl::StatusOr<tandem::client::ChannelSecurity> security = tandem::client::LoadChannelSecurity(
+      {absl::GetFlag(FLAGS_tls), absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+       absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_token_file)});
+  if (!security.ok()) {
+    std::fprintf(stderr, "tandem-bench: %s\n", std::string(security.status().message()).c_str());
+    return 2;
+  }
   // Separate connections per stream would measure the kernel, not the server: one channel.
   grpc::ChannelArguments args;
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
-                                           grpc::InsecureChannelCredentials(), args);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel =
+      tandem::client::OpenSecureChannel(absl::GetFlag(FLAGS_server), *security, args);
   auto stub = Inference::NewStub(channel);
   if (absl::GetFlag(FLAGS_mode) == "image") return RunImageBench(stub.get(), counts);
   return RunTextBench(stub.get(), counts, shape, peak);

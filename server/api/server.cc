@@ -1,10 +1,16 @@
 #include "server/api/server.h"
 
+#include <cstdio>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <grpcpp/resource_quota.h>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/api/auth.h"
 #include "server/api/http_endpoint.h"
 #include "server/api/inference_service.h"
 #include "server/metrics/metrics.h"
@@ -21,9 +27,113 @@ Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
 int Server::metrics_port() const { return http_ ? http_->port() : 0; }
 
+namespace {
+
+// HOST of HOST:PORT ("[::1]:80" -> "::1"); the whole address when it has no port.
+std::string HostOf(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+bool IsWildcard(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::" || host == "*";
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Server::ConfineAddress(const std::string& address,
+                                                   const ServerOptions& options,
+                                                   const char* flag) {
+  const bool authenticated = !options.auth_tokens.empty() || !options.tls.client_ca.empty();
+  if (authenticated || options.insecure_allow_remote || absl::StartsWith(address, "unix:")) {
+    return address;
+  }
+  const std::string host = HostOf(address);
+  if (IsLoopback(host)) return address;
+  if (IsWildcard(host)) {
+    const size_t colon = address.rfind(':');
+    std::string confined = absl::StrCat("127.0.0.1", address.substr(colon));
+    std::fprintf(stderr,
+                 "tandemd: no --auth_tokens: %s=%s listens on %s only (loopback); give "
+                 "--auth_tokens=FILE (or --tls_client_ca) to serve other hosts, or "
+                 "--insecure_allow_remote to serve them without authentication\n",
+                 flag, address.c_str(), confined.c_str());
+    return confined;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "refusing ", flag, "=", address,
+      " without authentication: anyone who reaches it could train on this machine and replace "
+      "served models. Give --auth_tokens=FILE (or --tls_client_ca), or "
+      "--insecure_allow_remote"));
+}
+
+absl::Status Server::StartGrpc(const ServerOptions& options) {
+  absl::StatusOr<std::string> listen = ConfineAddress(options.listen, options, "--listen");
+  if (!listen.ok()) return listen.status();
+  listen_ = *listen;
+  const GrpcLimits& g = options.grpc;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen_,
+                           tls_ ? tls_->GrpcCredentials() : grpc::InsecureServerCredentials(),
+                           &port_);
+  builder.SetMaxReceiveMessageSize(g.max_receive_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, g.max_concurrent_streams);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             g.min_ping_interval_seconds * 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, g.max_ping_strikes);
+  if (g.keepalive_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, g.keepalive_seconds * 1000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, g.keepalive_timeout_seconds * 1000);
+  }
+  if (g.max_connection_idle_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               g.max_connection_idle_seconds * 1000);
+  }
+  if (g.memory_limit_mb > 0) {
+    grpc::ResourceQuota quota("tandemd");
+    quota.Resize(static_cast<size_t>(g.memory_limit_mb) << 20);
+    builder.SetResourceQuota(quota);
+  }
+  builder.RegisterService(inference_.get());
+  builder.RegisterService(training_.get());
+  grpc_server_ = builder.BuildAndStart();
+  if (!grpc_server_ || port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen_,
+                                               " (address in use or not local?)"));
+  }
+  grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  return absl::OkStatus();
+}
+
+absl::Status Server::Reload() {
+  absl::Status status = auth_->Reload();
+  if (tls_) {
+    if (absl::Status s = tls_->Reload(); !s.ok() && status.ok()) status = s;
+  }
+  return status;
+}
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& options) {
   std::unique_ptr<Server> server(new Server());
   server->metrics_ = std::make_unique<Metrics>();
+  absl::StatusOr<std::unique_ptr<Authenticator>> auth = Authenticator::Create(options.auth_tokens);
+  if (!auth.ok()) return auth.status();
+  server->auth_ = *std::move(auth);
+  if (!options.tls.cert.empty() || !options.tls.key.empty() || !options.tls.client_ca.empty()) {
+    absl::StatusOr<std::unique_ptr<TlsMaterial>> tls = TlsMaterial::Load(options.tls);
+    if (!tls.ok()) return tls.status();
+    server->tls_ = *std::move(tls);
+  }
 
   absl::StatusOr<std::unique_ptr<ModelRegistry>> registry =
       ModelRegistry::Create(options.models_dir, options.default_model,
@@ -51,9 +161,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   if (!pool.ok()) return pool.status();
   server->pool_ = *std::move(pool);
 
+  InferenceOptions inference_options;
+  inference_options.limits = options.limits;
+  inference_options.log_requests = options.log_requests;
+  inference_options.max_request_time = absl::Seconds(options.grpc.max_request_seconds);
   server->inference_ = std::make_unique<InferenceService>(
-      server->registry_.get(), server->pool_.get(), server->metrics_.get(), options.limits,
-      options.log_requests);
+      server->registry_.get(), server->pool_.get(), server->metrics_.get(), server->auth_.get(),
+      inference_options);
   if (!options.state_dir.empty()) {
     TrainManagerOptions topts;
     topts.state_dir = options.state_dir;
@@ -67,26 +181,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
     }
     server->train_manager_ = *std::move(manager);
   }
-  server->training_ = std::make_unique<TrainingService>(server->train_manager_.get());
+  server->training_ =
+      std::make_unique<TrainingService>(server->train_manager_.get(), server->auth_.get());
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
-  builder.RegisterService(server->inference_.get());
-  builder.RegisterService(server->training_.get());
-  server->grpc_server_ = builder.BuildAndStart();
-  if (!server->grpc_server_ || server->port_ == 0) {
+  if (absl::Status s = server->StartGrpc(options); !s.ok()) {
     if (server->train_manager_) server->train_manager_->Stop();
     server->pool_->Stop();
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
-                                               " (address in use or not local?)"));
+    return s;
   }
-  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
   if (!options.metrics_listen.empty()) {
+    absl::StatusOr<std::string> metrics_listen =
+        ConfineAddress(options.metrics_listen, options, "--metrics_listen");
+    if (!metrics_listen.ok()) {
+      server->Shutdown(absl::ZeroDuration());
+      return metrics_listen.status();
+    }
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> http =
-        HttpEndpoint::Start(options.metrics_listen, server->metrics_.get());
+        HttpEndpoint::Start(*metrics_listen, server->metrics_.get(), server->tls_.get());
     if (!http.ok()) {
       server->Shutdown(absl::ZeroDuration());
       return absl::Status(http.status().code(),

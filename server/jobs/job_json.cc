@@ -69,7 +69,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Hyperparams, steps, batch_size, 
                                                 holdout_fraction)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(JobSpec, name, kind, dataset, text_model,
                                                 image_model, init_from, hyper, deploy_as,
-                                                deploy_on_improvement, priority)
+                                                deploy_on_improvement, priority, owner)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(StepRecord, step, total_steps, loss, lr, grad_norm,
                                                 tokens_per_second, images_per_second, eta_seconds)
 

@@ -11,11 +11,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "models/text/text_stream.h"
 
 namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr size_t kMaxDatasetPathBytes = 1024;
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
@@ -37,6 +40,12 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
         "this server has no --data_dir: training datasets must live under it");
   }
   if (dataset.empty()) return Invalid("dataset is required: a path relative to --data_dir");
+  if (dataset.find('\0') != std::string::npos) return Invalid("dataset must not contain NUL");
+  if (!IsValidUtf8(dataset)) return Invalid("dataset is not valid UTF-8");
+  if (dataset.size() > kMaxDatasetPathBytes) {
+    return Invalid(absl::StrCat("dataset is ", dataset.size(), " bytes long; at most ",
+                                kMaxDatasetPathBytes));
+  }
   const fs::path rel(dataset);
   if (rel.is_absolute()) {
     return Invalid(absl::StrCat("dataset \"", dataset,
@@ -45,6 +54,9 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
   for (const auto& part : rel) {
     if (part == "..") {
       return Invalid(absl::StrCat("dataset \"", dataset, "\" must not contain \"..\""));
+    }
+    if (part.string().size() > 255) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\" has a name over 255 bytes"));
     }
   }
   std::error_code ec;
@@ -318,6 +330,8 @@ absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecCont
   absl::StatusOr<std::string> dataset = ResolveDataset(spec->dataset, ctx.data_dir, text);
   if (!dataset.ok()) return dataset.status();
   o.dataset_path = *dataset;
+  std::error_code ec;
+  o.dataset_root = fs::canonical(ctx.data_dir, ec).string();
   o.keep_checkpoints = ctx.keep_checkpoints;
 
   return o;

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/confined_open.h"
 #include "models/model_dir.h"
 #include "models/text/text_stream.h"
 
@@ -44,7 +45,8 @@ void SplitDocuments(const std::string& text, std::vector<std::string>* docs) {
 
 }  // namespace
 
-absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction) {
+absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction,
+                                          const std::string& root) {
   std::error_code ec;
   std::vector<std::string> files;
   if (fs::is_directory(path, ec)) {
@@ -62,7 +64,7 @@ absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdou
   }
   std::vector<std::string> docs;
   for (const std::string& f : files) {
-    absl::StatusOr<std::string> text = ReadFile(f);
+    absl::StatusOr<std::string> text = ReadFileBeneath(root, f);
     if (!text.ok()) return text.status();
     if (!IsValidUtf8(*text)) {
       return absl::InvalidArgumentError(absl::StrCat("dataset file ", f, " is not UTF-8 text"));

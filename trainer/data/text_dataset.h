@@ -29,8 +29,10 @@ struct TextCorpus {
 };
 
 // NOT_FOUND when the path does not exist; INVALID_ARGUMENT when it holds no text, is not UTF-8
-// text, or leaves no training or no held-out document.
-absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction);
+// text, or leaves no training or no held-out document. Every file is read beneath `root` when it
+// is set (base/confined_open.h: PERMISSION_DENIED for a symlink leading out); empty: unconfined.
+absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction,
+                                          const std::string& root = "");
 
 // Writes the training documents one line per line of text (the SentencePiece trainer's input).
 absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& path);
