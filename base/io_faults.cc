@@ -158,4 +158,28 @@ int IoFault(const char* point, absl::string_view path) {
   return 0;
 }
 
+ssize_t FaultableWrite(int fd, const void* data, size_t size, absl::string_view path) {
+  if (const int err = IoFault("write", path)) {
+    errno = err;
+    return -1;
+  }
+  return ::write(fd, data, size);
+}
+
+int FaultableFsync(int fd, absl::string_view path) {
+  if (const int err = IoFault("fsync", path)) {
+    errno = err;
+    return -1;
+  }
+  return ::fsync(fd);
+}
+
+int FaultableRename(const char* from, const char* to) {
+  if (const int err = IoFault("rename", to)) {
+    errno = err;
+    return -1;
+  }
+  return ::rename(from, to);
+}
+
 }  // namespace tandem

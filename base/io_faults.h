@@ -18,6 +18,9 @@
 #ifndef TANDEM_BASE_IO_FAULTS_H_
 #define TANDEM_BASE_IO_FAULTS_H_
 
+#include <sys/types.h>
+
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -36,6 +39,12 @@ void DisarmIoFaults();
 
 // Faults fired (ENOSPC / EIO) since the rules were last armed.
 int64_t IoFaultsFired();
+
+// ::write, ::fsync and ::rename behind their points: -1 with errno set when a fault fires,
+// else the system call's result. `path` names the file (rename: the destination).
+ssize_t FaultableWrite(int fd, const void* data, size_t size, absl::string_view path);
+int FaultableFsync(int fd, absl::string_view path);
+int FaultableRename(const char* from, const char* to);
 
 }  // namespace tandem
 

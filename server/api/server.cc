@@ -1,6 +1,13 @@
 #include "server/api/server.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -8,6 +15,7 @@
 
 #include <grpcpp/resource_quota.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/api/auth.h"
@@ -23,7 +31,36 @@
 namespace tandem {
 Server::Server() = default;
 
-Server::~Server() { Shutdown(absl::ZeroDuration()); }
+Server::~Server() {
+  Shutdown(absl::ZeroDuration());
+  if (state_lock_fd_ >= 0) ::close(state_lock_fd_);
+}
+
+absl::Status Server::LockStateDir(const std::string& state_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(state_dir, ec);
+  const std::string path = state_dir + "/tandemd.lock";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {0};
+    const ssize_t n = ::pread(fd, pid, sizeof pid - 1, 0);
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--state_dir ", state_dir, " is in use by another tandemd",
+        n > 0 ? absl::StrCat(" (pid ", absl::StripAsciiWhitespace(pid), ")") : std::string(),
+        ": one server per state folder"));
+  }
+  const std::string mine = absl::StrCat(::getpid(), "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, mine.data(), mine.size(), 0) < 0) {
+    // The lock holds regardless; the pid is only for the message above.
+  }
+  state_lock_fd_ = fd;
+  return absl::OkStatus();
+}
 
 int Server::metrics_port() const { return http_ ? http_->port() : 0; }
 
@@ -168,21 +205,33 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerOptions& opti
   server->inference_ = std::make_unique<InferenceService>(
       server->registry_.get(), server->pool_.get(), server->metrics_.get(), server->auth_.get(),
       inference_options);
+  // Training needs the state folder to itself and a job store that opens; without them the
+  // server still serves, and every Training call says why training is off.
+  absl::Status training_off = absl::FailedPreconditionError(
+      "training is disabled: start tandemd with --state_dir (and --data_dir for datasets)");
   if (!options.state_dir.empty()) {
-    TrainManagerOptions topts;
-    topts.state_dir = options.state_dir;
-    topts.data_dir = options.data_dir;
-    topts.keep_checkpoints = options.keep_checkpoints;
-    absl::StatusOr<std::unique_ptr<TrainManager>> manager = TrainManager::Create(
-        topts, server->registry_.get(), server->pool_.get(), server->metrics_.get());
-    if (!manager.ok()) {
-      server->pool_->Stop();
-      return manager.status();
+    absl::Status usable = server->LockStateDir(options.state_dir);
+    if (usable.ok()) {
+      TrainManagerOptions topts;
+      topts.state_dir = options.state_dir;
+      topts.data_dir = options.data_dir;
+      topts.keep_checkpoints = options.keep_checkpoints;
+      absl::StatusOr<std::unique_ptr<TrainManager>> manager = TrainManager::Create(
+          topts, server->registry_.get(), server->pool_.get(), server->metrics_.get());
+      if (manager.ok()) {
+        server->train_manager_ = *std::move(manager);
+      } else {
+        usable = manager.status();
+      }
     }
-    server->train_manager_ = *std::move(manager);
+    if (!usable.ok()) {
+      training_off = absl::FailedPreconditionError(
+          absl::StrCat("training is disabled: ", usable.message()));
+      std::fprintf(stderr, "tandemd: %s\n", std::string(training_off.message()).c_str());
+    }
   }
-  server->training_ =
-      std::make_unique<TrainingService>(server->train_manager_.get(), server->auth_.get());
+  server->training_ = std::make_unique<TrainingService>(server->train_manager_.get(),
+                                                        server->auth_.get(), training_off);
 
   if (absl::Status s = server->StartGrpc(options); !s.ok()) {
     if (server->train_manager_) server->train_manager_->Stop();

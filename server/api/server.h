@@ -12,6 +12,11 @@
 // Hardening (GrpcLimits): message and metadata sizes, streams per connection, keepalive
 // enforcement (a client pinging more often than allowed gets GOAWAY), idle connections closed, a
 // memory quota for the transport, and a cap on how long a Generate call may run.
+//
+// Faults: a model folder that fails to load is not served (model_registry.h) and the rest is; a
+// job store that does not open (damaged, locked, or a --state_dir another tandemd holds) turns
+// training off — every Training call answers FAILED_PRECONDITION with the reason — while
+// inference is served.
 #ifndef TANDEM_SERVER_API_SERVER_H_
 #define TANDEM_SERVER_API_SERVER_H_
 
@@ -105,6 +110,9 @@ class Server {
                                                     const ServerOptions& options,
                                                     const char* flag);
   absl::Status StartGrpc(const ServerOptions& options);
+  // Takes --state_dir for this process (flock on state_dir/tandemd.lock, held until the server
+  // is destroyed): FAILED_PRECONDITION naming the other tandemd's pid when it is taken.
+  absl::Status LockStateDir(const std::string& state_dir);
 
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Authenticator> auth_;
@@ -118,6 +126,7 @@ class Server {
   std::unique_ptr<HttpEndpoint> http_;
   int port_ = 0;
   std::string listen_;
+  int state_lock_fd_ = -1;
   bool shut_down_ = false;
 };
 

@@ -1,7 +1,8 @@
 // TrainingService: the tandem.v1.Training gRPC front end, a thin adapter over TrainManager
 // (callback API). Unary methods answer from the manager (spec validation, a SQLite write);
 // WatchTrainJob registers a per-call outbox that the manager fills with the job's events, one
-// write in flight. Without --state_dir every method answers FAILED_PRECONDITION.
+// write in flight. Without training (no --state_dir, or a job store that did not open) every
+// method answers FAILED_PRECONDITION saying why.
 //
 // Who (auth.h): every method needs the train scope. A job records the client that submitted it
 // (TrainJob.owner); a client without the admin scope lists only its own jobs, and Get, Watch,
@@ -21,9 +22,10 @@ namespace tandem {
 
 class TrainingService final : public tandem::v1::Training::CallbackService {
  public:
-  // `manager` may be null (no --state_dir); it and `auth` must outlive the service.
-  TrainingService(TrainManager* manager, const Authenticator* auth)
-      : manager_(manager), auth_(auth) {}
+  // `manager` may be null: training is off, and every method answers `off` (FAILED_PRECONDITION
+  // saying why). It and `auth` must outlive the service.
+  TrainingService(TrainManager* manager, const Authenticator* auth, absl::Status off)
+      : manager_(manager), auth_(auth), off_(std::move(off)) {}
 
   grpc::ServerUnaryReactor* SubmitTrainJob(grpc::CallbackServerContext* context,
                                            const tandem::v1::SubmitTrainJobRequest* request,
@@ -63,6 +65,7 @@ class TrainingService final : public tandem::v1::Training::CallbackService {
 
   TrainManager* const manager_;
   const Authenticator* const auth_;
+  const absl::Status off_;
 };
 
 }  // namespace tandem

@@ -42,7 +42,9 @@ std::shared_ptr<WorkerPool::ModelQueue> WorkerPool::QueueOf(const std::string& m
 
 absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
   if (stopping_.load()) return absl::UnavailableError("the server is shutting down");
-  if (pending() >= options_.max_pending) {
+  // Reserved atomically, so N + k concurrent submissions against a cap of N refuse exactly k.
+  if (in_hand_.fetch_add(1) >= options_.max_pending) {
+    in_hand_.fetch_sub(1);
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server has ", options_.max_pending,
         " requests in hand (--max_pending); retry with backoff"));
@@ -51,6 +53,7 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
   const int waiting = q->waiting.fetch_add(1) + 1;
   if (waiting > options_.max_queue_per_model) {
     q->waiting.fetch_sub(1);
+    in_hand_.fetch_sub(1);
     // Expect a place once about (waiting / concurrency) requests have gone through.
     const RegistryOptions& r = registry_->options();
     const int per_device =
@@ -70,11 +73,15 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
     return s;
   }
   // The count follows the request: released when a workload admits it, or when it ends.
+  // (Constructed in place: a temporary Ticket would give the count back at once.)
   struct Ticket {
-    std::shared_ptr<ModelQueue> q;
+    explicit Ticket(std::shared_ptr<ModelQueue> queue) : q(std::move(queue)) {}
+    Ticket(const Ticket&) = delete;
+    Ticket& operator=(const Ticket&) = delete;
     ~Ticket() { q->waiting.fetch_sub(1); }
+    std::shared_ptr<ModelQueue> q;
   };
-  request.queue_ticket = std::make_shared<Ticket>(Ticket{q});
+  request.queue_ticket = std::make_shared<Ticket>(std::move(q));
   return absl::OkStatus();
 }
 
@@ -89,6 +96,7 @@ absl::Status WorkerPool::Place(std::unique_ptr<Request>& request) {
   request->on_done = [this, device, q, start = request->accepted,
                       user_done = std::move(user_done)] {
     placement_->RequestEnded(device);
+    in_hand_.fetch_sub(1);
     const double took = absl::ToDoubleSeconds(absl::Now() - start);
     {
       absl::MutexLock lock(&mu_);

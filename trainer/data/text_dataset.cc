@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <system_error>
+#include <unordered_set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -95,6 +96,28 @@ absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& p
     if (doc.empty() || doc.back() != '\n') out.push_back('\n');
   }
   return WriteFileAtomically(path, out);
+}
+
+int MinimumVocabSize(const TextCorpus& corpus) {
+  constexpr size_t kMaxLineBytes = 16384;  // the tokenizer trainer's max_sentence_length
+  std::unordered_set<uint32_t> chars;
+  for (const std::string& doc : corpus.train) {
+    for (absl::string_view line : absl::StrSplit(doc, '\n')) {
+      if (line.size() > kMaxLineBytes) continue;
+      // Code points of valid UTF-8 (the corpus is checked when loaded).
+      for (size_t i = 0; i < line.size();) {
+        const unsigned char c = static_cast<unsigned char>(line[i]);
+        const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : 4;
+        uint32_t cp = 0;
+        for (size_t k = 0; k < len && i + k < line.size(); ++k) {
+          cp = (cp << 8) | static_cast<unsigned char>(line[i + k]);
+        }
+        chars.insert(cp);
+        i += len;
+      }
+    }
+  }
+  return static_cast<int>(chars.size()) + kTokenizerMetaPieces;
 }
 
 std::vector<int32_t> TokenizeDocuments(const Tokenizer& tokenizer,
