@@ -9,7 +9,9 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
   libsentencepiece-dev libpng-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
+  libssl-dev openssl
   fortunes dataset-fashion-mnist curl
+  clang libclang-rt-14-dev  # scripts/sanitize.sh: sanitizers and libFuzzer
 )
 
 missing=()

@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server/api/server.h"
+#include "tests/server/e2e_fixture.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
 #include "tests/testing/test_model.h"
@@ -35,6 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 using tandem::v1::TrainJob;
 using tandem::v1::TrainJobSpec;
+using testing::Ended;
 
 class FaultsE2ETest : public ::testing::Test {
  protected:
@@ -56,41 +58,20 @@ class FaultsE2ETest : public ::testing::Test {
   }
 
   void StartServer(const std::string& state, const std::string& models = "models") {
-    ServerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.models_dir = *root_ + "/" + models;
+    ServerOptions o = testing::LoopbackOptions(*root_ + "/" + models);
     o.data_dir = *root_ + "/data";
     o.state_dir = state.empty() ? "" : *root_ + "/" + state;
-    o.devices = {"cpu"};
-    o.train_memory_limit_mb = 1024;
-    o.log_requests = false;
-    auto server = Server::Create(o);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                                   grpc::InsecureChannelCredentials());
-    training_ = tandem::v1::Training::NewStub(channel_);
-    inference_ = tandem::v1::Inference::NewStub(channel_);
+    running_ = std::make_unique<testing::RunningServer>(o);
+    ASSERT_TRUE(running_->ok());
+    training_ = std::make_unique<testing::TrainingClient>(running_->channel);
+    inference_ = tandem::v1::Inference::NewStub(running_->channel);
   }
-  void StopServer() {
-    if (server_) server_->Shutdown(absl::Seconds(5));
-    server_.reset();
-  }
+  void StopServer() { running_.reset(); }
+  Server* server() { return running_->server.get(); }
 
   static TrainJobSpec Spec(int64_t steps) {
-    TrainJobSpec spec;
-    spec.set_kind(tandem::v1::TRAIN_KIND_TEXT);
-    spec.set_dataset("fortunes.txt");
-    auto* m = spec.mutable_text_model();
-    m->set_vocab_size(300);
-    m->set_dim(32);
-    m->set_layers(1);
-    m->set_heads(4);
-    m->set_seq_len(16);
+    TrainJobSpec spec = testing::TinyTextJob("fortunes.txt", steps);
     auto* h = spec.mutable_hyperparameters();
-    h->set_steps(steps);
-    h->set_batch_size(2);
     h->set_warmup_steps(1);
     h->set_eval_every(10);
     h->set_checkpoint_every(4);
@@ -98,49 +79,17 @@ class FaultsE2ETest : public ::testing::Test {
     return spec;
   }
   grpc::Status Submit(const TrainJobSpec& spec, TrainJob* job) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    tandem::v1::SubmitTrainJobRequest req;
-    *req.mutable_spec() = spec;
-    return training_->SubmitTrainJob(&ctx, req, job);
+    return training_->Submit(spec, job);
   }
-  TrainJob Get(const std::string& id, bool history = false) {
-    grpc::ClientContext ctx;
-    tandem::v1::GetTrainJobRequest req;
-    req.set_id(id);
-    req.set_include_history(history);
-    TrainJob job;
-    EXPECT_TRUE(training_->GetTrainJob(&ctx, req, &job).ok());
-    return job;
-  }
+  TrainJob Get(const std::string& id, bool history = false) { return training_->Get(id, history); }
   template <typename Pred>
-  TrainJob WaitFor(const std::string& id, Pred pred, double seconds = 60) {
-    const absl::Time end = absl::Now() + absl::Seconds(seconds);
-    TrainJob job;
-    while (absl::Now() < end) {
-      job = Get(id);
-      if (pred(job)) return job;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    ADD_FAILURE() << "timed out; job is " << job.ShortDebugString().substr(0, 400);
-    return job;
-  }
-  static bool Ended(const TrainJob& j) {
-    return j.state() == tandem::v1::SUCCEEDED || j.state() == tandem::v1::FAILED ||
-           j.state() == tandem::v1::CANCELLED;
+  TrainJob WaitFor(const std::string& id, Pred pred) {
+    return training_->WaitFor(id, pred);
   }
   grpc::Status Generate(const std::string& model = "") {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    tandem::v1::GenerateRequest req;
+    tandem::v1::GenerateRequest req = testing::TextRequest("the cat");
     req.set_model(model);
-    req.set_prompt("the cat");
-    req.mutable_text()->set_max_tokens(4);
-    auto reader = inference_->Generate(&ctx, req);
-    tandem::v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-    }
-    return reader->Finish();
+    return testing::Generate(inference_.get(), req);
   }
   std::string Checkpoints(const TrainJob& job, const std::string& state) {
     return absl::StrCat(*root_, "/", state, "/jobs/", job.id(), "/checkpoints");
@@ -156,9 +105,8 @@ class FaultsE2ETest : public ::testing::Test {
   }
 
   static std::string* root_;
-  std::unique_ptr<Server> server_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<tandem::v1::Training::Stub> training_;
+  std::unique_ptr<testing::RunningServer> running_;
+  std::unique_ptr<testing::TrainingClient> training_;
   std::unique_ptr<tandem::v1::Inference::Stub> inference_;
 };
 
@@ -236,9 +184,8 @@ TEST_F(FaultsE2ETest, ADamagedJobStoreTurnsTrainingOffAndServingGoesOn) {
   std::ofstream(*root_ + "/state-damaged/jobs.db") << std::string(8192, 'x');
   StartServer("state-damaged");
   EXPECT_TRUE(Generate().ok());
-  grpc::ClientContext ctx;
   tandem::v1::ListTrainJobsResponse list;
-  grpc::Status s = training_->ListTrainJobs(&ctx, {}, &list);
+  grpc::Status s = training_->List(&list);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_TRUE(absl::StrContains(s.error_message(), "jobs.db")) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "training is disabled")) << s.error_message();
@@ -246,16 +193,14 @@ TEST_F(FaultsE2ETest, ADamagedJobStoreTurnsTrainingOffAndServingGoesOn) {
 
 TEST_F(FaultsE2ETest, AStateFolderHeldByAnotherServerTurnsTrainingOffThere) {
   StartServer("state-shared");
-  auto first = std::move(server_);
+  auto first = std::move(running_);
   StartServer("state-shared");
-  grpc::ClientContext ctx;
   tandem::v1::ListTrainJobsResponse list;
-  grpc::Status s = training_->ListTrainJobs(&ctx, {}, &list);
+  grpc::Status s = training_->List(&list);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_TRUE(absl::StrContains(s.error_message(), "in use by another tandemd (pid"))
       << s.error_message();
   EXPECT_TRUE(Generate().ok());
-  first->Shutdown(absl::Seconds(1));
 }
 
 TEST_F(FaultsE2ETest, ALockedJobStoreFailsTheCallClearlyAndServingGoesOn) {

@@ -25,6 +25,7 @@
 #include "server/core/worker_pool.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tests/server/device_hold.h"
+#include "tests/server/e2e_fixture.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -50,15 +51,10 @@ class HardeningE2ETest : public ::testing::Test {
   }
 
   void Start(const GrpcLimits& grpc = {}, const RequestLimits& limits = {}) {
-    ServerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.models_dir = *root_ + "/models";
+    ServerOptions o = testing::LoopbackOptions(*root_ + "/models");
     o.default_model = "tiny";
-    o.devices = {"cpu"};
     o.grpc = grpc;
     o.limits = limits;
-    o.log_requests = false;
     auto server = Server::Create(o);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -71,26 +67,12 @@ class HardeningE2ETest : public ::testing::Test {
     grpc::Status status;
     tandem::v1::Finished finished;
   };
-  Result Run(const GenerateRequest& req, double deadline_s = 30,
-             tandem::v1::Inference::Stub* stub = nullptr) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::milliseconds(static_cast<int>(deadline_s * 1000)));
-    auto reader = (stub ? stub : stub_.get())->Generate(&ctx, req);
+  Result Run(const GenerateRequest& req, double deadline_s = 30) {
     Result r;
-    GenerateResponse resp;
-    while (reader->Read(&resp)) {
-      if (resp.has_finished()) r.finished = resp.finished();
-    }
-    r.status = reader->Finish();
+    r.status = testing::Generate(stub_.get(), req, deadline_s, &r.finished);
     return r;
   }
-  static GenerateRequest Text(const std::string& prompt, int max_tokens = 4) {
-    GenerateRequest r;
-    r.set_prompt(prompt);
-    r.mutable_text()->set_max_tokens(max_tokens);
-    return r;
-  }
+  static GenerateRequest Text(const std::string& prompt) { return testing::TextRequest(prompt); }
   static GenerateRequest Image(const std::string& caption) {
     GenerateRequest r;
     r.set_model("pixels");

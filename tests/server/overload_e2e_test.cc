@@ -26,6 +26,7 @@
 #include "server/metrics/metrics.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tests/server/device_hold.h"
+#include "tests/server/e2e_fixture.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -51,19 +52,14 @@ class OverloadE2ETest : public ::testing::Test {
   }
 
   void Start(int max_pending = 64, int max_queue = 64, int max_request_seconds = 600) {
-    ServerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.models_dir = *root_ + "/models";
+    ServerOptions o = testing::LoopbackOptions(*root_ + "/models");
     o.default_model = "tiny";
-    o.devices = {"cpu"};
     o.max_sequences_per_device = kSlots;
     o.max_images_per_device = kSlots;
     o.max_pending = max_pending;
     o.max_queue_per_model = max_queue;
     o.prefill_token_budget = 4;  // long prompts prefill over many iterations
     o.grpc.max_request_seconds = max_request_seconds;
-    o.log_requests = false;
     auto server = Server::Create(o);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -103,10 +99,7 @@ class OverloadE2ETest : public ::testing::Test {
   // One call, read to the end.
   grpc::Status Run(const GenerateRequest& req, grpc::ClientContext* ctx) {
     auto reader = stub_->Generate(ctx, req);
-    GenerateResponse resp;
-    while (reader->Read(&resp)) {
-    }
-    return reader->Finish();
+    return testing::Drain(reader.get());
   }
 
   double Counter(prometheus::Family<prometheus::Counter>& family,

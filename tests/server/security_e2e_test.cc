@@ -23,6 +23,7 @@
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
 #include "tests/server/device_hold.h"
+#include "tests/server/e2e_fixture.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -133,10 +134,7 @@ class SecurityE2ETest : public ::testing::Test {
     req.set_prompt("the cat");
     req.mutable_text()->set_max_tokens(max_tokens);
     auto reader = stub->Generate(&ctx, req);
-    tandem::v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-    }
-    return reader->Finish();
+    return testing::Drain(reader.get());
   }
   static grpc::health::v1::HealthCheckResponse::ServingStatus Health(
       const std::shared_ptr<grpc::Channel>& channel) {
@@ -323,16 +321,7 @@ TEST_F(SecurityE2ETest, TrainClientsSeeAndControlOnlyTheirOwnJobs) {
   auto root = tandem::v1::Training::NewStub(Channel(Token(kAdminToken)));
 
   tandem::v1::SubmitTrainJobRequest submit;
-  auto* spec = submit.mutable_spec();
-  spec->set_kind(tandem::v1::TRAIN_KIND_TEXT);
-  spec->set_dataset("fortunes.txt");
-  spec->mutable_text_model()->set_vocab_size(300);
-  spec->mutable_text_model()->set_dim(32);
-  spec->mutable_text_model()->set_layers(1);
-  spec->mutable_text_model()->set_heads(4);
-  spec->mutable_text_model()->set_seq_len(16);
-  spec->mutable_hyperparameters()->set_steps(100000);
-  spec->mutable_hyperparameters()->set_batch_size(2);
+  *submit.mutable_spec() = testing::TinyTextJob("fortunes.txt", 100000);
   tandem::v1::TrainJob job;
   {
     grpc::ClientContext ctx;

@@ -28,6 +28,7 @@
 #include "server/api/server.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
+#include "tests/server/e2e_fixture.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -65,19 +66,13 @@ class StressE2ETest : public ::testing::Test {
   }
 
   void SetUp() override {
-    ServerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.models_dir = *root_ + "/models";
+    ServerOptions o = testing::LoopbackOptions(*root_ + "/models");
     o.default_model = "tiny";
     o.data_dir = *root_ + "/data";
     o.state_dir = *root_ + "/state-" +
                   ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    o.train_memory_limit_mb = 1024;
-    o.devices = {"cpu"};
     o.max_pending = 512;
     o.max_queue_per_model = 200;
-    o.log_requests = false;
     auto server = Server::Create(o);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -92,29 +87,12 @@ class StressE2ETest : public ::testing::Test {
 
   // A long job that trains through every round.
   void StartTrainingJob() {
-    auto training = tandem::v1::Training::NewStub(channel_);
-    tandem::v1::SubmitTrainJobRequest req;
-    auto* spec = req.mutable_spec();
-    spec->set_kind(tandem::v1::TRAIN_KIND_TEXT);
-    spec->set_dataset("fortunes.txt");
-    spec->mutable_text_model()->set_vocab_size(300);
-    spec->mutable_text_model()->set_dim(32);
-    spec->mutable_text_model()->set_layers(1);
-    spec->mutable_text_model()->set_heads(4);
-    spec->mutable_text_model()->set_seq_len(16);
-    spec->mutable_hyperparameters()->set_steps(1000000);
-    spec->mutable_hyperparameters()->set_batch_size(2);
-    spec->mutable_hyperparameters()->set_eval_every(1000000);
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(training->SubmitTrainJob(&ctx, req, &job_).ok());
+    tandem::v1::TrainJobSpec spec = testing::TinyTextJob("fortunes.txt", 1000000);
+    spec.mutable_hyperparameters()->set_eval_every(1000000);
+    ASSERT_TRUE(testing::TrainingClient(channel_).Submit(spec, &job_).ok());
   }
   bool TrainingRuns() {
-    auto training = tandem::v1::Training::NewStub(channel_);
-    grpc::ClientContext ctx;
-    tandem::v1::GetTrainJobRequest req;
-    req.set_id(job_.id());
-    tandem::v1::TrainJob job;
-    return training->GetTrainJob(&ctx, req, &job).ok() && job.state() == tandem::v1::RUNNING;
+    return testing::TrainingClient(channel_).Get(job_.id()).state() == tandem::v1::RUNNING;
   }
 
   // One round of kStreams concurrent streams; the final status of each, by code name.
@@ -166,16 +144,14 @@ class StressE2ETest : public ::testing::Test {
       });
     }
     auto reader = stub_->Generate(&ctx, req);
-    GenerateResponse resp;
     if (behaviour == 4) {
       // Stops reading after the first message, then goes away.
-      reader->Read(&resp);
+      GenerateResponse first;
+      reader->Read(&first);
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 500));
       ctx.TryCancel();
     }
-    while (reader->Read(&resp)) {
-    }
-    grpc::Status s = reader->Finish();
+    grpc::Status s = testing::Drain(reader.get());
     if (canceller.joinable()) canceller.join();
     return s;
   }
@@ -220,15 +196,7 @@ class StressE2ETest : public ::testing::Test {
     grpc::health::v1::HealthCheckResponse resp;
     ASSERT_TRUE(health->Check(&ctx, {}, &resp).ok());
     EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
-    GenerateRequest req;
-    req.set_prompt("the cat");
-    req.mutable_text()->set_max_tokens(4);
-    grpc::ClientContext gctx;
-    auto reader = stub_->Generate(&gctx, req);
-    GenerateResponse r;
-    while (reader->Read(&r)) {
-    }
-    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_TRUE(testing::Generate(stub_.get(), testing::TextRequest("the cat")).ok());
     EXPECT_TRUE(TrainingRuns()) << "the training job stopped";
   }
 
