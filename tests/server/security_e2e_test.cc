@@ -4,6 +4,8 @@
 // staying open to probes.
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <chrono>
 #include <filesystem>
@@ -156,6 +158,27 @@ class SecurityE2ETest : public ::testing::Test {
     return cn.empty() ? "" : std::string(cn[0].data(), cn[0].size());
   }
 
+  // The common name of the certificate the metrics port presents to a new HTTPS connection.
+  std::string MetricsPeerName() {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    BIO* bio = BIO_new_ssl_connect(ctx);
+    BIO_set_conn_hostname(bio, absl::StrCat("127.0.0.1:", server_->metrics_port()).c_str());
+    std::string cn;
+    if (BIO_do_connect(bio) == 1 && BIO_do_handshake(bio) == 1) {
+      SSL* ssl = nullptr;
+      BIO_get_ssl(bio, &ssl);
+      if (X509* peer = SSL_get1_peer_certificate(ssl)) {
+        char buf[256] = {0};
+        X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, buf, sizeof buf);
+        cn = buf;
+        X509_free(peer);
+      }
+    }
+    BIO_free_all(bio);
+    SSL_CTX_free(ctx);
+    return cn;
+  }
+
   static std::string* root_;
   std::unique_ptr<Server> server_;
 };
@@ -224,6 +247,7 @@ TEST_F(SecurityE2ETest, ReloadSwapsTheCertificateWithoutDroppingAStream) {
   Start(o);
   auto old_channel = Channel(Tls());
   ASSERT_EQ(PeerName(old_channel), "tandem test server 1");
+  ASSERT_EQ(MetricsPeerName(), "tandem test server 1");
 
   // A stream in flight on the old certificate's connection, held on the device.
   testing::DeviceHold hold(server_->pool()->loop(0));
@@ -247,6 +271,7 @@ TEST_F(SecurityE2ETest, ReloadSwapsTheCertificateWithoutDroppingAStream) {
     seen = PeerName(Channel(Tls()));
   }
   EXPECT_EQ(seen, "tandem test server 2");
+  EXPECT_EQ(MetricsPeerName(), "tandem test server 2") << "the metrics port reloads too";
   hold.Release();
   stream.join();
   EXPECT_TRUE(in_flight.ok()) << in_flight.error_message();
