@@ -31,12 +31,18 @@
 #include "models/torch/device.h"
 #include "models/torch/matmul_peak.h"
 #include "models/llama/llama.h"
+#include "client/channel.h"
 #include "models/model_dir.h"
 #include "models/text/sampler.h"
 #include "models/torch/device.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "tandemd address");
+ABSL_FLAG(bool, tls, false, "Connect with TLS, trusting the system's CAs (implied by --tls_ca)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle the server's certificate must chain to");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "", "File holding the bearer token (default: $TANDEM_TOKEN)");
 ABSL_FLAG(std::string, model, "", "Model name (default: the server's default)");
 ABSL_FLAG(std::string, model_dir, "",
           "The model's directory, for its shape (FLOPs per token); required for the peak fraction");
@@ -319,8 +325,8 @@ int RunOverheadBench(Inference::Stub* stub) {
       std::fprintf(stderr, "tandem-bench: %s\n", here.status().ToString().c_str());
       return 1;
     }
-    RunStats stats;
-    const double s = Stream(stub, req, [](const GenerateResponse&, double) {}, &stats);
+    tandem::bench::RunStats stats;
+    const double s = tandem::bench::Stream(stub, req, [](const GenerateResponse&, double) {}, &stats);
     if (!stats.ok) {
       std::fprintf(stderr, "tandem-bench: a call failed: %s\n", stats.error.c_str());
       return 1;
@@ -403,10 +409,18 @@ int main(int argc, char** argv) {
   const tandem::MatmulPeak peak = overhead ? tandem::MatmulPeak{} : MeasurePeak();
   PrintModelShape(shape);
 
+  absl::StatusOr<tandem::client::ChannelSecurity> security = tandem::client::LoadChannelSecurity(
+      {absl::GetFlag(FLAGS_tls), absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+       absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_token_file)});
+  if (!security.ok()) {
+    std::fprintf(stderr, "tandem-bench: %s\n", std::string(security.status().message()).c_str());
+    return 2;
+  }
   // Separate connections per stream would measure the kernel, not the server: one channel.
   grpc::ChannelArguments args;
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server),
-                                           grpc::InsecureChannelCredentials(), args);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel =
+      tandem::client::OpenSecureChannel(absl::GetFlag(FLAGS_server), *security, args);
   auto stub = Inference::NewStub(channel);
   if (absl::GetFlag(FLAGS_mode) == "image") return RunImageBench(stub.get(), counts);
   if (absl::GetFlag(FLAGS_mode) == "colocate") return tandem::bench::RunColocateBench(channel);

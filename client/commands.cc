@@ -17,7 +17,7 @@ std::shared_ptr<grpc::Channel> OpenChannel(const ConnectOptions& connect) {
   grpc::ChannelArguments args;
   // Images, and training snapshots carrying eval image samples, can be large.
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(connect.server, grpc::InsecureChannelCredentials(), args);
+  return OpenSecureChannel(connect.server, connect.security, args);
 }
 
 namespace {
@@ -35,8 +35,9 @@ const char* CodeName(grpc::StatusCode code) {
 // One line on stderr; UNAVAILABLE before any answer means the server is not there.
 int ReportError(const ConnectOptions& connect, const grpc::Status& status) {
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    std::fprintf(stderr, "tandem: cannot reach the server at %s (UNAVAILABLE: %s)\n",
-                 connect.server.c_str(), status.error_message().c_str());
+    std::fprintf(stderr, "tandem: cannot reach the server at %s (UNAVAILABLE: %s)%s\n",
+                 connect.server.c_str(), status.error_message().c_str(),
+                 connect.security.tls ? "" : "; if it speaks TLS, pass --tls_ca (or --tls)");
     return 3;
   }
   std::fprintf(stderr, "tandem: %s: %s\n", CodeName(status.error_code()),

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "client/channel.h"
 #include "client/train_format.h"
 
 namespace tandem::client {
@@ -19,9 +20,10 @@ namespace tandem::client {
 struct ConnectOptions {
   std::string server = "localhost:50051";
   double timeout_seconds = 0;  // 0: no deadline
+  ChannelSecurity security;    // TLS and the bearer token (channel.h)
 };
 
-// The channel every command's stub uses (insecure; 64 MiB messages for images).
+// The channel every command's stub uses (64 MiB messages for images).
 std::shared_ptr<grpc::Channel> OpenChannel(const ConnectOptions& connect);
 
 struct GenerateOptions {

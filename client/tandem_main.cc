@@ -24,6 +24,12 @@
 ABSL_FLAG(std::string, server, "",
           "tandemd address HOST:PORT (default: $TANDEM_SERVER, else localhost:50051)");
 ABSL_FLAG(double, timeout, 0, "Deadline of the call in seconds (0: none)");
+ABSL_FLAG(bool, tls, false, "Connect with TLS, trusting the system's CAs (implied by --tls_ca)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle the server's certificate must chain to");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (for a server with mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token (default: $TANDEM_TOKEN; none: no token)");
 ABSL_FLAG(std::string, model, "", "Model name (default: the server's default model)");
 ABSL_FLAG(int, max_tokens, 0, "Tokens to generate at most (0: up to the context)");
 ABSL_FLAG(double, temperature, 0.8, "Sampling temperature (0: greedy)");
@@ -305,6 +311,14 @@ int main(int argc, char** argv) {
     connect.server = env && *env ? env : "localhost:50051";
   }
   connect.timeout_seconds = absl::GetFlag(FLAGS_timeout);
+  absl::StatusOr<tandem::client::ChannelSecurity> security = tandem::client::LoadChannelSecurity(
+      {absl::GetFlag(FLAGS_tls), absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+       absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_token_file)});
+  if (!security.ok()) {
+    std::fprintf(stderr, "tandem: %s\n", std::string(security.status().message()).c_str());
+    return 2;
+  }
+  connect.security = *std::move(security);
   const std::string command = args[1];
   if (command == "generate") {
     if (args.size() != 3) {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "base/io_faults.h"
 #include "nlohmann/json.hpp"
 
 namespace tandem {
@@ -25,8 +26,10 @@ absl::Status ErrnoStatus(const std::string& what, const std::string& path) {
 absl::Status FsyncPath(const std::string& path, int flags) {
   int fd = ::open(path.c_str(), flags);
   if (fd < 0) return ErrnoStatus("open", path);
-  int rc = ::fsync(fd);
+  int rc = FaultableFsync(fd, path);
+  const int err = errno;
   ::close(fd);
+  errno = err;
   if (rc != 0) return ErrnoStatus("fsync", path);
   return absl::OkStatus();
 }
@@ -52,7 +55,7 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   const char* p = contents.data();
   size_t left = contents.size();
   while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
+    ssize_t n = FaultableWrite(fd, p, left, tmp);
     if (n < 0) {
       if (errno == EINTR) continue;
       absl::Status s = ErrnoStatus("cannot write", tmp);
@@ -63,14 +66,14 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
     p += n;
     left -= static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
+  if (FaultableFsync(fd, tmp) != 0) {
     absl::Status s = ErrnoStatus("fsync", tmp);
     ::close(fd);
     ::unlink(tmp.c_str());
     return s;
   }
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (FaultableRename(tmp.c_str(), path.c_str()) != 0) {
     absl::Status s = ErrnoStatus("cannot rename to", path);
     ::unlink(tmp.c_str());
     return s;

@@ -11,10 +11,12 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
   libsentencepiece-dev libpng-dev libsqlite3-dev libcpp-httplib-dev nlohmann-json3-dev
+  libssl-dev openssl
   fortunes dataset-fashion-mnist curl
   # tests/deploy: Prometheus and promtool, the schema validator, shellcheck (npm and kubectl:
   # below).
   prometheus python3 python3-yaml python3-jsonschema shellcheck
+  clang libclang-rt-14-dev  # scripts/sanitize.sh: sanitizers and libFuzzer
 )
 if [ "${1:-}" = "--bench" ]; then
   PACKAGES+=(python3-torch)

@@ -65,6 +65,45 @@ ABSL_FLAG(bool, log_requests, true,
 ABSL_FLAG(int, shutdown_grace_seconds, 30,
           "On SIGTERM, how long in-flight streams may run before they are cancelled");
 
+// Security (README "Security").
+ABSL_FLAG(std::string, auth_tokens, "",
+          "Tokens file: one client per line, NAME SCOPES TOKEN (scopes inference,train,admin; "
+          "TOKEN or sha256:HEX). Without it the server listens on loopback only. Re-read on "
+          "SIGHUP");
+ABSL_FLAG(bool, insecure_allow_remote, false,
+          "Listen beyond loopback without --auth_tokens (anyone who reaches the port may "
+          "generate, train and deploy)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: TLS on the gRPC and metrics ports (re-read on SIGHUP)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS; /healthz "
+          "stays open)");
+
+// Hardening (README "Security").
+ABSL_FLAG(int, max_receive_message_bytes, 4 << 20,
+          "Largest request message accepted (bigger: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int, max_concurrent_streams, 128, "Concurrent calls per client connection");
+ABSL_FLAG(int, min_ping_interval_seconds, 10,
+          "Clients may send keepalive pings at most this often; more often, after "
+          "--max_ping_strikes, gets the connection closed (GOAWAY)");
+ABSL_FLAG(int, max_ping_strikes, 2, "Early pings tolerated before GOAWAY");
+ABSL_FLAG(int, keepalive_seconds, 60,
+          "The server pings idle connections this often and drops those that do not answer "
+          "within 20 s (0: off)");
+ABSL_FLAG(int, max_connection_idle_seconds, 300,
+          "Connections without a call for this long are closed (0: never)");
+ABSL_FLAG(int64_t, grpc_memory_limit_mb, 1024,
+          "Memory quota of the gRPC transport (buffers of all connections); 0: unlimited");
+ABSL_FLAG(int, max_request_seconds, 600,
+          "A Generate call running longer ends DEADLINE_EXCEEDED (the server's deadline cap)");
+ABSL_FLAG(int, max_prompt_bytes, 64 << 10, "Largest text prompt, in bytes");
+ABSL_FLAG(int, max_caption_bytes, 1024,
+          "Largest image prompt or negative prompt, in bytes (tokens past the text encoder's "
+          "context are cut, and the response says how many)");
+ABSL_FLAG(int, max_stop_strings, 8, "Stop strings per request");
+ABSL_FLAG(int, max_stop_bytes, 256, "Bytes per stop string");
+
 int main(int argc, char** argv) {
   // Several threads run LibTorch work at once here (a device loop serving while a training job
   // evaluates on its own thread, gRPC threads beside them). With OpenMP's default spin-waiting,
@@ -78,13 +117,14 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("tandemd --listen=HOST:PORT --models_dir=DIR [flags]");
   absl::ParseCommandLine(argc, argv);
 
-  // Block the stop signals in every thread (those created later inherit the mask); the main
-  // thread waits for them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Block the stop and reload signals in every thread (those created later inherit the mask);
+  // the main thread waits for them with sigwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
   absl::StatusOr<std::vector<std::string>> devices =
@@ -136,6 +176,22 @@ int main(int argc, char** argv) {
                      ? (", metrics on port " + std::to_string(metrics_port)).c_str()
                      : "");
   };
+  options.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
+  options.insecure_allow_remote = absl::GetFlag(FLAGS_insecure_allow_remote);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                 absl::GetFlag(FLAGS_tls_client_ca)};
+  options.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
+  options.grpc.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.grpc.min_ping_interval_seconds = absl::GetFlag(FLAGS_min_ping_interval_seconds);
+  options.grpc.max_ping_strikes = absl::GetFlag(FLAGS_max_ping_strikes);
+  options.grpc.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
+  options.grpc.max_connection_idle_seconds = absl::GetFlag(FLAGS_max_connection_idle_seconds);
+  options.grpc.memory_limit_mb = absl::GetFlag(FLAGS_grpc_memory_limit_mb);
+  options.grpc.max_request_seconds = absl::GetFlag(FLAGS_max_request_seconds);
+  options.limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  options.limits.max_caption_bytes = absl::GetFlag(FLAGS_max_caption_bytes);
+  options.limits.max_stop_strings = absl::GetFlag(FLAGS_max_stop_strings);
+  options.limits.max_stop_bytes = absl::GetFlag(FLAGS_max_stop_bytes);
 
   absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);
   if (!server.ok()) {
@@ -143,14 +199,28 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr,
-               "tandemd: serving on port %d (devices %s, %d compute threads), metrics on %s\n",
-               (*server)->port(), absl::StrJoin(options.devices, ",").c_str(), threads,
+               "tandemd: serving on %s (port %d, %s%s; devices %s, %d compute threads), metrics "
+               "on %s\n",
+               (*server)->listen_address().c_str(), (*server)->port(),
+               options.tls.cert.empty() ? "plaintext"
+               : options.tls.client_ca.empty() ? "TLS"
+                                               : "mutual TLS",
+               options.auth_tokens.empty() ? ", no tokens" : ", bearer tokens",
+               absl::StrJoin(options.devices, ",").c_str(), threads,
                options.metrics_listen.empty()
                    ? "(disabled)"
                    : ("port " + std::to_string((*server)->metrics_port())).c_str());
 
   int sig = 0;
-  sigwait(&stop_signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    absl::Status reloaded = (*server)->Reload();
+    if (reloaded.ok()) {
+      std::fprintf(stderr, "tandemd: SIGHUP: reloaded the tokens file and TLS files\n");
+    } else {
+      std::fprintf(stderr, "tandemd: SIGHUP: kept the previous tokens and TLS material: %s\n",
+                   reloaded.ToString().c_str());
+    }
+  }
   std::fprintf(stderr, "tandemd: %s received, finishing in-flight streams (up to %d s)\n",
                sig == SIGTERM ? "SIGTERM" : "SIGINT",
                absl::GetFlag(FLAGS_shutdown_grace_seconds));

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
+#include "base/io_faults.h"
 #include "models/model_dir.h"
 #include "nlohmann/json.hpp"
 
@@ -47,7 +48,7 @@ uint32_t Crc32(const std::string& bytes) {
 absl::Status FsyncDir(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return absl::InternalError(absl::StrCat("open ", dir, ": ", std::strerror(errno)));
-  const int rc = ::fsync(fd);
+  const int rc = FaultableFsync(fd, dir);
   const int err = errno;
   ::close(fd);
   if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", dir, ": ", std::strerror(err)));
@@ -84,8 +85,9 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt) {
   if (s.ok()) {
     // Replace a checkpoint of the same step (a re-run after a crash) by the new one.
     fs::remove_all(final_path, ec);
-    fs::rename(tmp, final_path, ec);
-    if (ec) s = absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", ec.message()));
+    if (FaultableRename(tmp.c_str(), final_path.c_str()) != 0) {
+      s = absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", std::strerror(errno)));
+    }
   }
   if (s.ok()) s = FsyncDir(dir);
   if (!s.ok()) fs::remove_all(tmp, ec);

@@ -87,7 +87,7 @@ absl::Status CheckImagesFit(const ImageDataset& set, const DiffusionConfig& conf
 // tokenizer, trained on the captions unless init_from brings one; the images must fit the model.
 absl::StatusOr<ImageJob> PrepareImageJob(const TrainOptions& options, const std::string& work_dir) {
   absl::StatusOr<ImageData> data =
-      LoadImageData(options.dataset_path, options.hyper.holdout_fraction);
+      LoadImageData(options.dataset_path, options.hyper.holdout_fraction, options.dataset_root);
   if (!data.ok()) return data.status();
   ImageJob job;
   job.data = *std::move(data);

@@ -52,7 +52,7 @@ struct TextJob {
 // tokenizer, trained on the training split unless init_from brings one.
 absl::StatusOr<TextJob> PrepareTextJob(const TrainOptions& options, const std::string& work_dir) {
   absl::StatusOr<TextCorpus> corpus =
-      LoadTextCorpus(options.dataset_path, options.hyper.holdout_fraction);
+      LoadTextCorpus(options.dataset_path, options.hyper.holdout_fraction, options.dataset_root);
   if (!corpus.ok()) return corpus.status();
   TextJob job;
   job.config = options.llama;

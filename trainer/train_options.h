@@ -54,6 +54,9 @@ struct TrainOptions {
   std::string job_id;        // for provenance and logs
   ModelKind kind = ModelKind::kText;
   std::string dataset_path;  // absolute, inside --data_dir
+  // Every dataset file is opened beneath this folder (--data_dir), re-checked by the kernel at
+  // the open (base/confined_open.h); empty: unconfined (benchmarks, tests).
+  std::string dataset_root;
   LlamaConfig llama;         // kText: the model to train (from the spec or init_from)
   DiffusionConfig diffusion; // kImage
   // Model directory to fine-tune from (its weights and tokenizer); empty = fresh weights.

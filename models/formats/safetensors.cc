@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "base/io_faults.h"
 #include "nlohmann/json.hpp"
 
 // The format is little-endian; tensors are stored as raw host bytes.
@@ -141,7 +142,7 @@ absl::Status ErrnoStatus(int err, absl::string_view what, absl::string_view path
 
 absl::Status WriteAll(int fd, const char* data, size_t size, const std::string& path) {
   while (size > 0) {
-    ssize_t n = ::write(fd, data, std::min<size_t>(size, 1 << 30));
+    ssize_t n = FaultableWrite(fd, data, std::min<size_t>(size, 1 << 30), path);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus(errno, "write", path);
@@ -166,7 +167,7 @@ absl::Status WriteContents(int fd, const SafetensorsFile& file, const std::strin
   for (const auto& [name, t] : file.tensors) {
     if (auto s = WriteAll(fd, t.bytes.data(), t.bytes.size(), path); !s.ok()) return s;
   }
-  if (::fsync(fd) != 0) return ErrnoStatus(errno, "fsync", path);
+  if (FaultableFsync(fd, path) != 0) return ErrnoStatus(errno, "fsync", path);
   return absl::OkStatus();
 }
 
@@ -388,7 +389,7 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
   if (fd < 0) return ErrnoStatus(errno, "create", tmp);
   absl::Status status = WriteContents(fd, file, tmp);
   if (::close(fd) != 0 && status.ok()) status = ErrnoStatus(errno, "close", tmp);
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (status.ok() && FaultableRename(tmp.c_str(), path.c_str()) != 0) {
     status = ErrnoStatus(errno, absl::StrCat("rename ", tmp, " to"), path);
   }
   if (!status.ok()) {
@@ -398,7 +399,7 @@ absl::Status WriteSafetensors(const std::string& path, const SafetensorsFile& fi
   const std::string dir = ParentDir(path);
   int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) return ErrnoStatus(errno, "open folder", dir);
-  if (::fsync(dir_fd) != 0) status = ErrnoStatus(errno, "fsync folder", dir);
+  if (FaultableFsync(dir_fd, dir) != 0) status = ErrnoStatus(errno, "fsync folder", dir);
   ::close(dir_fd);
   return status;
 }

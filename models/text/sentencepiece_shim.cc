@@ -2,6 +2,7 @@
 // No Abseil and no protobuf here but SentencePiece's own copy.
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -36,14 +37,33 @@ void* Finish(SentencePieceProcessor* sp, const sentencepiece::util::Status& s, i
   return nullptr;
 }
 
-void* Load(const char* path, int* code, char** err) {
+// SentencePiece throws from deep inside some malformed models (its trie builder: "failed to
+// insert key: zero-length key", found by tests/fuzz/tokenizer_fuzz); an exception must not
+// cross this C interface, so it becomes an error like any other.
+template <typename LoadFn>
+void* LoadCatching(LoadFn load, int* code, char** err) {
   auto* sp = new SentencePieceProcessor();
-  return Finish(sp, sp->Load(std::string_view(path)), code, err);
+  try {
+    return Finish(sp, load(sp), code, err);
+  } catch (const std::exception& e) {
+    delete sp;
+    *code = static_cast<int>(sentencepiece::util::StatusCode::kInternal);
+    *err = CopyOut(std::string("the tokenizer model is malformed: ") + e.what(), nullptr);
+    return nullptr;
+  }
+}
+
+void* Load(const char* path, int* code, char** err) {
+  return LoadCatching([&](SentencePieceProcessor* sp) { return sp->Load(std::string_view(path)); },
+                      code, err);
 }
 
 void* LoadSerialized(const char* data, size_t n, int* code, char** err) {
-  auto* sp = new SentencePieceProcessor();
-  return Finish(sp, sp->LoadFromSerializedProto(std::string_view(data, n)), code, err);
+  return LoadCatching(
+      [&](SentencePieceProcessor* sp) {
+        return sp->LoadFromSerializedProto(std::string_view(data, n));
+      },
+      code, err);
 }
 
 void Destroy(void* sp) { delete static_cast<SentencePieceProcessor*>(sp); }

@@ -20,12 +20,22 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "base/io_faults.h"
 
 #include <dlfcn.h>
 
 #include <cstdlib>
 
 #include "models/text/sentencepiece_api.h"
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TANDEM_SANITIZER_BUILD 1
+#endif
+#endif
+#ifndef TANDEM_SANITIZER_BUILD
+#define TANDEM_SANITIZER_BUILD 0
+#endif
 
 namespace tandem {
 namespace {
@@ -56,8 +66,14 @@ absl::StatusOr<const tandem_spm_api*> Api() {
     candidates.push_back(kModule);
     std::string errors;
     for (const std::string& path : candidates) {
+#if TANDEM_SANITIZER_BUILD
+      // Sanitizer runtimes refuse RTLD_DEEPBIND; a link namespace of its own isolates the
+      // module's protobuf as well (the module is built without instrumentation for it).
+      void* handle = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
+#else
       // DEEPBIND: SentencePiece binds to its own bundled protobuf, not the process's libprotobuf.
       void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
       if (handle == nullptr) {
         const char* e = ::dlerror();
         absl::StrAppend(&errors, "\n  ", e ? e : path);
@@ -112,7 +128,7 @@ absl::Status WriteAtomically(const std::string& path, const std::string& content
   const char* data = contents.data();
   size_t left = contents.size();
   while (status.ok() && left > 0) {
-    ssize_t n = ::write(fd, data, left);
+    ssize_t n = FaultableWrite(fd, data, left, tmp);
     if (n < 0) {
       if (errno != EINTR) status = ErrnoError("write", tmp, errno);
       continue;
@@ -120,9 +136,9 @@ absl::Status WriteAtomically(const std::string& path, const std::string& content
     data += n;
     left -= static_cast<size_t>(n);
   }
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("fsync", tmp, errno);
+  if (status.ok() && FaultableFsync(fd, tmp) != 0) status = ErrnoError("fsync", tmp, errno);
   if (::close(fd) != 0 && status.ok()) status = ErrnoError("close", tmp, errno);
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (status.ok() && FaultableRename(tmp.c_str(), path.c_str()) != 0) {
     status = ErrnoError(absl::StrCat("rename ", tmp, " to"), path, errno);
   }
   if (!status.ok()) {
@@ -132,7 +148,7 @@ absl::Status WriteAtomically(const std::string& path, const std::string& content
   const std::string dir = ParentDir(path);
   int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) return ErrnoError("open folder", dir, errno);
-  if (::fsync(dir_fd) != 0) status = ErrnoError("fsync folder", dir, errno);
+  if (FaultableFsync(dir_fd, dir) != 0) status = ErrnoError("fsync folder", dir, errno);
   ::close(dir_fd);
   return status;
 }
@@ -287,6 +303,12 @@ absl::Status SentencePieceTokenizer::Train(const std::string& corpus_path,
     // choice of vocab_size (or corpus) that is wrong.
     if (message.find("Vocabulary size too high") != std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat(context, ": ", message));
+    }
+    if (message.find("smaller than required_chars") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          context, ": vocab_size ", options.vocab_size,
+          " has no room for every character of the corpus besides the 259 control and byte "
+          "pieces (SentencePiece: ", message, "); use a larger vocab_size"));
     }
     if (message.find("!sentences_.empty()") != std::string::npos) {
       return absl::InvalidArgumentError(

@@ -7,12 +7,14 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/api/tls.h"
 
 namespace tandem {
 
 absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen,
                                                                   Metrics* metrics,
-                                                                  const Readiness* readiness) {
+                                                                  const Readiness* readiness,
+                                                                  TlsMaterial* tls) {
   auto colon = listen.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
@@ -26,8 +28,25 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::str
   }
   std::unique_ptr<HttpEndpoint> endpoint(new HttpEndpoint());
   auto& http = endpoint->http_;
-  http = std::make_unique<httplib::Server>();
-  http->Get("/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
+  if (tls) {
+    auto https = std::make_unique<httplib::SSLServer>(
+        [tls](SSL_CTX& ctx) { return tls->ConfigureHttps(&ctx); });
+    if (!https->is_valid()) return absl::InternalError("cannot set up TLS for the metrics port");
+    http = std::move(https);
+  } else {
+    http = std::make_unique<httplib::Server>();
+  }
+  const bool mutual = tls && tls->mutual();
+  http->set_payload_max_length(1024);
+  http->set_read_timeout(5, 0);
+  http->set_write_timeout(5, 0);
+  http->Get("/metrics", [metrics, mutual](const httplib::Request& req, httplib::Response& res) {
+    if (mutual && !TlsMaterial::PeerVerified(req.ssl)) {
+      res.status = 403;
+      res.set_content("/metrics needs a client certificate signed by --tls_client_ca\n",
+                      "text/plain");
+      return;
+    }
     res.set_content(metrics->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
   });
   http->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {

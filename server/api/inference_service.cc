@@ -1,7 +1,9 @@
 #include "server/api/inference_service.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <type_traits>
 #include <optional>
 #include <memory>
 #include <utility>
@@ -9,10 +11,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "server/api/proto_convert.h"
+#include "server/api/reactor_count.h"
 #include "server/api/stream_outbox.h"
 
 namespace tandem {
@@ -28,27 +32,75 @@ std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
+// `text` with control characters written as \xNN: one log line whatever a caller sent.
+std::string OneLine(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      absl::StrAppendFormat(&out, "\\x%02x", u);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 // The reactor of one Generate call, and its outbox (a StreamOutbox that coalesces text deltas).
 // gRPC owns the reactor until OnDone; the device loop holds the outbox (a shared_ptr) and may
 // outlive the reactor: once OnDone ran, Send/Finish are dropped.
 class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
-                              public StreamOutbox<GenerateResponse>::Writer {
+                              public StreamOutbox<GenerateResponse>::Writer,
+                              private CountedReactor {
  public:
   class Outbox final : public ResponseStream, public StreamOutbox<GenerateResponse> {
    public:
     explicit Outbox(GenerateReactor* reactor)
         : StreamOutbox<GenerateResponse>(reactor, &CoalesceText) {}
+
+    // Set before the request is queued. `client` is the call's deadline; `cap` the server's.
+    void SetDeadlines(absl::Time client, absl::Time cap, absl::Duration max_request_time) {
+      deadline_ = std::min(client, cap);
+      capped_ = cap < client;
+      max_request_time_ = max_request_time;
+    }
+    // Caption tokens cut to fit the text encoder (image requests), reported in the usage.
+    void SetTruncated(int prompt, int negative_prompt) {
+      prompt_truncated_ = prompt;
+      negative_truncated_ = negative_prompt;
+    }
+
     void Send(GenerateEvent event) override {
       if (const Finished* f = std::get_if<Finished>(&event)) {
         absl::MutexLock lock(&mu_);
         finished_ = *f;
       }
-      StreamOutbox<GenerateResponse>::Send(ToProto(event));
+      GenerateResponse response = ToProto(event);
+      if (response.has_finished()) {
+        auto* usage = response.mutable_finished()->mutable_usage();
+        usage->set_prompt_tokens_truncated(prompt_truncated_);
+        usage->set_negative_prompt_tokens_truncated(negative_truncated_);
+      }
+      StreamOutbox<GenerateResponse>::Send(std::move(response));
     }
+    // A request the device stopped because its deadline passed ends DEADLINE_EXCEEDED.
     void Finish(const absl::Status& status) override {
+      if (status.code() == absl::StatusCode::kCancelled && !StreamOutbox::cancelled() &&
+          absl::Now() >= deadline_) {
+        StreamOutbox<GenerateResponse>::Finish(absl::DeadlineExceededError(
+            capped_ ? absl::StrCat("the request ran past the server's limit of ",
+                                   absl::FormatDuration(max_request_time_),
+                                   " (--max_request_seconds)")
+                    : std::string("the request's deadline passed")));
+        return;
+      }
       StreamOutbox<GenerateResponse>::Finish(status);
     }
-    bool cancelled() const override { return StreamOutbox<GenerateResponse>::cancelled(); }
+    // The client went away, or the deadline passed (also before gRPC's own timer fires).
+    bool cancelled() const override {
+      return StreamOutbox<GenerateResponse>::cancelled() || absl::Now() >= deadline_;
+    }
     // The Finished event the device sent, if any (for the request log).
     std::optional<Finished> finished() {
       absl::MutexLock lock(&mu_);
@@ -66,6 +118,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
     }
     absl::Mutex mu_;
     std::optional<Finished> finished_ ABSL_GUARDED_BY(mu_);
+    // Written before the request is queued, read by the device loop after.
+    absl::Time deadline_ = absl::InfiniteFuture();
+    bool capped_ = false;
+    absl::Duration max_request_time_;
+    int prompt_truncated_ = 0;
+    int negative_truncated_ = 0;
   };
 
   GenerateReactor(Metrics* metrics, bool log, std::string id)
@@ -77,6 +135,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
     model_ = std::move(model);
     kind_ = kind;
   }
+  void SetClient(std::string client) { client_ = std::move(client); }
 
   // Ends the call at once (validation failed); nothing was queued.
   void Reject(const absl::Status& status) { outbox_->Finish(status); }
@@ -102,9 +161,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
  private:
   // One line per call: id, model, kind, final status, and the usage when the device finished it.
   void LogRequest(const grpc::Status& status) {
-    std::string line = absl::StrCat("tandemd: request ", id_, " model=", model_, " ", kind_, " ",
+    // What came from the caller is escaped: a newline in it cannot forge a log line.
+    std::string line = absl::StrCat("tandemd: request ",
+                                    OneLine(absl::string_view(id_).substr(0, 128)),
+                                    client_.empty() ? "" : absl::StrCat(" client=", client_),
+                                    " model=", OneLine(model_), " ", kind_, " ",
                                     CodeName(status.error_code()));
-    if (!status.ok()) absl::StrAppend(&line, ": ", status.error_message());
+    if (!status.ok()) absl::StrAppend(&line, ": ", OneLine(status.error_message()));
     if (std::optional<Finished> f = outbox_->finished()) {
       const Usage& u = f->usage;
       absl::StrAppendFormat(&line, " v%d prompt=%d", f->model_version, u.prompt_tokens);
@@ -124,15 +187,23 @@ class GenerateReactor final : public grpc::ServerWriteReactor<GenerateResponse>,
   const bool log_;
   const std::string id_;
   std::string model_ = "unknown";
+  std::string client_;
   const char* kind_ = "text";
 };
+
+// The call's deadline as an absl::Time (InfiniteFuture when it has none).
+absl::Time ClientDeadline(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
 
 }  // namespace
 
 InferenceService::InferenceService(ModelRegistry* registry, WorkerPool* pool, Metrics* metrics,
-                                   RequestLimits limits, bool log_requests)
-    : registry_(registry), pool_(pool), metrics_(metrics), limits_(limits),
-      log_requests_(log_requests) {}
+                                   const Authenticator* auth, InferenceOptions options)
+    : registry_(registry), pool_(pool), metrics_(metrics), auth_(auth),
+      options_(std::move(options)) {}
 
 grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const GenerateRequest* request) {
@@ -140,7 +211,15 @@ grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
   const std::string id = request->request_id().empty()
                              ? absl::StrCat("gen-", next_id_.fetch_add(1))
                              : request->request_id();
-  auto* reactor = new GenerateReactor(metrics_, log_requests_, id);
+  auto* reactor = new GenerateReactor(metrics_, options_.log_requests, id);
+  absl::StatusOr<Caller> caller = auth_->Authorize(*context, Scope::kInference, "Generate");
+  if (!caller.ok()) {
+    reactor->Reject(caller.status());
+    return reactor;
+  }
+  reactor->SetClient(caller->name);
+  reactor->outbox()->SetDeadlines(ClientDeadline(*context), accepted + options_.max_request_time,
+                                  options_.max_request_time);
   // Without a model name the params pick the default model of their kind.
   absl::StatusOr<std::shared_ptr<const ModelEntry>> model = registry_->Lookup(
       request->model(), request->has_image() ? ModelKind::kImage : ModelKind::kText);
@@ -153,10 +232,10 @@ grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Generate(
     return reactor;
   }
   absl::Status submitted =
-      image ? Submit(BuildImageRequest(*request, *model, limits_, accepted), (*model)->name, id,
-                     reactor)
-            : Submit(BuildTextRequest(*request, *model, limits_, accepted), (*model)->name, id,
-                     reactor);
+      image ? Submit(BuildImageRequest(*request, *model, options_.limits, accepted),
+                     (*model)->name, id, reactor)
+            : Submit(BuildTextRequest(*request, *model, options_.limits, accepted),
+                     (*model)->name, id, reactor);
 
   if (!submitted.ok()) {
     // A full queue says when to come back: trailing metadata "retry-after-ms".
@@ -179,7 +258,11 @@ absl::Status InferenceService::Submit(absl::StatusOr<std::unique_ptr<Request>> b
   }
   std::unique_ptr<Request> req = *std::move(built);
   req->id = id;
-  req->stream = static_cast<GenerateReactor*>(reactor)->outbox();
+  auto outbox = static_cast<GenerateReactor*>(reactor)->outbox();
+  if constexpr (std::is_same_v<Request, ImageRequest>) {
+    outbox->SetTruncated(req->prompt_tokens_truncated, req->negative_prompt_tokens_truncated);
+  }
+  req->stream = std::move(outbox);
   return pool_->Submit(req);
 }
 
@@ -192,6 +275,12 @@ void InferenceService::CountRejected(const std::string& model, const absl::Statu
 grpc::ServerUnaryReactor* InferenceService::ListModels(
     grpc::CallbackServerContext* context, const tandem::v1::ListModelsRequest* /*request*/,
     tandem::v1::ListModelsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (absl::StatusOr<Caller> caller = auth_->Authorize(*context, Scope::kInference, "ListModels");
+      !caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   const std::string default_model = registry_->default_model();
   const std::string default_image = registry_->default_image_model();
   const std::vector<std::string> devices = pool_->devices();
@@ -216,7 +305,6 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(
     m->set_train_step(entry->dir.provenance.train_step);
     for (const auto& d : devices) m->add_devices(d);
   }
-  auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -240,6 +240,7 @@ v1::TrainJob ToProto(const Job& job) {
   out.set_deployed_step(job.deployed_step);
   for (const StepRecord& m : job.history) *out.add_history() = ToProto(m);
   out.set_attempt(job.attempt);
+  out.set_owner(job.spec.owner);
   return out;
 }
 

@@ -84,10 +84,11 @@ class StreamOutbox {
       absl::MutexLock lock(&mu_);
       writing_ = false;
       if (!ok) {
-        // The stream broke (client gone): stop the work, end the call.
+        // The stream broke (client gone): stop the work, end the call — CANCELLED, also when the
+        // producer had finished: the client did not get everything.
         cancelled_.store(true, std::memory_order_release);
         queue_.clear();
-        if (!finish_requested_) {
+        if (!finished_) {
           finish_requested_ = true;
           final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
         }
@@ -105,7 +106,8 @@ class StreamOutbox {
     {
       absl::MutexLock lock(&mu_);
       queue_.clear();
-      if (!finish_requested_) {
+      // CANCELLED, also when the producer had finished but its responses were still unsent.
+      if (!finished_) {
         finish_requested_ = true;
         final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
       }

@@ -1,9 +1,13 @@
 #include "server/api/training_service.h"
 
+#include <functional>
 #include <memory>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "server/api/proto_convert.h"
+#include "server/api/reactor_count.h"
 #include "server/api/stream_outbox.h"
 
 namespace tandem {
@@ -11,12 +15,6 @@ namespace {
 
 using tandem::v1::TrainJob;
 using tandem::v1::TrainJobEvent;
-
-const absl::Status& NoStateDir() {
-  static const absl::Status* s = new absl::Status(absl::FailedPreconditionError(
-      "training is disabled: start tandemd with --state_dir (and --data_dir for datasets)"));
-  return *s;
-}
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                  const absl::StatusOr<Job>& job, TrainJob* response) {
@@ -26,10 +24,23 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// Job ids are "job-" and digits; anything else (a path, a very long string) is refused before
+// it reaches the store.
+absl::Status CheckJobId(const std::string& id) {
+  bool ok = !id.empty() && id.size() <= 64;
+  for (char c : id) ok = ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-');
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        "id must be a job id such as job-000001 (ListTrainJobs shows them)");
+  }
+  return absl::OkStatus();
+}
+
 // The reactor of one WatchTrainJob call; the manager holds its outbox until the job ends or the
 // call does.
 class WatchReactor final : public grpc::ServerWriteReactor<TrainJobEvent>,
-                           public StreamOutbox<TrainJobEvent>::Writer {
+                           public StreamOutbox<TrainJobEvent>::Writer,
+                           private CountedReactor {
  public:
   class Outbox final : public EventSink<JobEvent>, public StreamOutbox<TrainJobEvent> {
    public:
@@ -57,26 +68,69 @@ class WatchReactor final : public grpc::ServerWriteReactor<TrainJobEvent>,
 
 }  // namespace
 
+absl::StatusOr<Caller> TrainingService::Authorize(const grpc::CallbackServerContext& context,
+                                                  absl::string_view method) const {
+  absl::StatusOr<Caller> caller = auth_->Authorize(context, Scope::kTrain, method);
+  if (caller.ok() && manager_ == nullptr) return off_;
+  return caller;
+}
+
+absl::StatusOr<Job> TrainingService::OwnJob(const Caller& caller, const std::string& id) const {
+  if (absl::Status s = CheckJobId(id); !s.ok()) return s;
+  absl::StatusOr<Job> job = manager_->Get(id, /*include_history=*/false);
+  if (!job.ok()) return job.status();
+  if (!caller.admin() && job->spec.owner != caller.name) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        id, " belongs to another client; client \"", caller.name,
+        "\" sees only its own jobs (the admin scope sees all)"));
+  }
+  return job;
+}
+
 grpc::ServerUnaryReactor* TrainingService::SubmitTrainJob(
     grpc::CallbackServerContext* context, const tandem::v1::SubmitTrainJobRequest* request,
     TrainJob* response) {
-  if (!manager_) return Answer(context, NoStateDir(), response);
-  return Answer(context, manager_->Submit(FromProto(request->spec())), response);
+  absl::StatusOr<Caller> caller = Authorize(*context, "SubmitTrainJob");
+  if (!caller.ok()) return Answer(context, caller.status(), response);
+  JobSpec spec = FromProto(request->spec());
+  if ((!spec.deploy_as.empty() || spec.deploy_on_improvement) && !caller->admin()) {
+    return Answer(context,
+                  absl::PermissionDeniedError(absl::StrCat(
+                      "deploy_as publishes a model every client is served: client \"",
+                      caller->name, "\" needs the admin scope for it (submit without deploy_as "
+                                    "to train only)")),
+                  response);
+  }
+  spec.owner = caller->name;
+  return Answer(context, manager_->Submit(std::move(spec)), response);
+}
+
+grpc::ServerUnaryReactor* TrainingService::OnOwnJob(
+    grpc::CallbackServerContext* context, absl::string_view method, const std::string& id,
+    TrainJob* response, const std::function<absl::StatusOr<Job>(const std::string&)>& act) {
+  absl::StatusOr<Caller> caller = Authorize(*context, method);
+  if (!caller.ok()) return Answer(context, caller.status(), response);
+  if (absl::StatusOr<Job> own = OwnJob(*caller, id); !own.ok()) {
+    return Answer(context, own.status(), response);
+  }
+  return Answer(context, act(id), response);
 }
 
 grpc::ServerUnaryReactor* TrainingService::GetTrainJob(
     grpc::CallbackServerContext* context, const tandem::v1::GetTrainJobRequest* request,
     TrainJob* response) {
-  if (!manager_) return Answer(context, NoStateDir(), response);
-  return Answer(context, manager_->Get(request->id(), request->include_history()), response);
+  return OnOwnJob(context, "GetTrainJob", request->id(), response, [&](const std::string& id) {
+    return manager_->Get(id, request->include_history());
+  });
 }
 
 grpc::ServerUnaryReactor* TrainingService::ListTrainJobs(
     grpc::CallbackServerContext* context, const tandem::v1::ListTrainJobsRequest* request,
     tandem::v1::ListTrainJobsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (!manager_) {
-    reactor->Finish(ToGrpcStatus(NoStateDir()));
+  absl::StatusOr<Caller> caller = Authorize(*context, "ListTrainJobs");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
   std::vector<JobState> states;
@@ -92,16 +146,21 @@ grpc::ServerUnaryReactor* TrainingService::ListTrainJobs(
   }
   absl::StatusOr<std::vector<Job>> jobs = manager_->List(states);
   if (jobs.ok()) {
-    for (const Job& job : *jobs) *response->add_jobs() = ToProto(job);
+    for (const Job& job : *jobs) {
+      if (caller->admin() || job.spec.owner == caller->name) *response->add_jobs() = ToProto(job);
+    }
   }
   reactor->Finish(ToGrpcStatus(jobs.status()));
   return reactor;
 }
 
 grpc::ServerWriteReactor<TrainJobEvent>* TrainingService::WatchTrainJob(
-    grpc::CallbackServerContext* /*context*/, const tandem::v1::WatchTrainJobRequest* request) {
+    grpc::CallbackServerContext* context, const tandem::v1::WatchTrainJobRequest* request) {
   auto* reactor = new WatchReactor();
-  absl::Status s = manager_ ? manager_->Watch(request->id(), request->replay(), reactor->outbox()) : NoStateDir();
+  absl::StatusOr<Caller> caller = Authorize(*context, "WatchTrainJob");
+  absl::Status s = caller.status();
+  if (s.ok()) s = OwnJob(*caller, request->id()).status();
+  if (s.ok()) s = manager_->Watch(request->id(), request->replay(), reactor->outbox());
   if (!s.ok()) reactor->outbox()->Finish(s);
   return reactor;
 }
@@ -109,22 +168,22 @@ grpc::ServerWriteReactor<TrainJobEvent>* TrainingService::WatchTrainJob(
 grpc::ServerUnaryReactor* TrainingService::CancelTrainJob(
     grpc::CallbackServerContext* context, const tandem::v1::CancelTrainJobRequest* request,
     TrainJob* response) {
-  if (!manager_) return Answer(context, NoStateDir(), response);
-  return Answer(context, manager_->Cancel(request->id()), response);
+  return OnOwnJob(context, "CancelTrainJob", request->id(), response,
+                  [this](const std::string& id) { return manager_->Cancel(id); });
 }
 
 grpc::ServerUnaryReactor* TrainingService::PauseTrainJob(
     grpc::CallbackServerContext* context, const tandem::v1::PauseTrainJobRequest* request,
     TrainJob* response) {
-  if (!manager_) return Answer(context, NoStateDir(), response);
-  return Answer(context, manager_->Pause(request->id()), response);
+  return OnOwnJob(context, "PauseTrainJob", request->id(), response,
+                  [this](const std::string& id) { return manager_->Pause(id); });
 }
 
 grpc::ServerUnaryReactor* TrainingService::ResumeTrainJob(
     grpc::CallbackServerContext* context, const tandem::v1::ResumeTrainJobRequest* request,
     TrainJob* response) {
-  if (!manager_) return Answer(context, NoStateDir(), response);
-  return Answer(context, manager_->Resume(request->id()), response);
+  return OnOwnJob(context, "ResumeTrainJob", request->id(), response,
+                  [this](const std::string& id) { return manager_->Resume(id); });
 }
 
 }  // namespace tandem

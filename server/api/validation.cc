@@ -31,10 +31,6 @@ absl::Status ValidateCommon(const tandem::v1::GenerateRequest& request,
   if (request.priority() < -100 || request.priority() > 100) {
     return Invalid(absl::StrCat("priority ", request.priority(), " is outside [-100, 100]"));
   }
-  if (static_cast<int>(request.prompt().size()) > limits.max_prompt_bytes) {
-    return Invalid(absl::StrCat("prompt is ", request.prompt().size(), " bytes; the limit is ",
-                                limits.max_prompt_bytes));
-  }
   if (int64_t bad = FirstInvalidUtf8Offset(request.prompt()); bad >= 0) {
     return Invalid(absl::StrCat("prompt is not valid UTF-8 (first bad byte at offset ", bad,
                                 ")"));
@@ -66,6 +62,10 @@ absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
     return Invalid(absl::StrCat("model \"", model->name,
                                 "\" is a text model: send text params (image params are for "
                                 "image models)"));
+  }
+  if (static_cast<int>(request.prompt().size()) > limits.max_prompt_bytes) {
+    return Invalid(absl::StrCat("prompt is ", request.prompt().size(), " bytes; the limit is ",
+                                limits.max_prompt_bytes, " (--max_prompt_bytes)"));
   }
   if (absl::Status s = ValidateCommon(request, limits); !s.ok()) return s;
   const tandem::v1::TextParams& p = request.text();
@@ -137,6 +137,12 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
                                 "\" is an image model: send image params (text params are for "
                                 "text models)"));
   }
+  if (static_cast<int>(request.prompt().size()) > limits.max_caption_bytes) {
+    return Invalid(absl::StrCat("prompt is ", request.prompt().size(), " bytes; an image model's "
+                                "caption may be at most ", limits.max_caption_bytes,
+                                " (--max_caption_bytes; the text encoder reads ",
+                                cfg.text_seq_len - 1, " tokens of it)"));
+  }
   if (absl::Status s = ValidateCommon(request, limits); !s.ok()) return s;
   const tandem::v1::ImageParams& p = request.image();
   const int max_steps = std::min(limits.max_steps, cfg.diffusion_steps);
@@ -174,13 +180,24 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
       return Invalid(absl::StrCat("unknown sampler ", static_cast<int>(p.sampler()),
                                   "; use SAMPLER_DDIM or SAMPLER_DDPM"));
   }
-  if (static_cast<int>(p.negative_prompt().size()) > limits.max_prompt_bytes) {
+  if (static_cast<int>(p.negative_prompt().size()) > limits.max_caption_bytes) {
     return Invalid(absl::StrCat("negative_prompt is ", p.negative_prompt().size(),
-                                " bytes; the limit is ", limits.max_prompt_bytes));
+                                " bytes; the limit is ", limits.max_caption_bytes,
+                                " (--max_caption_bytes)"));
   }
+  if (!IsValidUtf8(p.negative_prompt())) return Invalid("negative_prompt is not valid UTF-8");
   auto req = std::make_unique<ImageRequest>();
-  req->spec.caption = model->tokenizer->Encode(request.prompt());
-  req->spec.negative_caption = model->tokenizer->Encode(p.negative_prompt());
+  // The encoder reads BOS + text_seq_len - 1 ids: the rest is cut here, and reported.
+  const size_t room = static_cast<size_t>(std::max(1, cfg.text_seq_len - 1));
+  auto encode = [&](const std::string& text, int* truncated) {
+    std::vector<int32_t> ids = model->tokenizer->Encode(text);
+    *truncated = ids.size() > room ? static_cast<int>(ids.size() - room) : 0;
+    if (ids.size() > room) ids.resize(room);
+    return ids;
+  };
+  req->spec.caption = encode(request.prompt(), &req->prompt_tokens_truncated);
+  req->spec.negative_caption =
+      encode(p.negative_prompt(), &req->negative_prompt_tokens_truncated);
   req->spec.steps = p.has_steps() ? p.steps() : cfg.default_steps;
   req->spec.guidance = p.has_guidance_scale() ? p.guidance_scale() : cfg.default_guidance;
   req->spec.sampler = sampler;

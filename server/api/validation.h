@@ -14,10 +14,13 @@
 
 namespace tandem {
 
+// Bounds of one request, each a tandemd flag. Bytes are checked before anything is tokenized,
+// so an oversized request costs nothing but its parse.
 struct RequestLimits {
   int max_stop_strings = 8;
   int max_stop_bytes = 256;
-  int max_prompt_bytes = 1 << 20;
+  int max_prompt_bytes = 64 << 10;  // text prompts
+  int max_caption_bytes = 1024;     // image prompts and negative prompts
   int max_request_id_bytes = 128;
   int max_images = 8;      // images per request
   int max_steps = 1000;    // denoising steps per request (also at most the model's T)
@@ -31,7 +34,9 @@ absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
     const RequestLimits& limits, absl::Time accepted);
 
 // The same for an image model: steps, guidance, sampler, eta, images, preview cadence; the
-// caption and negative caption tokenized.
+// caption and negative caption tokenized. A caption (or negative caption) longer than the text
+// encoder reads keeps its first text_seq_len - 1 tokens (after BOS); the number cut is in
+// prompt_tokens_truncated / negative_prompt_tokens_truncated, which the response reports.
 absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
     const tandem::v1::GenerateRequest& request, std::shared_ptr<const ModelEntry> model,
     const RequestLimits& limits, absl::Time accepted);

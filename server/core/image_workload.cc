@@ -95,6 +95,7 @@ void ImageWorkload::StartWaiting() {
 }
 
 bool ImageWorkload::StartHead() {
+  if (waiting_.DropCancelledFront()) return true;
   ImageRequest& head = waiting_.front();
   absl::StatusOr<std::shared_ptr<ImageModel>> model = InstanceOn<ImageModel>(*head.model, device_index_);
   if (!model.ok()) {

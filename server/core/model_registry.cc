@@ -1,5 +1,6 @@
 #include "server/core/model_registry.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "models/formats/safetensors.h"
@@ -105,13 +106,17 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
       auto entry = registry->Load(name, models_dir + "/" + name, "load");
+      absl::MutexLock lock(&registry->mu_);
       if (!entry.ok()) {
-        return absl::Status(entry.status().code(),
-                            absl::StrCat("loading model \"", name, "\": ",
-                                         entry.status().message()));
+        const absl::Status why(entry.status().code(),
+                               absl::StrCat("loading model \"", name, "\": ",
+                                            entry.status().message()));
+        std::fprintf(stderr, "tandemd: not serving model \"%s\": %s\n", name.c_str(),
+                     std::string(why.message()).c_str());
+        registry->unloadable_[name] = why;
+        continue;
       }
       (*entry)->version = 1;
-      absl::MutexLock lock(&registry->mu_);
       registry->entries_[name] = *std::move(entry);
     }
   } else if (!models_dir.empty() && fs::exists(models_dir)) {
@@ -121,6 +126,9 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   absl::MutexLock lock(&registry->mu_);
   if (!default_model.empty()) {
     auto it = registry->entries_.find(default_model);
+    if (auto bad = registry->unloadable_.find(default_model); bad != registry->unloadable_.end()) {
+      return absl::Status(bad->second.code(), absl::StrCat("--default_model: ", bad->second.message()));
+    }
     if (it == registry->entries_.end()) {
       return absl::NotFoundError(absl::StrCat("--default_model=", default_model,
                                               " is not a model in ", models_dir));
@@ -151,6 +159,11 @@ absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Lookup(const st
       !name.empty() ? name : kind == ModelKind::kText ? default_model_ : default_image_model_;
   auto it = entries_.find(key);
   if (it != entries_.end()) return it->second;
+  if (auto bad = unloadable_.find(key); bad != unloadable_.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model \"", key, "\" is not served: ", bad->second.message(),
+        " (fix its folder and restart tandemd, or deploy it again)"));
+  }
   std::vector<std::string> names;
   for (const auto& [n, e] : entries_) names.push_back(n);
   if (name.empty()) {
@@ -197,6 +210,7 @@ absl::StatusOr<std::shared_ptr<const ModelEntry>> ModelRegistry::Publish(
     (*entry)->version = it == entries_.end() ? 1 : it->second->version + 1;
     published = *entry;
     entries_[name] = published;
+    unloadable_.erase(name);
     ChooseDefaultsLocked();
     listeners = listeners_;
   }

@@ -63,8 +63,10 @@ class ModelRegistry {
   using Listener = std::function<void(std::shared_ptr<const ModelEntry>)>;
 
   // Loads every subfolder of `models_dir` that holds a config.json (the folder name is the model
-  // name). A folder that fails to load is an error naming it: a server must not start half-right.
-  // An empty or missing models_dir gives an empty registry.
+  // name). A folder that fails to load (a damaged config, weights with a lying header, the
+  // wrong shapes, a truncated file) is not served, and the rest is: it is reported on stderr,
+  // and Lookup of its name answers FAILED_PRECONDITION with the reason. --default_model naming
+  // it is an error. An empty or missing models_dir gives an empty registry.
   // Each version's load time goes to tandem_model_load_seconds when `metrics` is given (it must
   // outlive the registry).
   static absl::StatusOr<std::unique_ptr<ModelRegistry>> Create(const std::string& models_dir,
@@ -72,7 +74,8 @@ class ModelRegistry {
                                                                RegistryOptions options = {},
                                                                Metrics* metrics = nullptr);
 
-  // Returns the entry, or NOT_FOUND listing the names that exist. An empty name selects the
+  // Returns the entry, FAILED_PRECONDITION for a model that failed to load (why), or NOT_FOUND
+  // listing the names that exist. An empty name selects the
   // default model of `kind`: --default_model (or the first text model by name) for text, the
   // first image model by name for images.
   absl::StatusOr<std::shared_ptr<const ModelEntry>> Lookup(
@@ -100,6 +103,8 @@ class ModelRegistry {
   Metrics* const metrics_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModelEntry>> entries_ ABSL_GUARDED_BY(mu_);
+  // Folders that failed to load at startup, and why (until a Publish of the name succeeds).
+  std::map<std::string, absl::Status> unloadable_ ABSL_GUARDED_BY(mu_);
   std::string default_model_ ABSL_GUARDED_BY(mu_);
   std::string default_image_model_ ABSL_GUARDED_BY(mu_);
   void ChooseDefaultsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -118,6 +118,9 @@ struct ImageRequest : DeviceRequest {
   int num_images = 1;
   int preview_every = 0;
   int prompt_tokens = 0;
+  // Caption tokens cut to fit the text encoder (reported to the caller).
+  int prompt_tokens_truncated = 0;
+  int negative_prompt_tokens_truncated = 0;
 };
 
 }  // namespace tandem

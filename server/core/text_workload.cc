@@ -93,6 +93,7 @@ void TextWorkload::AdmitWaiting() {
 }
 
 bool TextWorkload::StartHead() {
+  if (waiting_.DropCancelledFront()) return true;
   TextRequest& head = waiting_.front();
   absl::StatusOr<std::shared_ptr<TextModel>> model =
       InstanceOn<TextModel>(*head.model, device_index_);

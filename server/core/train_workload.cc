@@ -28,6 +28,12 @@ absl::Status TrainWorkload::Start(TrainTask task) {
   due_ = SnapshotReasons();
   pause_ = stop_ = cancel_ = false;
   total_steps_ = 0;
+  // Restored at its last step (the server died after the final checkpoint, before the job's end
+  // was recorded): no step is left, only the end — the final evaluation, snapshot and deploy.
+  if (task_.trainer->step() >= task_.trainer->total_steps()) {
+    due_.final = due_.evaluation = true;
+    phase_ = Phase::kEval;
+  }
   return absl::OkStatus();
 }
 

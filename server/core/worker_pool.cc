@@ -53,7 +53,9 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
     CountRejected(request, "shutting_down");
     return absl::UnavailableError("the server is shutting down");
   }
-  if (pending() >= options_.max_pending) {
+  // Reserved atomically, so N + k concurrent submissions against a cap of N refuse exactly k.
+  if (in_hand_.fetch_add(1) >= options_.max_pending) {
+    in_hand_.fetch_sub(1);
     CountRejected(request, "max_pending");
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server has ", options_.max_pending,
@@ -64,6 +66,7 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
   if (waiting > options_.max_queue_per_model) {
     q->waiting.fetch_sub(1);
     CountRejected(request, "max_queue_per_model");
+    in_hand_.fetch_sub(1);
     // Expect a place once about (waiting / concurrency) requests have gone through.
     const RegistryOptions& r = registry_->options();
     const int per_device =
@@ -83,6 +86,7 @@ absl::Status WorkerPool::AdmitToQueue(DeviceRequest& request) {
     return s;
   }
   // The count follows the request: released when a workload admits it, or when it ends.
+  // (Constructed in place: a temporary Ticket would give the count back at once.)
   struct Ticket {
     explicit Ticket(std::shared_ptr<ModelQueue> queue) : q(std::move(queue)) {}
     Ticket(const Ticket&) = delete;
@@ -105,6 +109,7 @@ absl::Status WorkerPool::Place(std::unique_ptr<Request>& request) {
   request->on_done = [this, device, q, start = request->accepted,
                       user_done = std::move(user_done)] {
     placement_->RequestEnded(device);
+    in_hand_.fetch_sub(1);
     const double took = absl::ToDoubleSeconds(absl::Now() - start);
     {
       absl::MutexLock lock(&mu_);

@@ -81,6 +81,7 @@ class WorkerPool {
   std::unique_ptr<Placement> placement_;
   std::vector<std::unique_ptr<DeviceLoop>> loops_;
   std::atomic<bool> stopping_{false};
+  std::atomic<int> in_hand_{0};  // requests admitted and not yet ended (the --max_pending cap)
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<ModelQueue>> queues_ ABSL_GUARDED_BY(mu_);
 };

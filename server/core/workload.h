@@ -81,6 +81,14 @@ class RequestQueue {
   }
   // Ends the front request with `status`.
   void FailFront(const absl::Status& status) { Pop()->End(status); }
+  // Ends the front request if its caller has gone (or its deadline passed): checked again just
+  // before a request is started, so one whose deadline passed while it waited never reaches the
+  // device. True when it was dropped.
+  bool DropCancelledFront() {
+    if (queue_.empty() || !queue_.front()->stream->cancelled()) return false;
+    FailFront(absl::CancelledError("cancelled before it started"));
+    return true;
+  }
   // Ends every request whose caller has gone.
   void DropCancelled() {
     for (auto it = queue_.begin(); it != queue_.end();) {

@@ -92,6 +92,9 @@ struct JobSpec {
   std::string deploy_as;
   bool deploy_on_improvement = false;
   int priority = 0;
+  // Who submitted it: the client's name (server/api/auth.h; empty without auth). Set by the
+  // server, never taken from the request.
+  std::string owner;
 };
 
 // One optimizer step, as recorded and reported.

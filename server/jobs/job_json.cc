@@ -70,7 +70,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Hyperparams, steps, batch_size, 
                                                 ema_decay, min_snr_gamma)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(JobSpec, name, kind, dataset, text_model,
                                                 image_model, init_from, hyper, deploy_as,
-                                                deploy_on_improvement, priority)
+                                                deploy_on_improvement, priority, owner)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(StepRecord, step, total_steps, loss, lr, grad_norm,
                                                 tokens_per_second, images_per_second, eta_seconds)
 
@@ -135,12 +135,31 @@ void from_json(const json& j, JobEvent& e) {
 
 namespace {
 
+// True when every number in `j` converts to the integers the records hold without overflow: a
+// float beyond int64's range would be undefined behaviour read into an integer field, and means
+// a damaged row anyway (no record holds such a value).
+bool NumbersInRange(const json& j) {
+  if (j.is_number_float()) {
+    const double v = j.get<double>();
+    return v > -9.2e18 && v < 9.2e18;
+  }
+  if (j.is_structured()) {
+    for (const json& child : j) {
+      if (!NumbersInRange(child)) return false;
+    }
+  }
+  return true;
+}
+
 // DATA_LOSS naming `what` for text that is not a JSON object of the right types.
 template <typename T>
 absl::StatusOr<T> Parse(const std::string& text, const char* what) {
   try {
     json j = json::parse(text);
     if (!j.is_object()) return absl::DataLossError(absl::StrCat(what, " is not a JSON object"));
+    if (!NumbersInRange(j)) {
+      return absl::DataLossError(absl::StrCat(what, " holds a number out of range"));
+    }
     return j.get<T>();
   } catch (const json::exception& e) {
     return absl::DataLossError(absl::StrCat(what, " does not parse: ", e.what()));

@@ -1,6 +1,7 @@
 #include "server/jobs/job_store.h"
 
 #include "server/jobs/job_json.h"
+#include "server/jobs/sqlite_faults.h"
 
 #include <sqlite3.h>
 
@@ -154,7 +155,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& db_p
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(db_path.c_str(), &db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+                           FaultableSqliteVfs());
   if (rc != SQLITE_OK) {
     std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     sqlite3_close_v2(db);

@@ -192,7 +192,9 @@ TrainSpecContext TrainManager::SpecContext() const {
 }
 
 absl::StatusOr<Job> TrainManager::Submit(JobSpec spec) {
-  absl::StatusOr<TrainOptions> resolved = ResolveTrainSpec(&spec, SpecContext());
+  TrainSpecContext context = SpecContext();
+  context.check_dataset_content = true;
+  absl::StatusOr<TrainOptions> resolved = ResolveTrainSpec(&spec, context);
   if (!resolved.ok()) return resolved.status();
   if (pool_) {
     absl::Status fits = pool_->placement().CheckJobFits(EstimateTrainingBytes(*resolved));

@@ -11,11 +11,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "models/text/text_stream.h"
+#include "trainer/data/text_dataset.h"
 
 namespace tandem {
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr size_t kMaxDatasetPathBytes = 1024;
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
@@ -37,6 +41,12 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
         "this server has no --data_dir: training datasets must live under it");
   }
   if (dataset.empty()) return Invalid("dataset is required: a path relative to --data_dir");
+  if (dataset.find('\0') != std::string::npos) return Invalid("dataset must not contain NUL");
+  if (!IsValidUtf8(dataset)) return Invalid("dataset is not valid UTF-8");
+  if (dataset.size() > kMaxDatasetPathBytes) {
+    return Invalid(absl::StrCat("dataset is ", dataset.size(), " bytes long; at most ",
+                                kMaxDatasetPathBytes));
+  }
   const fs::path rel(dataset);
   if (rel.is_absolute()) {
     return Invalid(absl::StrCat("dataset \"", dataset,
@@ -45,6 +55,9 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
   for (const auto& part : rel) {
     if (part == "..") {
       return Invalid(absl::StrCat("dataset \"", dataset, "\" must not contain \"..\""));
+    }
+    if (part.string().size() > 255) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\" has a name over 255 bytes"));
     }
   }
   std::error_code ec;
@@ -233,6 +246,40 @@ absl::Status ImageConfig(ImageModelSpec* m, DiffusionConfig* c) {
   return absl::OkStatus();
 }
 
+// Bytes of a text dataset (a file, or a folder's .txt files).
+int64_t TextDatasetBytes(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return static_cast<int64_t>(fs::file_size(path, ec));
+  int64_t total = 0;
+  for (auto it = fs::recursive_directory_iterator(path, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    if (it->is_regular_file(ec) && it->path().extension() == ".txt") {
+      total += static_cast<int64_t>(it->file_size(ec));
+    }
+  }
+  return total;
+}
+
+// What only the data shows, checked at submission when reading it is cheap.
+absl::Status CheckTextData(const TrainOptions& o, const JobSpec& spec) {
+  if (TextDatasetBytes(o.dataset_path) > kMaxCheckedDatasetBytes) return absl::OkStatus();
+  absl::StatusOr<TextCorpus> corpus =
+      LoadTextCorpus(o.dataset_path, o.hyper.holdout_fraction, o.dataset_root);
+  if (!corpus.ok()) {
+    return absl::Status(corpus.status().code(), absl::StrCat("dataset \"", spec.dataset, "\": ",
+                                                             corpus.status().message()));
+  }
+  const int needed = MinimumVocabSize(*corpus);
+  if (o.llama.vocab_size < needed) {
+    return Invalid(absl::StrCat(
+        "text_model.vocab_size (", o.llama.vocab_size, ") is too small for dataset \"",
+        spec.dataset, "\": its training documents have ", needed - kTokenizerMetaPieces,
+        " distinct characters, and the tokenizer needs a piece for each besides its ",
+        kTokenizerMetaPieces, " control and byte pieces; use a vocab_size of at least ", needed));
+  }
+  return absl::OkStatus();
+}
+
 bool ValidName(const std::string& name) {
   if (name.empty() || name.size() > 128) return false;
   for (char ch : name) {
@@ -337,6 +384,11 @@ absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecCont
   absl::StatusOr<std::string> dataset = ResolveDataset(spec->dataset, ctx.data_dir, text);
   if (!dataset.ok()) return dataset.status();
   o.dataset_path = *dataset;
+  std::error_code ec;
+  o.dataset_root = fs::canonical(ctx.data_dir, ec).string();
+  if (ctx.check_dataset_content && text && spec->init_from.empty()) {
+    if (absl::Status s = CheckTextData(o, *spec); !s.ok()) return s;
+  }
   o.keep_checkpoints = ctx.keep_checkpoints;
 
   return o;

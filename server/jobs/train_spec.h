@@ -29,7 +29,13 @@ struct TrainSpecContext {
   std::string data_dir;            // --data_dir
   const ModelRegistry* registry = nullptr;
   int keep_checkpoints = 3;
+  // At submission: also read a text dataset of at most kMaxCheckedDatasetBytes and check what
+  // only the data shows — that it loads (UTF-8, enough documents to hold some out) and that
+  // text_model.vocab_size has room for its characters (MinimumVocabSize). Larger datasets are
+  // checked when the job runs.
+  bool check_dataset_content = false;
 };
+inline constexpr int64_t kMaxCheckedDatasetBytes = int64_t{16} << 20;
 
 // Fills the defaults of unset fields into `spec` (so the stored spec says what runs) and returns
 // the resolved options. options.job_id and options.device are left for the caller.

@@ -173,7 +173,7 @@ TEST_F(GenerateE2ETest, HotSwapToANewTokenizerLeavesInFlightRequestsOnTheirVersi
   spec.seed = 9;
   const std::string v2 = testing::WriteTinyModel(*root_ + "/swap/tiny-v2", spec);
   auto tok1 = LoadTokenizer();
-  auto tok2 = Tokenizer::Load(v2 + "/tokenizer.model");
+  auto tok2 = SentencePieceTokenizer::Load(v2 + "/tokenizer.model");
   ASSERT_TRUE(tok2.ok()) << tok2.status();
   const std::string prompt = "the cat sat on the mat";
   ASSERT_NE(tok1->Encode(prompt), (*tok2)->Encode(prompt)) << "the tokenizers should differ";

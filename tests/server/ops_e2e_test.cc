@@ -15,6 +15,8 @@
 #include "gtest/gtest.h"
 #include "server/api/server.h"
 #include "tandem/v1/inference.grpc.pb.h"
+#include "server/core/worker_pool.h"
+#include "tests/server/device_hold.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -187,6 +189,9 @@ TEST_F(OpsE2ETest, MetricsSayCapacityQueuesRefusalsLoadsBuildAndProcess) {
 
 TEST_F(OpsE2ETest, RefusalsPastMaxPendingAreCountedByReason) {
   Start(Options(/*max_pending=*/1));
+  // The device held, the first request stays in hand however fast the tiny model would be.
+  testing::DeviceHold hold(server_->pool()->loop(0));
+  ASSERT_TRUE(hold.Hold());
   auto stub = tandem::v1::Inference::NewStub(channel_);
   grpc::ClientContext ctx;
   tandem::v1::GenerateRequest req;
@@ -194,10 +199,14 @@ TEST_F(OpsE2ETest, RefusalsPastMaxPendingAreCountedByReason) {
   req.set_prompt("the cat");
   req.mutable_text()->set_max_tokens(100);
   auto reader = stub->Generate(&ctx, req);
-  tandem::v1::GenerateResponse first;
-  ASSERT_TRUE(reader->Read(&first));  // the first request is in hand
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (server_->pool()->pending() < 1 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_EQ(server_->pool()->pending(), 1) << "the first request is in hand";
   EXPECT_EQ(Generate(channel_, "tiny", 3).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   ctx.TryCancel();
+  hold.Release();
   reader->Finish();
   EXPECT_TRUE(absl::StrContains(
       Scrape(), "tandem_requests_rejected_total{model=\"tiny\",reason=\"max_pending\"} 1\n"));

@@ -376,7 +376,24 @@ TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
        grpc::StatusCode::INVALID_ARGUMENT},
       {"bad deploy name", [](TrainJobSpec* s) { s->set_deploy_as("a/b"); },
        grpc::StatusCode::INVALID_ARGUMENT},
+      {"NUL in the dataset", [](TrainJobSpec* s) { s->set_dataset(std::string("fortunes.txt\0x", 14)); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"over-long dataset", [](TrainJobSpec* s) { s->set_dataset(std::string(2000, 'a')); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      // The fortunes have more distinct characters than 260 - 259 pieces leave room for: caught
+      // at submission, not by the tokenizer trainer minutes later.
+      {"vocab_size too small for the data",
+       [](TrainJobSpec* s) { s->mutable_text_model()->set_vocab_size(260); },
+       grpc::StatusCode::INVALID_ARGUMENT},
   });
+  {
+    TrainJobSpec small = TextSpec(10);
+    small.mutable_text_model()->set_vocab_size(260);
+    TrainJob job;
+    grpc::Status s = Submit(small, &job);
+    EXPECT_NE(s.error_message().find("use a vocab_size of at least"), std::string::npos)
+        << s.error_message();
+  }
   // A folder of .txt files is a valid dataset.
   TrainJobSpec spec = TextSpec(4);
   spec.set_dataset("texts");

@@ -23,8 +23,9 @@ namespace fs = std::filesystem;
 constexpr uint64_t kCorpusVariants = 16;
 
 // An image folder (metadata.jsonl): every k-th image held out, deterministic and spread over it.
-absl::StatusOr<ImageData> LoadFolderData(const std::string& path, double holdout_fraction) {
-  absl::StatusOr<std::unique_ptr<ImageDataset>> set = LoadImageFolder(path);
+absl::StatusOr<ImageData> LoadFolderData(const std::string& path, double holdout_fraction,
+                                         const std::string& root) {
+  absl::StatusOr<std::unique_ptr<ImageDataset>> set = LoadImageFolder(path, root);
   if (!set.ok()) return set.status();
   ImageData d;
   d.train_set = d.heldout_set = std::shared_ptr<const ImageDataset>(*std::move(set));
@@ -47,10 +48,10 @@ std::vector<int64_t> AllIndices(const ImageDataset& set) {
 }
 
 // Fashion-MNIST: its own train and test splits.
-absl::StatusOr<ImageData> LoadFashionMnistData(const std::string& path) {
-  absl::StatusOr<std::unique_ptr<ImageDataset>> train = LoadFashionMnist(path, "train");
+absl::StatusOr<ImageData> LoadFashionMnistData(const std::string& path, const std::string& root) {
+  absl::StatusOr<std::unique_ptr<ImageDataset>> train = LoadFashionMnist(path, "train", root);
   if (!train.ok()) return train.status();
-  absl::StatusOr<std::unique_ptr<ImageDataset>> test = LoadFashionMnist(path, "test");
+  absl::StatusOr<std::unique_ptr<ImageDataset>> test = LoadFashionMnist(path, "test", root);
   if (!test.ok()) return test.status();
   ImageData d;
   d.train_set = *std::move(train);
@@ -63,10 +64,11 @@ absl::StatusOr<ImageData> LoadFashionMnistData(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<ImageData> LoadImageData(const std::string& path, double holdout_fraction) {
+absl::StatusOr<ImageData> LoadImageData(const std::string& path, double holdout_fraction,
+                                        const std::string& root) {
   std::error_code ec;
   if (fs::exists(fs::path(path) / "metadata.jsonl", ec)) {
-    return LoadFolderData(path, holdout_fraction);
+    return LoadFolderData(path, holdout_fraction, root);
   }
   if (!fs::exists(fs::path(path) / "train-images-idx3-ubyte.gz", ec)) {
     return absl::InvalidArgumentError(
@@ -74,7 +76,7 @@ absl::StatusOr<ImageData> LoadImageData(const std::string& path, double holdout_
                      " is neither an image folder (metadata.jsonl beside the images) nor "
                      "Fashion-MNIST (train-images-idx3-ubyte.gz, ...)"));
   }
-  return LoadFashionMnistData(path);
+  return LoadFashionMnistData(path, root);
 }
 
 std::string FashionMnistCaptionCorpus() {

@@ -27,8 +27,10 @@ struct ImageData {
 };
 
 // INVALID_ARGUMENT when `path` is neither kind of dataset, or an image folder leaves no image to
-// train on; the datasets' own errors (NOT_FOUND, DATA_LOSS, ...) otherwise.
-absl::StatusOr<ImageData> LoadImageData(const std::string& path, double holdout_fraction);
+// train on; the datasets' own errors (NOT_FOUND, DATA_LOSS, ...) otherwise. Files are read
+// beneath `root` when it is set (image_dataset.h).
+absl::StatusOr<ImageData> LoadImageData(const std::string& path, double holdout_fraction,
+                                        const std::string& root = "");
 
 // Every phrasing of every Fashion-MNIST class, one a line: the captions that dataset produces.
 std::string FashionMnistCaptionCorpus();

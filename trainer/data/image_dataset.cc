@@ -1,5 +1,7 @@
 #include "trainer/data/image_dataset.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -22,6 +24,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "base/confined_open.h"
 #include "models/formats/png.h"
 #include "nlohmann/json.hpp"
 
@@ -46,9 +49,18 @@ struct GzCloser {
 };
 using GzFile = std::unique_ptr<gzFile_s, GzCloser>;
 
-absl::StatusOr<GzFile> OpenGz(const std::string& path) {
+absl::StatusOr<GzFile> OpenGz(const std::string& path, const std::string& root) {
   errno = 0;
-  gzFile f = gzopen(path.c_str(), "rb");
+  gzFile f;
+  if (root.empty()) {
+    f = gzopen(path.c_str(), "rb");
+  } else {
+    absl::StatusOr<int> fd = OpenBeneath(root, path, O_RDONLY);
+    if (!fd.ok() && fd.status().code() != absl::StatusCode::kNotFound) return fd.status();
+    if (!fd.ok()) errno = ENOENT;
+    f = fd.ok() ? gzdopen(*fd, "rb") : nullptr;
+    if (fd.ok() && f == nullptr) ::close(*fd);
+  }
   if (f == nullptr) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
@@ -115,8 +127,9 @@ struct IdxFile {
 
 // Reads a whole unsigned-byte IDX file: magic, `ndims` big-endian sizes, then exactly the
 // product of the sizes in bytes and nothing after (which also makes zlib check the gzip CRC).
-absl::StatusOr<IdxFile> ReadIdx(const std::string& path, uint32_t magic, int ndims) {
-  absl::StatusOr<GzFile> gz = OpenGz(path);
+absl::StatusOr<IdxFile> ReadIdx(const std::string& path, const std::string& root, uint32_t magic,
+                                int ndims) {
+  absl::StatusOr<GzFile> gz = OpenGz(path, root);
   if (!gz.ok()) return gz.status();
   gzFile f = gz->get();
 
@@ -256,18 +269,19 @@ struct FolderEntry {
   int line = 0;
 };
 
-absl::StatusOr<std::vector<FolderEntry>> ParseMetadata(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+absl::StatusOr<std::vector<FolderEntry>> ParseMetadata(const std::string& path,
+                                                       const std::string& root) {
+  absl::StatusOr<std::string> content = ReadFileBeneath(root, path);
+  if (!content.ok()) {
+    if (content.status().code() != absl::StatusCode::kNotFound) return content.status();
     return absl::NotFoundError(absl::StrCat(
         "cannot open ", path,
         "; an image folder needs metadata.jsonl with lines like "
         "{\"file_name\": \"0001.png\", \"text\": \"a caption\"}"));
   }
   std::vector<FolderEntry> entries;
-  std::string raw;
   int line = 0;
-  while (std::getline(in, raw)) {
+  for (absl::string_view raw : absl::StrSplit(*content, '\n')) {
     ++line;
     absl::string_view text = absl::StripAsciiWhitespace(raw);
     if (text.empty()) continue;
@@ -291,18 +305,17 @@ absl::StatusOr<std::vector<FolderEntry>> ParseMetadata(const std::string& path) 
     if (absl::Status s = ValidateFileName(e.file_name, line); !s.ok()) return s;
     entries.push_back(std::move(e));
   }
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
   if (entries.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, " lists no images"));
   }
   return entries;
 }
 
-absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
+absl::StatusOr<std::string> ReadFileBytes(const std::string& path, const std::string& root) {
+  absl::StatusOr<std::string> bytes = ReadFileBeneath(root, path);
+  if (bytes.status().code() == absl::StatusCode::kNotFound) {
+    return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  }
   return bytes;
 }
 
@@ -328,7 +341,8 @@ std::string FashionMnistCaption(int label, uint64_t variant) {
 }
 
 absl::StatusOr<std::unique_ptr<ImageDataset>> LoadFashionMnist(const std::string& dir,
-                                                               const std::string& split) {
+                                                               const std::string& split,
+                                                               const std::string& root) {
   std::string prefix;
   if (split == "train") {
     prefix = "train";
@@ -341,9 +355,9 @@ absl::StatusOr<std::unique_ptr<ImageDataset>> LoadFashionMnist(const std::string
   const std::string images_path = absl::StrCat(dir, "/", prefix, "-images-idx3-ubyte.gz");
   const std::string labels_path = absl::StrCat(dir, "/", prefix, "-labels-idx1-ubyte.gz");
 
-  absl::StatusOr<IdxFile> images = ReadIdx(images_path, kIdxImagesMagic, 3);
+  absl::StatusOr<IdxFile> images = ReadIdx(images_path, root, kIdxImagesMagic, 3);
   if (!images.ok()) return images.status();
-  absl::StatusOr<IdxFile> labels = ReadIdx(labels_path, kIdxLabelsMagic, 1);
+  absl::StatusOr<IdxFile> labels = ReadIdx(labels_path, root, kIdxLabelsMagic, 1);
   if (!labels.ok()) return labels.status();
   if (images->dims[0] != labels->dims[0]) {
     return absl::DataLossError(absl::StrCat(images_path, " holds ", images->dims[0],
@@ -363,13 +377,14 @@ absl::StatusOr<std::unique_ptr<ImageDataset>> LoadFashionMnist(const std::string
       std::move(images->data), std::move(labels->data)));
 }
 
-absl::StatusOr<std::unique_ptr<ImageDataset>> LoadImageFolder(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<ImageDataset>> LoadImageFolder(const std::string& dir,
+                                                              const std::string& root) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrCat("image folder ", dir, " does not exist"));
   }
   const std::string metadata_path = absl::StrCat(dir, "/metadata.jsonl");
-  absl::StatusOr<std::vector<FolderEntry>> entries = ParseMetadata(metadata_path);
+  absl::StatusOr<std::vector<FolderEntry>> entries = ParseMetadata(metadata_path, root);
   if (!entries.ok()) return entries.status();
 
   // Existence first, so a missing file is reported before minutes of decoding.
@@ -389,7 +404,7 @@ absl::StatusOr<std::unique_ptr<ImageDataset>> LoadImageFolder(const std::string&
   captions.reserve(entries->size());
   for (FolderEntry& e : *entries) {
     const std::string path = absl::StrCat(dir, "/", e.file_name);
-    absl::StatusOr<std::string> bytes = ReadFileBytes(path);
+    absl::StatusOr<std::string> bytes = ReadFileBytes(path, root);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<RawImage> image = DecodePng(*bytes);
     if (!image.ok()) {

@@ -40,12 +40,17 @@ const std::vector<std::string>& FashionMnistClasses();
 // A caption for class `label`: phrasing `variant % number of phrasings`.
 std::string FashionMnistCaption(int label, uint64_t variant);
 
+// Both loaders read every file beneath `root` when it is set (base/confined_open.h: a symlink
+// leading out fails the open, PERMISSION_DENIED); empty: unconfined.
+//
 // split: "train" (60k) or "test" (10k). NOT_FOUND naming the missing file, DATA_LOSS for a
 // corrupt or truncated file.
 absl::StatusOr<std::unique_ptr<ImageDataset>> LoadFashionMnist(const std::string& dir,
-                                                               const std::string& split);
+                                                               const std::string& split,
+                                                               const std::string& root = "");
 // All images must share one size and channel count (INVALID_ARGUMENT otherwise).
-absl::StatusOr<std::unique_ptr<ImageDataset>> LoadImageFolder(const std::string& dir);
+absl::StatusOr<std::unique_ptr<ImageDataset>> LoadImageFolder(const std::string& dir,
+                                                              const std::string& root = "");
 
 }  // namespace tandem
 

@@ -4,10 +4,12 @@
 #include <cmath>
 #include <filesystem>
 #include <system_error>
+#include <unordered_set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/confined_open.h"
 #include "models/model_dir.h"
 #include "models/text/text_stream.h"
 
@@ -44,7 +46,8 @@ void SplitDocuments(const std::string& text, std::vector<std::string>* docs) {
 
 }  // namespace
 
-absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction) {
+absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction,
+                                          const std::string& root) {
   std::error_code ec;
   std::vector<std::string> files;
   if (fs::is_directory(path, ec)) {
@@ -62,7 +65,7 @@ absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdou
   }
   std::vector<std::string> docs;
   for (const std::string& f : files) {
-    absl::StatusOr<std::string> text = ReadFile(f);
+    absl::StatusOr<std::string> text = ReadFileBeneath(root, f);
     if (!text.ok()) return text.status();
     if (!IsValidUtf8(*text)) {
       return absl::InvalidArgumentError(absl::StrCat("dataset file ", f, " is not UTF-8 text"));
@@ -93,6 +96,28 @@ absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& p
     if (doc.empty() || doc.back() != '\n') out.push_back('\n');
   }
   return WriteFileAtomically(path, out);
+}
+
+int MinimumVocabSize(const TextCorpus& corpus) {
+  constexpr size_t kMaxLineBytes = 16384;  // the tokenizer trainer's max_sentence_length
+  std::unordered_set<uint32_t> chars;
+  for (const std::string& doc : corpus.train) {
+    for (absl::string_view line : absl::StrSplit(doc, '\n')) {
+      if (line.size() > kMaxLineBytes) continue;
+      // Code points of valid UTF-8 (the corpus is checked when loaded).
+      for (size_t i = 0; i < line.size();) {
+        const unsigned char c = static_cast<unsigned char>(line[i]);
+        const size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : 4;
+        uint32_t cp = 0;
+        for (size_t k = 0; k < len && i + k < line.size(); ++k) {
+          cp = (cp << 8) | static_cast<unsigned char>(line[i + k]);
+        }
+        chars.insert(cp);
+        i += len;
+      }
+    }
+  }
+  return static_cast<int>(chars.size()) + kTokenizerMetaPieces;
 }
 
 std::vector<int32_t> TokenizeDocuments(const Tokenizer& tokenizer,

@@ -29,8 +29,17 @@ struct TextCorpus {
 };
 
 // NOT_FOUND when the path does not exist; INVALID_ARGUMENT when it holds no text, is not UTF-8
-// text, or leaves no training or no held-out document.
-absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction);
+// text, or leaves no training or no held-out document. Every file is read beneath `root` when it
+// is set (base/confined_open.h: PERMISSION_DENIED for a symlink leading out); empty: unconfined.
+absl::StatusOr<TextCorpus> LoadTextCorpus(const std::string& path, double holdout_fraction,
+                                          const std::string& root = "");
+
+// The smallest vocab_size the job's tokenizer can be trained with on `corpus`: SentencePiece
+// needs a piece for every distinct character of the lines it reads (the training documents'
+// lines, up to its 16384-byte line limit; '\n' separates lines) besides the 3 control and 256
+// byte pieces. Counting is linear in the corpus.
+int MinimumVocabSize(const TextCorpus& corpus);
+inline constexpr int kTokenizerMetaPieces = 3 + 256;
 
 // Writes the training documents one line per line of text (the SentencePiece trainer's input).
 absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& path);

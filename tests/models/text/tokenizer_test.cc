@@ -268,5 +268,17 @@ TEST(TokenizerLoadTest, CorruptFileIsInvalidArgument) {
   EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
 }
 
+// A model that parses but makes SentencePiece's trie builder throw (found by
+// tests/fuzz/tokenizer_fuzz) is an error for that tokenizer, not a crash of the process.
+TEST(TokenizerLoadTest, AModelThatMakesSentencePieceThrowIsAnError) {
+  const std::string bytes = ReadAll(std::string(TANDEM_SOURCE_DIR) +
+                                    "/tests/fuzz/corpus/tokenizer/regression-zero-length-key");
+  ASSERT_FALSE(bytes.empty());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::FromSerialized(bytes);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(std::string(t.status().message()).find("malformed"), std::string::npos)
+      << t.status();
+}
+
 }  // namespace
 }  // namespace tandem

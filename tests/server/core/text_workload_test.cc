@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "models/text/sentencepiece_tokenizer.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -85,7 +86,7 @@ class NullStream final : public ResponseStream {
 TEST(TextWorkloadTest, LongPromptsArePrefilledInPiecesWhileStreamsKeepDecoding) {
   testing::TempDir dir("chunked_prefill");
   const std::string model_dir = testing::WriteTinyModel(dir / "tiny");
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(model_dir + "/tokenizer.model");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = SentencePieceTokenizer::Load(model_dir + "/tokenizer.model");
   ASSERT_TRUE(tok.ok()) << tok.status();
   std::vector<std::string> log;
   auto model = std::make_shared<FakeTextModel>(&log, (*tok)->vocab_size());

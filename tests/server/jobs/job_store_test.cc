@@ -457,3 +457,21 @@ TEST_F(JobStoreTest, AnEarlierSchemaIsLeftUntouchedWithAClearError) {
 
 }  // namespace
 }  // namespace tandem
+
+namespace tandem {
+namespace {
+
+// A damaged row with a number no record can hold (found by tests/fuzz/config_fuzz: read into an
+// integer field it was undefined behaviour) is DATA_LOSS, like any other damage.
+TEST(JobJsonTest, NumbersOutOfRangeAreDataLoss) {
+  for (const char* row : {R"({"time": 1.7e24, "eval": {"step": 10}})",
+                          R"({"time": 1, "metrics": {"step": -1e300}})"}) {
+    EXPECT_EQ(JobEventFromJson(row).status().code(), absl::StatusCode::kDataLoss) << row;
+  }
+  EXPECT_EQ(JobFromJson(R"({"id": "job-1", "attempt": 3e19})").status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(JobEventFromJson(R"({"time": 1, "metrics": {"step": 2, "loss": 1.5e6}})").ok());
+}
+
+}  // namespace
+}  // namespace tandem

@@ -376,6 +376,28 @@ TEST_F(ImageFolderTest, PathsOutsideTheFolderAreRejected) {
   EXPECT_TRUE(LoadStatus().ok()) << LoadStatus();
 }
 
+TEST_F(ImageFolderTest, ASymlinkLeadingOutOfTheRootFailsAtTheOpen) {
+  // The folder is confined to its own parent (dir_'s), a stand-in for --data_dir: an image
+  // that is a symlink to a file outside it is refused when it is read, not only when checked.
+  const std::string root = dir_ + "/data";
+  const std::string outside = dir_ + "/secret.png";
+  absl::StatusOr<std::string> png = EncodePng(PatternImage(2, 2, 1, 0));
+  ASSERT_TRUE(png.ok());
+  testing::WriteAll(root + "/set/a.png", *png);
+  testing::WriteAll(outside, *png);
+  fs::create_symlink(outside, root + "/set/b.png");
+  testing::WriteAll(root + "/set/metadata.jsonl",
+                    "{\"file_name\": \"a.png\", \"text\": \"x\"}\n"
+                    "{\"file_name\": \"b.png\", \"text\": \"y\"}\n");
+  EXPECT_TRUE(LoadImageFolder(root + "/set").ok()) << "unconfined, the link is followed";
+  absl::StatusOr<std::unique_ptr<ImageDataset>> ds = LoadImageFolder(root + "/set", root);
+  EXPECT_EQ(ds.status().code(), absl::StatusCode::kPermissionDenied) << ds.status();
+  EXPECT_TRUE(Contains(ds.status().message(), "leads outside")) << ds.status();
+  fs::remove(root + "/set/b.png");
+  fs::copy_file(outside, root + "/set/b.png");
+  EXPECT_TRUE(LoadImageFolder(root + "/set", root).ok());
+}
+
 TEST_F(ImageFolderTest, MismatchedSizesOrChannelsNameTheOddFile) {
   WritePng("a.png", PatternImage(4, 4, 3, 0));
   WritePng("b.png", PatternImage(4, 4, 3, 1));

@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "models/model_dir.h"
+#include "models/text/sentencepiece_tokenizer.h"
+#include "models/text/tokenizer.h"
 #include "tests/testing/base/files.h"
 
 namespace tandem {
@@ -167,6 +169,51 @@ TEST_F(TextDatasetTest, MissingPathIsNotFound) {
   EXPECT_EQ(LoadTextCorpus(dir_ + "/nope.txt", 0.1).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(LoadTextCorpus(dir_ + "/no/such/folder", 0.1).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+TEST_F(TextDatasetTest, ASymlinkLeadingOutOfTheRootFailsAtTheOpen) {
+  Write("outside.txt", Fortunes(20));
+  Write("data/texts/a.txt", Fortunes(20));
+  fs::create_symlink(dir_ + "/outside.txt", dir_ + "/data/texts/b.txt");
+  const std::string root = dir_ + "/data";
+  EXPECT_TRUE(LoadTextCorpus(root + "/texts", 0.1).ok()) << "unconfined, the link is followed";
+  absl::StatusOr<TextCorpus> corpus = LoadTextCorpus(root + "/texts", 0.1, root);
+  EXPECT_EQ(corpus.status().code(), absl::StatusCode::kPermissionDenied) << corpus.status();
+  // A file swapped for a link after it was checked is caught the same way.
+  fs::remove(dir_ + "/data/texts/b.txt");
+  ASSERT_TRUE(LoadTextCorpus(root + "/texts", 0.1, root).ok());
+  fs::remove(dir_ + "/data/texts/a.txt");
+  fs::create_symlink(dir_ + "/outside.txt", dir_ + "/data/texts/a.txt");
+  EXPECT_EQ(LoadTextCorpus(root + "/texts", 0.1, root).status().code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(TextDatasetTest, MinimumVocabSizeIsExactlyWhatTheTokenizerTrainerNeeds) {
+  // 20 documents over 30 distinct characters, one (the euro sign) multi-byte; a character only
+  // in held-out documents does not count.
+  std::vector<std::string> alphabet;
+  for (char c : std::string("abcdefghijklmnopqrstuvwxyz .!")) alphabet.push_back(std::string(1, c));
+  alphabet.push_back("\xe2\x82\xac");
+  std::string text;
+  for (int i = 0; i < 20; ++i) {
+    for (size_t k = 0; k < alphabet.size(); ++k) text += alphabet[(k + i) % alphabet.size()];
+    if ((i + 1) % 10 == 0) text += "Q";  // every 10th document is held out
+    text += "\n%\n";
+  }
+  absl::StatusOr<TextCorpus> corpus = LoadTextCorpus(Write("abc.txt", text), 0.1);
+  ASSERT_TRUE(corpus.ok()) << corpus.status();
+  const int needed = MinimumVocabSize(*corpus);
+  EXPECT_EQ(needed, 30 + kTokenizerMetaPieces);
+  ASSERT_TRUE(WriteTokenizerCorpus(*corpus, Path("corpus.txt")).ok());
+  TokenizerTrainOptions options;
+  options.hard_vocab_limit = false;
+  options.num_threads = 1;
+  options.vocab_size = needed;
+  EXPECT_TRUE(SentencePieceTokenizer::Train(Path("corpus.txt"), Path("ok.model"), options).ok());
+  options.vocab_size = needed - 1;
+  absl::Status s = SentencePieceTokenizer::Train(Path("corpus.txt"), Path("small.model"), options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("use a larger vocab_size"), std::string::npos) << s;
 }
 
 TEST_F(TextDatasetTest, TokenizerCorpusHoldsTheTrainingDocumentsOnly) {
