@@ -44,7 +44,7 @@ losses() {
   "$BIN/tandem" train get "$1" --json --history |
     awk '/"history"/ {h = 1} h && /"loss"/ {gsub(/[",]/, "", $2); print $2} h && /^  \]/ {h = 0}'
 }
-state_of() { "$BIN/tandem" train get "$1" --json | grep -o '"state": "[A-Z]*"' | grep -o '[A-Z]*$'; }
+state_of() { "$BIN/tandem" train get "$1" --json | sed -n 's/^ "state": "\([A-Z]*\)",*$/\1/p'; }
 STEPS=120
 SPEC=(--kind=text --dataset=fortunes.txt --vocab_size=300 --dim=32 --layers=2 --heads=4
       --kv_heads=2 --seq_len=32 --steps=$STEPS --batch_size=4 --lr=0.003 --warmup_steps=5
@@ -70,8 +70,12 @@ start_server || fail "tandemd did not start after the last-moment kill"
 "$BIN/tandem" train watch "$LAST" > "$WORK/last.watch" 2>&1 || fail "a job killed after its final checkpoint did not finish: $(tail -3 "$WORK/last.watch")"
 
 VICTIMS=()
+# A submission the server dies in the middle of (a fault point during its commit) leaves JOB
+# empty: the next wait submits again (a job the server did record meanwhile just runs).
 submit_victim() {
-  JOB=$("$BIN/tandem" train submit --name="victim-${#VICTIMS[@]}" "${SPEC[@]}" | head -n1)
+  JOB=$("$BIN/tandem" train submit --name="victim-${#VICTIMS[@]}" "${SPEC[@]}" 2>/dev/null |
+        head -n1) || true
+  if [[ ! $JOB =~ ^job-[0-9]+$ ]]; then JOB=""; return 1; fi
   VICTIMS+=("$JOB")
 }
 submit_victim
@@ -81,11 +85,14 @@ step_of() { "$BIN/tandem" train get "$1" --json 2>/dev/null | awk '/"latest"/ {l
 # Waits (up to 120 s) until the running victim has trained a step since this start, submitting a
 # fresh victim when the current one has finished. False when tandemd died meanwhile.
 wait_for_training() {
-  local from
-  from=$(step_of "$JOB"); from=${from:-0}
+  local from=0
+  [ -z "$JOB" ] || { from=$(step_of "$JOB"); from=${from:-0}; }
   for _ in $(seq 1 1200); do
     kill -0 $PID 2>/dev/null || return 1
-    if [ "$(state_of "$JOB" 2>/dev/null)" = SUCCEEDED ]; then submit_victim; from=0; fi
+    if [ -z "$JOB" ] || [ "$(state_of "$JOB" 2>/dev/null)" = SUCCEEDED ]; then
+      submit_victim || { sleep 0.1; continue; }
+      from=0
+    fi
     local now
     now=$(step_of "$JOB" 2>/dev/null); now=${now:-0}
     [ "$now" -gt "$from" ] && return 0

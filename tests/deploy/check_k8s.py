@@ -25,7 +25,7 @@ import yaml
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S = os.path.join(ROOT, "deploy", "k8s")
-KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/autoscaling"]
+KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/autoscaling", "overlays/tls"]
 RULES = os.path.join(ROOT, "deploy", "prometheus", "tandem.rules.yml")
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "dashboards", "tandem.json")
 PROMETHEUS_RULE = os.path.join(K8S, "base", "prometheusrule.yaml")
@@ -189,14 +189,26 @@ def consistency(where, docs):
     for pdb in by_kind(docs, "PodDisruptionBudget"):
         if not selector_matches(pdb["spec"]["selector"]["matchLabels"], labels):
             fail(f"{where}: PodDisruptionBudget selects no pod")
+    # With TLS the kubelet's native gRPC probes (plaintext only) cannot talk to the gRPC port:
+    # the probes use the metrics port's HTTPS /healthz and /readyz instead.
+    tls = any(a.endswith("/tls.flags") for a in container.get("args", []))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = container.get(probe)
-        if not p or "grpc" not in p:
+        if not p:
+            fail(f"{where}: no {probe}")
+        elif tls:
+            want = "/healthz" if probe == "livenessProbe" else "/readyz"
+            h = p.get("httpGet", {})
+            if "grpc" in p or h.get("scheme") != "HTTPS" or h.get("path") != want or \
+                    h.get("port") not in ("metrics", ports.get("metrics")):
+                fail(f"{where}: {probe} is not an HTTPS {want} probe on the metrics port")
+        elif "grpc" not in p:
             fail(f"{where}: {probe} is not a gRPC probe")
         elif p["grpc"]["port"] != ports.get("grpc"):
             fail(f"{where}: {probe} probes port {p['grpc']['port']}, not the grpc port")
-    ok(f"{where}: startup, readiness and liveness probe the gRPC health service on port "
-       f"{ports.get('grpc')}")
+    ok(f"{where}: startup, readiness and liveness probe " +
+       ("/readyz and /healthz over HTTPS on the metrics port" if tls else
+        f"the gRPC health service on port {ports.get('grpc')}"))
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     claims = {c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])}
@@ -208,7 +220,12 @@ def consistency(where, docs):
         cm = v.get("configMap", {}).get("name")
         if cm and cm not in configmaps:
             fail(f"{where}: volume {v['name']} names ConfigMap {cm}, which is not rendered")
-    ok(f"{where}: every volumeMount has a volume, every ConfigMap volume exists")
+    secrets = {c["metadata"]["name"]: c for c in by_kind(docs, "Secret")}
+    for v in volumes.values():
+        sec = v.get("secret", {}).get("secretName")
+        if sec and sec not in secrets and sec != "tandemd-tls":  # TLS: the operator's Secret
+            fail(f"{where}: volume {v['name']} names Secret {sec}, which is not rendered")
+    ok(f"{where}: every volumeMount has a volume, every ConfigMap and Secret volume exists")
 
     flags = flags_of(docs)
     state = next((m["mountPath"] for m in container["volumeMounts"] if m["name"] in claims), None)
@@ -219,6 +236,22 @@ def consistency(where, docs):
     if flags.get("listen", "").rsplit(":", 1)[-1] != str(ports.get("grpc")) or \
             flags.get("metrics_listen", "").rsplit(":", 1)[-1] != str(ports.get("metrics")):
         fail(f"{where}: --listen / --metrics_listen do not match the container ports")
+    # Files named by flags (tokens, TLS material) lie in a mounted Secret under their key.
+    mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in container["volumeMounts"]}
+    for flag in ("auth_tokens", "tls_cert", "tls_key", "tls_client_ca"):
+        path = flags.get(flag)
+        if not path:
+            continue
+        folder, key = path.rsplit("/", 1)
+        secret = mounts.get(folder, {}).get("secret", {}).get("secretName")
+        if not secret:
+            fail(f"{where}: --{flag}={path} is not in a mounted Secret")
+        elif secret in secrets and key not in secrets[secret].get("data", {}):
+            fail(f"{where}: --{flag}={path}: Secret {secret} has no key {key}")
+    if not flags.get("auth_tokens") and not flags.get("tls_client_ca"):
+        fail(f"{where}: no --auth_tokens: tandemd would listen on loopback only and the "
+             f"probes and Services would reach nothing")
+    ok(f"{where}: --auth_tokens (and TLS files) lie in mounted Secrets")
     pre = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_sleep = int(pre[-1]) if len(pre) == 2 and pre[0].endswith("sleep") else 0
     drain = int(flags.get("shutdown_grace_seconds", 30))
@@ -293,6 +326,11 @@ def overlay_checks(where, docs, sts, flags):
         if flags.get("devices") not in ("auto", "cuda:0"):
             fail(f"gpu: --devices={flags.get('devices')} would not use the GPU")
         ok("gpu: one nvidia.com/gpu, the CUDA image, --devices=" + str(flags.get("devices")))
+    if where == "overlays/tls":
+        if not flags.get("tls_cert") or not flags.get("tls_key"):
+            fail("tls: --tls_cert and --tls_key are not set")
+        else:
+            ok("tls: --tls_cert / --tls_key from Secret tandemd-tls")
     if where == "overlays/autoscaling":
         hpas = by_kind(docs, "HorizontalPodAutoscaler")
         if len(hpas) != 1:

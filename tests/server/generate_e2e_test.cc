@@ -17,8 +17,10 @@
 #include "gtest/gtest.h"
 #include "models/text/sentencepiece_tokenizer.h"
 #include "server/api/server.h"
+#include "server/core/worker_pool.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
+#include "tests/server/device_hold.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -286,12 +288,22 @@ TEST_F(GenerateE2ETest, DeadlineCancelsWorkOnTheDevice) {
   GenerateRequest req = TextRequest("the river", 100);
   req.mutable_text()->set_temperature(1.0f);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(5));
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(1500);
+  ctx.set_deadline(deadline);
   auto reader = stub_->Generate(&ctx, req);
   GenerateResponse resp;
-  while (reader->Read(&resp)) {
+  ASSERT_TRUE(reader->Read(&resp));  // decoding on the device
+  int reads = 1;
+  {
+    // The device stopped mid-request until the deadline has passed (on both sides: the server's
+    // may trail the client's by the transport's delay), so a fast tiny model cannot finish first.
+    testing::DeviceHold hold(server_->pool()->loop(0));
+    ASSERT_TRUE(hold.Hold());
+    std::this_thread::sleep_until(deadline + std::chrono::milliseconds(300));
   }
+  while (reader->Read(&resp)) ++reads;
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(reads, 100) << "the request ran to its end after its deadline";
   StreamResult next = Run(TextRequest("the cat", 5), /*deadline_s=*/10);
   EXPECT_TRUE(next.status.ok()) << next.status.error_message();
 }

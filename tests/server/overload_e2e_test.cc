@@ -222,8 +222,18 @@ TEST_F(OverloadE2ETest, ADeadlinePassingInTheQueueNeverReachesTheDevice) {
   ASSERT_TRUE(hold.Hold());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
-  EXPECT_EQ(Run(Text("the cat sat", 20), &ctx).error_code(),
-            grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::Status status;
+  std::thread call([&] { status = Run(Text("the cat sat", 20), &ctx); });
+  // In hand and waiting on the held device...
+  for (int i = 0; i < 5000 && server_->pool()->pending() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(server_->pool()->pending(), 1);
+  call.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // ...past its deadline on the server's clock too (it may trail the client's by the
+  // transport's delay on a loaded machine).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   hold.Release();
   // It leaves at the loop's next iteration, without having started: prompt tokens are counted
   // when a request starts on the device, and no slot was taken.
