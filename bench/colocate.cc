@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_client.h"
+#include "client/train_format.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
 
@@ -25,6 +26,8 @@ ABSL_FLAG(int, text_tokens, 32, "colocate: tokens per text request (greedy)");
 ABSL_FLAG(int, image_steps, 20, "colocate: DDIM steps per image request");
 ABSL_FLAG(std::string, text_dataset, "fortunes.txt", "colocate: the text job's dataset");
 ABSL_FLAG(std::string, image_dataset, "fashion-mnist", "colocate: the image job's dataset");
+ABSL_FLAG(std::string, text_spec, "scripts/recipes/text.json", "colocate: the text job's recipe");
+ABSL_FLAG(std::string, image_spec, "scripts/recipes/image.json", "colocate: the image job's recipe");
 ABSL_FLAG(int, train_chunk_rows, 0, "colocate: the jobs' chunk_rows (0: server calibrates)");
 ABSL_FLAG(uint64_t, trace_seed, 1, "colocate: seed of the Poisson traces");
 
@@ -183,33 +186,24 @@ class Colocation {
     return w;
   }
 
+  // The demo's recipe (scripts/recipes/), run until the measurement cancels it.
   v1::TrainJobSpec JobSpec(bool text) const {
-    v1::TrainJobSpec spec;
+    const std::string file = absl::GetFlag(text ? FLAGS_text_spec : FLAGS_image_spec);
+    absl::StatusOr<v1::TrainJobSpec> recipe = client::ReadTrainJobSpecFile(file);
+    if (!recipe.ok()) {
+      std::fprintf(stderr, "tandem-bench: %s\n", recipe.status().ToString().c_str());
+      std::exit(2);
+    }
+    v1::TrainJobSpec spec = *std::move(recipe);
+    spec.set_name(text ? "bench-text" : "bench-image");
+    spec.set_dataset(absl::GetFlag(text ? FLAGS_text_dataset : FLAGS_image_dataset));
+    spec.clear_deploy_as();
     auto* h = spec.mutable_hyperparameters();
+    h->set_max_seconds(0);
     h->set_steps(1000000);  // cancelled when the measurement is done
     h->set_eval_every(1000000);
     h->set_checkpoint_every(1000000);
     h->set_chunk_rows(absl::GetFlag(FLAGS_train_chunk_rows));
-    if (text) {  // the demo's text recipe
-      spec.set_name("bench-text");
-      spec.set_kind(v1::TRAIN_KIND_TEXT);
-      spec.set_dataset(absl::GetFlag(FLAGS_text_dataset));
-      auto* m = spec.mutable_text_model();
-      m->set_vocab_size(1024);
-      m->set_dim(192);
-      m->set_layers(4);
-      m->set_heads(6);
-      m->set_kv_heads(3);
-      m->set_seq_len(128);
-      h->set_batch_size(16);
-      h->set_lr(3e-3);
-    } else {  // the demo's image recipe (the default U-Net)
-      spec.set_name("bench-image");
-      spec.set_kind(v1::TRAIN_KIND_IMAGE);
-      spec.set_dataset(absl::GetFlag(FLAGS_image_dataset));
-      h->set_batch_size(32);
-      h->set_lr(2e-3);
-    }
     return spec;
   }
 

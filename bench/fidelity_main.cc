@@ -32,6 +32,7 @@
 #include "models/torch/device.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
+#include "client/train_format.h"
 #include "trainer/data/image_dataset.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "tandemd address");
@@ -44,8 +45,10 @@ ABSL_FLAG(int, threads, 0, "LibTorch threads here (0: all cores)");
 ABSL_FLAG(double, train_seconds, 600, "Each job's training budget (max_seconds)");
 ABSL_FLAG(std::string, image_dataset, "fashion-mnist", "The image job's dataset (--data_dir)");
 ABSL_FLAG(std::string, text_dataset, "fortunes.txt", "The text job's dataset (--data_dir)");
-ABSL_FLAG(std::string, image_spec, "", "A TrainJobSpec (protobuf JSON) for the image job");
-ABSL_FLAG(std::string, text_spec, "", "A TrainJobSpec (protobuf JSON) for the text job");
+ABSL_FLAG(std::string, image_spec, "scripts/recipes/image.json",
+          "The image job: a TrainJobSpec in protobuf JSON (default: the demo's recipe)");
+ABSL_FLAG(std::string, text_spec, "scripts/recipes/text.json",
+          "The text job: a TrainJobSpec in protobuf JSON (default: the demo's recipe)");
 ABSL_FLAG(bool, skip_text, false, "Only the image job");
 ABSL_FLAG(bool, skip_image, false, "Only the text job");
 ABSL_FLAG(int, per_class, 8, "Samples per class");
@@ -138,35 +141,13 @@ Classifier TrainOrLoadClassifier() {
 // ---------------------------------------------------------------------------------------------
 
 v1::TrainJobSpec Spec(bool text) {
-  v1::TrainJobSpec spec;
   const std::string file = absl::GetFlag(text ? FLAGS_text_spec : FLAGS_image_spec);
-  if (!file.empty()) {
-    std::ifstream in(file);
-    std::stringstream json;
-    json << in.rdbuf();
-    if (!google::protobuf::util::JsonStringToMessage(json.str(), &spec).ok()) {
-      std::fprintf(stderr, "tandem-fidelity-bench: %s is not a TrainJobSpec\n", file.c_str());
-      std::exit(2);
-    }
-  } else if (text) {  // the demo's text recipe
-    spec.set_kind(v1::TRAIN_KIND_TEXT);
-    auto* m = spec.mutable_text_model();
-    m->set_vocab_size(1024);
-    m->set_dim(192);
-    m->set_layers(4);
-    m->set_heads(6);
-    m->set_kv_heads(3);
-    m->set_seq_len(128);
-    auto* h = spec.mutable_hyperparameters();
-    h->set_batch_size(16);
-    h->set_lr(3e-3);
-    h->set_weight_decay(0.1);
-  } else {  // the demo's image recipe
-    spec.set_kind(v1::TRAIN_KIND_IMAGE);
-    auto* h = spec.mutable_hyperparameters();
-    h->set_batch_size(32);
-    h->set_lr(2e-3);
+  absl::StatusOr<v1::TrainJobSpec> recipe = tandem::client::ReadTrainJobSpecFile(file);
+  if (!recipe.ok()) {
+    std::fprintf(stderr, "tandem-fidelity-bench: %s\n", recipe.status().ToString().c_str());
+    std::exit(2);
   }
+  v1::TrainJobSpec spec = *std::move(recipe);
   spec.set_name(text ? "fidelity-text" : "fidelity-image");
   spec.set_dataset(absl::GetFlag(text ? FLAGS_text_dataset : FLAGS_image_dataset));
   spec.set_deploy_as(text ? "fidelity-text" : "fidelity-image");

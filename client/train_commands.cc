@@ -365,17 +365,14 @@ int WatchWith(Training::Stub* stub, const ConnectOptions& connect, const std::st
 int TrainSubmit(const ConnectOptions& connect, const TrainSubmitOptions& options) {
   tandem::v1::TrainJobSpec spec;
   if (!options.spec_file.empty()) {
-    std::ifstream in(options.spec_file, std::ios::binary);
-    if (!in) {
-      std::fprintf(stderr, "tandem: cannot read --spec %s: %s\n", options.spec_file.c_str(),
-                   std::strerror(errno));
+    absl::StatusOr<tandem::v1::TrainJobSpec> parsed = ReadTrainJobSpecFile(options.spec_file);
+    if (!parsed.ok()) {
+      if (parsed.status().code() == absl::StatusCode::kInvalidArgument) {
+        return BadArgument(parsed.status());
+      }
+      std::fprintf(stderr, "tandem: --spec: %s\n", std::string(parsed.status().message()).c_str());
       return 2;
     }
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    absl::StatusOr<tandem::v1::TrainJobSpec> parsed =
-        ParseTrainJobSpecJson(buffer.str(), options.spec_file);
-    if (!parsed.ok()) return BadArgument(parsed.status());
     spec = *std::move(parsed);
   }
   if (absl::Status s = ApplyTrainSpecFlags(options.flags, &spec); !s.ok()) return BadArgument(s);

@@ -5,7 +5,11 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -58,6 +62,17 @@ absl::StatusOr<v1::TrainJobSpec> ParseTrainJobSpecJson(const std::string& json,
                         std::string(message.data(), message.size())));
   }
   return spec;
+}
+
+absl::StatusOr<v1::TrainJobSpec> ReadTrainJobSpecFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const std::string why = absl::StrCat("cannot read ", path, ": ", std::strerror(errno));
+    return errno == ENOENT ? absl::NotFoundError(why) : absl::PermissionDeniedError(why);
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseTrainJobSpecJson(buffer.str(), path);
 }
 
 absl::StatusOr<std::vector<int>> ParseIntList(const std::string& text, const std::string& flag,

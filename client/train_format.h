@@ -77,6 +77,9 @@ struct TrainSpecFlags {
 // or number). `source` names the input in errors (the file name).
 absl::StatusOr<tandem::v1::TrainJobSpec> ParseTrainJobSpecJson(const std::string& json,
                                                                const std::string& source);
+// The same from a file (`tandem train submit --spec`, the benchmarks' recipes in
+// scripts/recipes/): NOT_FOUND / PERMISSION_DENIED naming it when it cannot be read.
+absl::StatusOr<tandem::v1::TrainJobSpec> ReadTrainJobSpecFile(const std::string& path);
 
 // Writes the set flags into `spec`. The kind comes from --kind, else the spec, else the model
 // config (the spec's, or which model flags were given). INVALID_ARGUMENT for a bad --kind or list,

@@ -4,7 +4,7 @@
 # while it keeps serving — trains a small LLM on the fortunes corpus and a diffusion model on
 # Fashion-MNIST for a few minutes each through the Training RPCs, hot-swaps both results into
 # serving, streams a generated text and writes generated PNGs.
-#   TEXT_STEPS / IMAGE_STEPS override the length of the two jobs.
+#   The jobs are scripts/recipes/*.json, 10 minutes each; TEXT_SECONDS / IMAGE_SECONDS override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
@@ -41,18 +41,13 @@ echo "== serving while nothing is trained yet: random weights, gibberish"
 "$BIN/tandem" generate --model=fortunes --max_tokens=24 --seed=42 "Q: What is the meaning of life?"
 
 echo "== training: an LLM on the fortunes corpus (every 10th fortune held out)"
-TEXT_JOB=$("$BIN/tandem" train submit --name=fortunes-llm --kind=text --dataset=fortunes.txt \
-  --vocab_size=1024 --dim=192 --layers=4 --heads=6 --kv_heads=3 --seq_len=128 \
-  --steps="${TEXT_STEPS:-600}" --batch_size=16 --lr=0.003 --min_lr=0.0003 --warmup_steps=50 \
-  --weight_decay=0.1 --eval_every=200 --checkpoint_every=100 --seed=1 \
-  --deploy_as=fortunes | head -n1)
+# The recipes (scripts/recipes/*.json) train for 10 minutes each; TEXT_SECONDS / IMAGE_SECONDS
+# shorten or lengthen that.
+TEXT_JOB=$("$BIN/tandem" train submit --spec=scripts/recipes/text.json \
+  --max_seconds="${TEXT_SECONDS:-600}" | head -n1)
 echo "== training: a diffusion model on Fashion-MNIST (queued behind the LLM job)"
-IMAGE_JOB=$("$BIN/tandem" train submit --name=fashion-diffusion --kind=image \
-  --dataset=fashion-mnist --image_size=28 --channels=1 --unet_widths=32,64,128 \
-  --attention_levels=1,2 --steps="${IMAGE_STEPS:-200}" --batch_size=32 --lr=0.002 \
-  --min_lr=0.0002 --warmup_steps=30 --eval_every=100 --checkpoint_every=100 \
-  --caption_dropout=0.1 --seed=1 \
-  --deploy_as=fashion | head -n1)
+IMAGE_JOB=$("$BIN/tandem" train submit --spec=scripts/recipes/image.json \
+  --max_seconds="${IMAGE_SECONDS:-600}" | head -n1)
 "$BIN/tandem" train list
 # While the LLM trains, the server keeps serving: a stream from the (still random) image model.
 "$BIN/tandem" image --model=fashion --steps=10 --seed=3 -o "$RUN/during-training.png" "a bag" >/dev/null

@@ -104,6 +104,88 @@ ABSL_FLAG(int, max_caption_bytes, 1024,
 ABSL_FLAG(int, max_stop_strings, 8, "Stop strings per request");
 ABSL_FLAG(int, max_stop_bytes, 256, "Bytes per stop string");
 
+namespace {
+
+// The server's options from the flags (devices resolved already).
+absl::StatusOr<tandem::ServerOptions> OptionsFromFlags(const std::vector<std::string>& devices) {
+  tandem::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.models_dir = absl::GetFlag(FLAGS_models_dir);
+  options.default_model = absl::GetFlag(FLAGS_default_model);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
+  options.train_memory_limit_mb = absl::GetFlag(FLAGS_train_memory_limit_mb);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.devices = devices;
+  options.max_sequences_per_device = absl::GetFlag(FLAGS_max_sequences);
+  options.max_pending = absl::GetFlag(FLAGS_max_pending);
+  options.max_images_per_device = absl::GetFlag(FLAGS_max_images);
+  options.limits.max_images = absl::GetFlag(FLAGS_max_images_per_request);
+  options.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
+  options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
+  options.max_queue_per_model = absl::GetFlag(FLAGS_max_queue_per_model);
+  options.log_requests = absl::GetFlag(FLAGS_log_requests);
+  options.train_min_share = absl::GetFlag(FLAGS_train_min_share);
+  options.train_slice_ms = absl::GetFlag(FLAGS_train_slice_ms);
+  const std::string exec = absl::GetFlag(FLAGS_train_execution);
+  if (exec == "background") {
+    options.train_execution = tandem::TrainExecution::kBackground;
+  } else if (exec == "normal") {
+    options.train_execution = tandem::TrainExecution::kNormal;
+  } else if (exec == "inline") {
+    options.train_execution = tandem::TrainExecution::kInline;
+  } else {
+    return absl::InvalidArgumentError("--train_execution must be background, normal or inline");
+  }
+  if (options.train_slice_ms < 1) {
+    return absl::InvalidArgumentError("--train_slice_ms must be >= 1");
+  }
+  options.peak_flops = absl::GetFlag(FLAGS_peak_flops);
+  options.on_loading = [](int port, int metrics_port) {
+    std::fprintf(stderr, "tandemd: port %d answers NOT_SERVING while the models load%s\n", port,
+                 metrics_port > 0
+                     ? (", metrics on port " + std::to_string(metrics_port)).c_str()
+                     : "");
+  };
+  options.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
+  options.insecure_allow_remote = absl::GetFlag(FLAGS_insecure_allow_remote);
+  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                 absl::GetFlag(FLAGS_tls_client_ca)};
+  options.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
+  options.grpc.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.grpc.min_ping_interval_seconds = absl::GetFlag(FLAGS_min_ping_interval_seconds);
+  options.grpc.max_ping_strikes = absl::GetFlag(FLAGS_max_ping_strikes);
+  options.grpc.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
+  options.grpc.max_connection_idle_seconds = absl::GetFlag(FLAGS_max_connection_idle_seconds);
+  options.grpc.memory_limit_mb = absl::GetFlag(FLAGS_grpc_memory_limit_mb);
+  options.grpc.max_request_seconds = absl::GetFlag(FLAGS_max_request_seconds);
+  options.limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  options.limits.max_caption_bytes = absl::GetFlag(FLAGS_max_caption_bytes);
+  options.limits.max_stop_strings = absl::GetFlag(FLAGS_max_stop_strings);
+  options.limits.max_stop_bytes = absl::GetFlag(FLAGS_max_stop_bytes);
+  return options;
+}
+
+// The start-up line: where it listens, how it is secured, on which devices.
+void AnnounceServing(const tandem::Server& server, const tandem::ServerOptions& options,
+                     int threads) {
+  std::fprintf(stderr,
+               "tandemd: serving on %s (port %d, %s%s; devices %s, %d compute threads), metrics "
+               "on %s\n",
+               server.listen_address().c_str(), server.port(),
+               options.tls.cert.empty() ? "plaintext"
+               : options.tls.client_ca.empty() ? "TLS"
+                                               : "mutual TLS",
+               options.auth_tokens.empty() ? ", no tokens" : ", bearer tokens",
+               absl::StrJoin(options.devices, ",").c_str(), threads,
+               options.metrics_listen.empty()
+                   ? "(disabled)"
+                   : ("port " + std::to_string(server.metrics_port())).c_str());
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   // Several threads run LibTorch work at once here (a device loop serving while a training job
   // evaluates on its own thread, gRPC threads beside them). With OpenMP's default spin-waiting,
@@ -134,82 +216,18 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  tandem::ServerOptions options;
-  options.listen = absl::GetFlag(FLAGS_listen);
-  options.models_dir = absl::GetFlag(FLAGS_models_dir);
-  options.default_model = absl::GetFlag(FLAGS_default_model);
-  options.data_dir = absl::GetFlag(FLAGS_data_dir);
-  options.state_dir = absl::GetFlag(FLAGS_state_dir);
-  options.keep_checkpoints = absl::GetFlag(FLAGS_keep_checkpoints);
-  options.train_memory_limit_mb = absl::GetFlag(FLAGS_train_memory_limit_mb);
-  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  options.devices = *devices;
-  options.max_sequences_per_device = absl::GetFlag(FLAGS_max_sequences);
-  options.max_pending = absl::GetFlag(FLAGS_max_pending);
-  options.max_images_per_device = absl::GetFlag(FLAGS_max_images);
-  options.limits.max_images = absl::GetFlag(FLAGS_max_images_per_request);
-  options.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
-  options.prefill_token_budget = absl::GetFlag(FLAGS_prefill_token_budget);
-  options.max_queue_per_model = absl::GetFlag(FLAGS_max_queue_per_model);
-  options.log_requests = absl::GetFlag(FLAGS_log_requests);
-  options.train_min_share = absl::GetFlag(FLAGS_train_min_share);
-  options.train_slice_ms = absl::GetFlag(FLAGS_train_slice_ms);
-  const std::string exec = absl::GetFlag(FLAGS_train_execution);
-  if (exec == "background") {
-    options.train_execution = tandem::TrainExecution::kBackground;
-  } else if (exec == "normal") {
-    options.train_execution = tandem::TrainExecution::kNormal;
-  } else if (exec == "inline") {
-    options.train_execution = tandem::TrainExecution::kInline;
-  } else {
-    std::fprintf(stderr, "tandemd: --train_execution must be background, normal or inline\n");
+  absl::StatusOr<tandem::ServerOptions> options = OptionsFromFlags(*devices);
+  if (!options.ok()) {
+    std::fprintf(stderr, "tandemd: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
-  if (options.train_slice_ms < 1) {
-    std::fprintf(stderr, "tandemd: --train_slice_ms must be >= 1\n");
-    return 2;
-  }
-  options.peak_flops = absl::GetFlag(FLAGS_peak_flops);
-  options.on_loading = [](int port, int metrics_port) {
-    std::fprintf(stderr, "tandemd: port %d answers NOT_SERVING while the models load%s\n", port,
-                 metrics_port > 0
-                     ? (", metrics on port " + std::to_string(metrics_port)).c_str()
-                     : "");
-  };
-  options.auth_tokens = absl::GetFlag(FLAGS_auth_tokens);
-  options.insecure_allow_remote = absl::GetFlag(FLAGS_insecure_allow_remote);
-  options.tls = {absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
-                 absl::GetFlag(FLAGS_tls_client_ca)};
-  options.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_receive_message_bytes);
-  options.grpc.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
-  options.grpc.min_ping_interval_seconds = absl::GetFlag(FLAGS_min_ping_interval_seconds);
-  options.grpc.max_ping_strikes = absl::GetFlag(FLAGS_max_ping_strikes);
-  options.grpc.keepalive_seconds = absl::GetFlag(FLAGS_keepalive_seconds);
-  options.grpc.max_connection_idle_seconds = absl::GetFlag(FLAGS_max_connection_idle_seconds);
-  options.grpc.memory_limit_mb = absl::GetFlag(FLAGS_grpc_memory_limit_mb);
-  options.grpc.max_request_seconds = absl::GetFlag(FLAGS_max_request_seconds);
-  options.limits.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
-  options.limits.max_caption_bytes = absl::GetFlag(FLAGS_max_caption_bytes);
-  options.limits.max_stop_strings = absl::GetFlag(FLAGS_max_stop_strings);
-  options.limits.max_stop_bytes = absl::GetFlag(FLAGS_max_stop_bytes);
 
-  absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(options);
+  absl::StatusOr<std::unique_ptr<tandem::Server>> server = tandem::Server::Create(*options);
   if (!server.ok()) {
     std::fprintf(stderr, "tandemd: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  std::fprintf(stderr,
-               "tandemd: serving on %s (port %d, %s%s; devices %s, %d compute threads), metrics "
-               "on %s\n",
-               (*server)->listen_address().c_str(), (*server)->port(),
-               options.tls.cert.empty() ? "plaintext"
-               : options.tls.client_ca.empty() ? "TLS"
-                                               : "mutual TLS",
-               options.auth_tokens.empty() ? ", no tokens" : ", bearer tokens",
-               absl::StrJoin(options.devices, ",").c_str(), threads,
-               options.metrics_listen.empty()
-                   ? "(disabled)"
-                   : ("port " + std::to_string((*server)->metrics_port())).c_str());
+  AnnounceServing(**server, *options, threads);
 
   int sig = 0;
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
