@@ -152,8 +152,10 @@ v1::TrainJobSpec Spec(bool text) {
   spec.set_dataset(absl::GetFlag(text ? FLAGS_text_dataset : FLAGS_image_dataset));
   spec.set_deploy_as(text ? "fidelity-text" : "fidelity-image");
   auto* h = spec.mutable_hyperparameters();
+  // Steps left 0: tandemd plans them from the measured rate so that the schedule reaches
+  // min_lr at the budget (a fixed large `steps` would keep the learning rate at its peak).
   h->set_max_seconds(absl::GetFlag(FLAGS_train_seconds));
-  if (h->steps() == 0) h->set_steps(1000000);  // the time budget ends it
+  h->set_steps(0);
   return spec;
 }
 

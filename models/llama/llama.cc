@@ -24,8 +24,9 @@
 //     that follows them (W (x*g) == (W diag(g)) x), and mean(x^2) + eps is one addmv;
 //   * residual adds are fused into the projections (addmm / addmv);
 //   * the rotary table is built once; the step's indices (and mask) once per step;
-//   * on the CPU a step of fewer than kGemvRows rows multiplies with mv, since OpenBLAS's sgemm
-//     packs its whole right-hand side, several times the cost of a gemv for a row or two;
+//   * on the CPU a projection of fewer than kKernelRows rows runs in the cpu_kernels loops, not
+//     in OpenBLAS (whose sgemm packs its whole right-hand side, and whose threaded calls share
+//     one buffer slot with training's: see kKernelRows);
 //   * Prefill computes the output projection for the last position only.
 //
 // Decode on the CPU, below kLoopRows sequences a step, is a handful of loops over the weights in
@@ -89,8 +90,13 @@ using torch_util::FromFloatTensor;
 using torch_util::RunTorch;
 using torch_util::ToFloatTensor;
 
-// CPU steps with fewer rows than this multiply by the weights with gemv rather than gemm.
-constexpr int64_t kGemvRows = 4;
+// CPU projections of fewer rows than this (a short prompt's prefill, the last position's
+// logits, a decode step on the ATen path) multiply in the cpu_kernels loops rather than in
+// OpenBLAS. Besides skipping sgemm's packing, this keeps serving off OpenBLAS's one buffer slot
+// for threaded calls (MAX_PARALLEL_NUMBER 1 in Debian's build): a threaded call waits, spinning,
+// while another thread's call holds it — and a training chunk's call, on SCHED_IDLE threads the
+// spinning server thread starves, held it for 100–1000 ms (see README: serving beside training).
+constexpr int64_t kKernelRows = 32;
 // CPU decode steps of fewer rows than this run in the cpu_kernels loops (DecodeRowsCpu); larger
 // ones multiply in OpenBLAS's sgemm, whose register-blocked kernels win there despite packing
 // the weights (the crossover measured on a 7M model, 1 thread: about 16 rows).
@@ -186,22 +192,21 @@ torch::Tensor RmsNorm(const torch::Tensor& x, const Weights& w) {
 // x: [N, in], w: [out, in] -> x w^T (+ residual [N, out]): [N, out].
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w,
                      const torch::Tensor* residual = nullptr) {
-  const int64_t n = x.size(0);
-  if (x.is_cpu() && n < kGemvRows) {
-    if (n == 1) {
-      return (residual ? at::addmv(residual->select(0, 0), w, x.select(0, 0))
-                       : at::mv(w, x.select(0, 0)))
-          .unsqueeze(0);  // [1, out]
-    }
-    torch::Tensor y = at::empty({n, w.size(0)}, x.options());  // [N, out]
-    for (int64_t i = 0; i < n; ++i) {
-      torch::Tensor yi = y.select(0, i);  // [out]
-      if (residual) {
-        at::addmv_out(yi, residual->select(0, i), w, x.select(0, i));
-      } else {
-        at::mv_out(yi, w, x.select(0, i));
-      }
-    }
+  const int64_t n = x.size(0), in = x.size(1), out = w.size(0);
+  if (x.is_cpu() && n < kKernelRows && x.scalar_type() == at::kFloat && w.is_contiguous()) {
+    const torch::Tensor xc = x.contiguous();                                 // [N, in]
+    const torch::Tensor rc = residual ? residual->contiguous() : torch::Tensor();  // [N, out]
+    torch::Tensor y = at::empty({n, out}, x.options());                     // [N, out]
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    const float* wp = w.data_ptr<float>();
+    const float* xp = xc.data_ptr<float>();
+    const float* rp = residual ? rc.data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    // Output rows in parallel, about 32K multiply-adds a task.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, in * n));
+    at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
+      cpu_kernels::MatMat(width, wp, in, xp, in, n, rp, yp, out, begin, end);
+    });
     return y;
   }
   return residual ? at::addmm(*residual, x, w.t()) : at::mm(x, w.t());
