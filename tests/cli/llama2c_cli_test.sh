@@ -57,7 +57,7 @@ PORT=$((20000 + RANDOM % 20000))
   --state_dir="$WORK/state" --data_dir="$WORK/data" --threads=1 > "$WORK/tandemd.log" 2>&1 &
 PID=$!
 export TANDEM_SERVER="127.0.0.1:$PORT"
-for _ in $(seq 1 100); do "$BIN/tandem" models >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 600); do "$BIN/tandem" models >/dev/null 2>&1 && break; sleep 0.1; done  # a loaded CI machine starts slowly
 "$BIN/tandem" models | grep -q '^imported' || fail "tandem models does not list imported"
 for prompt in "the quick brown" "a river"; do
   a=$("$BIN/tandem" generate --model=original --temperature=0 --max_tokens=40 --usage=false "$prompt")
