@@ -19,7 +19,7 @@ PORT=$((20000 + RANDOM % 20000))
   --state_dir="$WORK/state" --data_dir="$WORK/data" --threads=1 --shutdown_grace_seconds=30 > "$WORK/tandemd.log" 2>&1 &
 PID=$!
 export TANDEM_SERVER="127.0.0.1:$PORT"
-for _ in $(seq 1 100); do "$BIN/tandem" models >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 600); do "$BIN/tandem" models >/dev/null 2>&1 && break; sleep 0.1; done
 "$BIN/tandem" models | grep -q '^tiny\*' || fail "tandem models does not list tiny"
 
 # Client errors: one line, the right exit code.

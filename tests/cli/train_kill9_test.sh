@@ -24,7 +24,7 @@ start_server() {
     --data_dir="$WORK/data" --state_dir="$WORK/state" --threads=1 --keep_checkpoints=5 \
     >> "$WORK/tandemd.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 100); do "$BIN/tandem" train list >/dev/null 2>&1 && return 0; sleep 0.1; done
+  for _ in $(seq 1 600); do "$BIN/tandem" train list >/dev/null 2>&1 && return 0; sleep 0.1; done
   fail "tandemd did not start"
 }
 export TANDEM_SERVER="127.0.0.1:$PORT"
