@@ -10,11 +10,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "bench/bench_util.h"
 #include "tandem/v1/inference.grpc.pb.h"
 
 namespace tandem::bench {
-
-using Clock = std::chrono::steady_clock;
 
 double SecondsBetween(Clock::time_point from, Clock::time_point to);
 // The p-quantile (0..1) of v, nearest rank; 0 for an empty v.

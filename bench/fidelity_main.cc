@@ -26,6 +26,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
 #include "models/formats/png.h"
@@ -53,7 +54,9 @@ ABSL_FLAG(bool, skip_text, false, "Only the image job");
 ABSL_FLAG(bool, skip_image, false, "Only the text job");
 ABSL_FLAG(int, per_class, 8, "Samples per class");
 ABSL_FLAG(int, steps, 50, "DDIM steps per sample");
-ABSL_FLAG(double, guidance, 3.0, "Guidance scale of the samples");
+ABSL_FLAG(double, guidance, 3.0, "Guidance scale of the samples (and of the grid)");
+ABSL_FLAG(std::vector<std::string>, also_guidance, {},
+          "Score the same model again at these guidance scales (e.g. 2,5), without a grid");
 ABSL_FLAG(std::string, grid_png, "run/fidelity/samples.png", "The samples, one row per class");
 
 namespace {
@@ -196,13 +199,13 @@ void ReportText(const v1::TrainJob& job) {
 
 // Generates the samples of one class and returns their pixels.
 std::vector<tandem::RawImage> Generate(v1::Inference::Stub* inference, const std::string& model,
-                                       int label) {
+                                       int label, double guidance) {
   std::vector<tandem::RawImage> out;
   v1::GenerateRequest req;
   req.set_model(model);
   req.set_prompt(tandem::FashionMnistCaption(label, 0));
   req.mutable_image()->set_steps(absl::GetFlag(FLAGS_steps));
-  req.mutable_image()->set_guidance_scale(static_cast<float>(absl::GetFlag(FLAGS_guidance)));
+  req.mutable_image()->set_guidance_scale(static_cast<float>(guidance));
   req.mutable_image()->set_num_images(absl::GetFlag(FLAGS_per_class));
   req.mutable_image()->set_seed(1);
   req.mutable_image()->set_preview_every(0);
@@ -219,15 +222,16 @@ std::vector<tandem::RawImage> Generate(v1::Inference::Stub* inference, const std
   return out;
 }
 
-void ScoreImages(Classifier& net, v1::Inference::Stub* inference, const std::string& model) {
+// Scores the model's samples at `guidance`, per class; writes their grid to grid_png unless empty.
+void ScoreImages(Classifier& net, v1::Inference::Stub* inference, const std::string& model,
+                 double guidance, const std::string& grid_png) {
   const auto& classes = tandem::FashionMnistClasses();
   std::vector<tandem::RawImage> grid;
   double sum = 0, worst = 1;
   std::printf("\nimage samples (%d per class, %d DDIM steps, guidance %.1f), classified:\n",
-              absl::GetFlag(FLAGS_per_class), absl::GetFlag(FLAGS_steps),
-              absl::GetFlag(FLAGS_guidance));
+              absl::GetFlag(FLAGS_per_class), absl::GetFlag(FLAGS_steps), guidance);
   for (int label = 0; label < static_cast<int>(classes.size()); ++label) {
-    std::vector<tandem::RawImage> images = Generate(inference, model, label);
+    std::vector<tandem::RawImage> images = Generate(inference, model, label, guidance);
     torch::Tensor x = torch::empty({static_cast<int64_t>(images.size()), 1, 28, 28},
                                    torch::kUInt8);  // [n, 1, 28, 28]
     for (size_t i = 0; i < images.size(); ++i) {
@@ -242,13 +246,14 @@ void ScoreImages(Classifier& net, v1::Inference::Stub* inference, const std::str
   }
   std::printf("mean sample accuracy %.3f (goal >= 0.80), worst class %.3f (goal >= 0.5)\n",
               sum / classes.size(), worst);
+  if (grid_png.empty()) return;
   absl::StatusOr<tandem::RawImage> tiled = tandem::TileImages(grid, absl::GetFlag(FLAGS_per_class));
   if (tiled.ok()) {
     absl::StatusOr<std::string> png = tandem::EncodePng(tandem::ResizeNearest(
         *tiled, tiled->width * 2, tiled->height * 2));
     if (png.ok()) {
-      std::ofstream(absl::GetFlag(FLAGS_grid_png), std::ios::binary) << *png;
-      std::printf("samples: %s\n", absl::GetFlag(FLAGS_grid_png).c_str());
+      std::ofstream(grid_png, std::ios::binary) << *png;
+      std::printf("samples: %s\n", grid_png.c_str());
     }
   }
 }
@@ -268,7 +273,19 @@ int main(int argc, char** argv) {
     std::printf("image: %s %s after %lld steps; held-out noise MSE %.4f\n", image.id().c_str(),
                 v1::TrainJobState_Name(image.state()).c_str(),
                 static_cast<long long>(image.latest().step()), image.best_eval().loss());
-    if (image.state() == v1::SUCCEEDED) ScoreImages(net, inference.get(), image.deployed_as());
+    if (image.state() == v1::SUCCEEDED) {
+      ScoreImages(net, inference.get(), image.deployed_as(), absl::GetFlag(FLAGS_guidance),
+                  absl::GetFlag(FLAGS_grid_png));
+      for (const std::string& g : absl::GetFlag(FLAGS_also_guidance)) {
+        double guidance = 0;
+        if (!absl::SimpleAtod(g, &guidance) || guidance < 1) {
+          std::fprintf(stderr, "tandem-fidelity-bench: bad --also_guidance entry \"%s\"\n",
+                       g.c_str());
+          return 1;
+        }
+        ScoreImages(net, inference.get(), image.deployed_as(), guidance, "");
+      }
+    }
   }
   if (!absl::GetFlag(FLAGS_skip_text)) ReportText(RunJob(training.get(), Spec(/*text=*/true)));
   return 0;

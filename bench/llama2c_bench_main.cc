@@ -37,6 +37,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/memory_bandwidth.h"
@@ -69,16 +70,10 @@ ABSL_FLAG(std::string, batches, "",
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using tandem::bench::Clock;
+using tandem::bench::SecondsSince;
 
-double SecondsSince(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "tandem-llama2c-bench: %s\n", s.ToString().c_str());
-  return 1;
-}
+int Fail(const absl::Status& status) { return tandem::bench::Fail("tandem-llama2c-bench", status); }
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;

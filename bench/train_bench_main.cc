@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "models/torch/device.h"
 #include "models/model_dir.h"
 #include "trainer/trainer.h"
@@ -50,16 +51,10 @@ ABSL_FLAG(std::vector<std::string>, attention_levels, {},
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using tandem::bench::Clock;
+using tandem::bench::SecondsSince;
 
-double SecondsSince(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "tandem-train-bench: %s\n", status.ToString().c_str());
-  return 1;
-}
+int Fail(const absl::Status& status) { return tandem::bench::Fail("tandem-train-bench", status); }
 
 // The U-Net lists, when given: "--unet_widths=16,32" as {16, 32}.
 void SetInts(const std::vector<std::string>& flag, std::vector<int>* out) {

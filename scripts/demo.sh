@@ -21,7 +21,7 @@ if [ ! -f "$RUN/models/fortunes/config.json" ]; then
 fi
 if [ ! -f "$RUN/models/fashion/config.json" ]; then
   "$BIN/tandem-init" --kind=image --out="$RUN/models/fashion" --image_size=28 --channels=1 \
-    --widths=32,64,128 --attention_levels=1,2 --seed=1
+    --widths=16,32,64 --attention_levels=2 --prediction=v --seed=1
 fi
 
 "$BIN/tandemd" --listen="127.0.0.1:$PORT" --metrics_listen="127.0.0.1:$METRICS_PORT" \

@@ -13,7 +13,8 @@
 //         with 0; padded positions are masked out as keys (here and in cross-attention). The empty
 //         caption (BOS only) is the unconditional caption of classifier-free guidance.
 //   time: sinusoid(t) [W_0] (cos half, then sin half) -> fc1 -> SiLU -> fc2: temb [E].
-//   res block (in -> out): h = conv1(silu(norm1 x)) + time(silu(temb));
+//   pooled text: pool = the mean of the states over the caption's positions [D] (pooled_text).
+//   res block (in -> out): h = conv1(silu(norm1 x)) + time(silu(temb)) [+ text(pool)];
 //         h = conv2(silu(norm2 h)); return skip(x) + h   (skip: 1x1 conv when in != out).
 //   attention block (c channels, attention_heads heads): t = groupnorm(x) as [H*W, c] tokens;
 //         t += self_out(self-attention(ln1 t));  t += cross_out(cross-attention(q(ln2 t),
@@ -40,7 +41,8 @@
 //   unet.up.{l}.res.{r}.*     unet.up.{l}.attn.{r}.*     unet.up.{l}.upsample.{weight,bias}
 //   unet.out.norm.{weight,bias}   unet.out.conv.{weight,bias} [C, W_0, 3, 3]
 //   res block *:  norm1.{weight,bias} [in], conv1.{weight,bias} [out, in, 3, 3],
-//                 time.{weight,bias} [out, E], norm2.{weight,bias} [out],
+//                 time.{weight,bias} [out, E], text.{weight,bias} [out, D] (only with
+//                 pooled_text), norm2.{weight,bias} [out],
 //                 conv2.{weight,bias} [out, out, 3, 3], skip.{weight,bias} [out, in, 1, 1]
 //                 (only when in != out)
 //   attention block * (c channels): norm.{weight,bias} [c] (GroupNorm), ln1/ln2/ln3.{weight,bias},
@@ -75,8 +77,8 @@
 //     or group (image activations are kept contiguous NCHW), adds and products are exact;
 //   * SiLU and GELU are applied row by row (each call sees one contiguous row of the same size);
 //   * the time MLP and each block's time projection are tabulated for every timestep at load
-//     time and gathered per row; each caption's text states and cross-attention keys/values are
-//     computed alone at StartSample;
+//     time and gathered per row; each caption's text states, cross-attention keys/values and
+//     res-block text projections are computed alone at StartSample;
 //   * the sampler update runs on each sample's own tensors.
 // CreateDiffusionModel checks this on the actual machine (a row alone against the same row in
 // batches of 3 and 5, at different timesteps, with different captions): should it ever fail,
@@ -156,13 +158,15 @@ struct TextContext {
   std::vector<torch::Tensor> k;  // per attention block [heads, hd, L] (keys transposed)
   std::vector<torch::Tensor> v;  // per attention block [heads, L, hd]
   torch::Tensor mask;            // [1, 1, 1, L] additive: 0 for caption positions, -inf for padding
+  std::vector<torch::Tensor> shift;  // per res block [1, out]: text(pooled); empty without pooled_text
 };
 
 // The rows of one forward: their text, stacked.
 struct BatchContext {
-  std::vector<torch::Tensor> k;  // per attention block [R*heads, hd, L]
-  std::vector<torch::Tensor> v;  // per attention block [R*heads, L, hd]
-  torch::Tensor mask;            // [R, 1, 1, L]
+  std::vector<torch::Tensor> k;      // per attention block [R*heads, hd, L]
+  std::vector<torch::Tensor> v;      // per attention block [R*heads, L, hd]
+  torch::Tensor mask;                // [R, 1, 1, L]
+  std::vector<torch::Tensor> shift;  // per res block [R, out]; empty without pooled_text
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -345,6 +349,13 @@ std::shared_ptr<const TextContext> DiffusionModel::EncodeCaption(
   const torch::Tensor states = EncodeText(ids.to(device_), ctx->mask)[0];  // [L, D]
   ctx->k.resize(w_.attention_blocks);
   ctx->v.resize(w_.attention_blocks);
+  if (config_.pooled_text) {
+    const torch::Tensor pooled = diffusion_net::PoolText(states.unsqueeze(0), ctx->mask);  // [1, D]
+    ctx->shift.resize(w_.res_blocks);
+    ForEachRes(w_, [&](const ResW& r) {
+      ctx->shift[r.index] = at::linear(pooled, r.text.w, r.text.b);  // [1, out]
+    });
+  }
   ForEachAttn(w_, [&](const AttnW& a) {
     const int64_t heads = a.heads, hd = a.c / heads;
     const torch::Tensor kv = at::linear(states, a.kv.w);  // [L, 2c]
@@ -367,6 +378,11 @@ BatchContext DiffusionModel::Stack(const std::vector<const TextContext*>& rows) 
   }
   for (size_t r = 0; r < rows.size(); ++r) parts[r] = rows[r]->mask;
   b.mask = at::cat(parts, 0);  // [R, 1, 1, L]
+  const size_t shifts = rows.empty() ? 0 : rows[0]->shift.size();
+  for (size_t i = 0; i < shifts; ++i) {
+    for (size_t r = 0; r < rows.size(); ++r) parts[r] = rows[r]->shift[i];
+    b.shift.push_back(at::cat(parts, 0));  // [R, out]
+  }
   return b;
 }
 
@@ -414,14 +430,16 @@ void DiffusionModel::Activate(torch::Tensor& x, bool gelu) const {
   }
 }
 
-torch::Tensor DiffusionModel::Res(const ResW& r, const torch::Tensor& x,
-                                  const torch::Tensor& t) const {
+torch::Tensor DiffusionModel::Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& t,
+                                  const BatchContext& ctx) const {
   // x: [R, in, H, W], t: [R] -> [R, out, H, W].
   const int64_t g = config_.groups, rows = x.size(0);
   torch::Tensor h = at::group_norm(x, g, r.norm1.w, r.norm1.b, kNormEps);  // [R, in, H, W]
   Activate(h, false);
   h = Conv(r.conv1, h);  // [R, out, H, W]
-  h.add_(r.time_table.index_select(0, t).view({rows, r.out, 1, 1}));
+  torch::Tensor shift = r.time_table.index_select(0, t);  // [R, out]
+  if (!ctx.shift.empty()) shift.add_(ctx.shift[r.index]);  // each row's caption, computed alone
+  h.add_(shift.view({rows, r.out, 1, 1}));
   h = at::group_norm(h, g, r.norm2.w, r.norm2.b, kNormEps);  // [R, out, H, W]
   Activate(h, false);
   h = Conv(r.conv2, h);  // [R, out, H, W]

@@ -39,14 +39,16 @@ absl::Status InRange(const char* field, int64_t value, int64_t lo, int64_t hi) {
 }
 
 // Parameters of one residual block in -> out channels with a time vector of width e (see the
-// layout in diffusion.cc): two GroupNorms, two 3x3 convs, the time projection, and a 1x1 skip
-// conv when the channel count changes.
-int64_t ResBlockParams(int64_t in, int64_t out, int64_t e) {
+// layout in diffusion.cc): two GroupNorms, two 3x3 convs, the time projection, the pooled text
+// projection (text width d; 0 without pooled_text), and a 1x1 skip conv when the channel count
+// changes.
+int64_t ResBlockParams(int64_t in, int64_t out, int64_t e, int64_t d) {
   int64_t n = 2 * in                   // norm1
               + 9 * in * out + out     // conv1
               + e * out + out          // time projection
               + 2 * out                // norm2
               + 9 * out * out + out;   // conv2
+  if (d > 0) n += d * out + out;       // pooled text projection
   if (in != out) n += in * out + out;  // skip
   return n;
 }
@@ -75,6 +77,7 @@ std::vector<config_json::Field> JsonFields(DiffusionConfig* c) {
       {"text_layers", &c->text_layers, true},
       {"text_heads", &c->text_heads, true},
       {"text_seq_len", &c->text_seq_len, true},
+      {"pooled_text", &c->pooled_text},
       {"diffusion_steps", &c->diffusion_steps, true},
       {"prediction", &c->prediction},
       {"default_steps", &c->default_steps},
@@ -187,6 +190,7 @@ int64_t DiffusionConfig::ParameterCount() const {
   if (unet_widths.empty()) return 0;
   const int levels = static_cast<int>(unet_widths.size());
   const int64_t d = text_dim, w0 = unet_widths[0], e = 4 * w0, c = channels;
+  const int64_t pooled = pooled_text ? d : 0;  // the res blocks' text projection's input width
   auto attended = [&](int level) {
     return std::find(attention_levels.begin(), attention_levels.end(), level) !=
            attention_levels.end();
@@ -203,7 +207,7 @@ int64_t DiffusionConfig::ParameterCount() const {
   int64_t ch = w0;
   for (int l = 0; l < levels; ++l) {
     for (int r = 0; r < res_blocks; ++r) {
-      total += ResBlockParams(ch, unet_widths[l], e);
+      total += ResBlockParams(ch, unet_widths[l], e, pooled);
       ch = unet_widths[l];
       if (attended(l)) total += AttentionBlockParams(ch, d);
       skips.push_back(ch);
@@ -214,13 +218,13 @@ int64_t DiffusionConfig::ParameterCount() const {
     }
   }
   // Middle: res, attention, res.
-  total += 2 * ResBlockParams(ch, ch, e) + AttentionBlockParams(ch, d);
+  total += 2 * ResBlockParams(ch, ch, e, pooled) + AttentionBlockParams(ch, d);
   // Decoder: res_blocks + 1 blocks per level, each eating one skip; upsample conv between levels.
   for (int l = levels - 1; l >= 0; --l) {
     for (int r = 0; r <= res_blocks; ++r) {
       const int64_t skip = skips.back();
       skips.pop_back();
-      total += ResBlockParams(ch + skip, unet_widths[l], e);
+      total += ResBlockParams(ch + skip, unet_widths[l], e, pooled);
       ch = unet_widths[l];
       if (attended(l)) total += AttentionBlockParams(ch, d);
     }
@@ -238,6 +242,7 @@ std::string DiffusionConfig::ToJson() const {
 
 absl::StatusOr<DiffusionConfig> DiffusionConfig::FromJson(const std::string& json) {
   DiffusionConfig c;
+  c.pooled_text = false;  // absent: a model from before pooled text conditioning
   nlohmann::json j;
   if (auto s = config_json::ReadFields(json, JsonFields(&c), &j); !s.ok()) return s;
   if (j.find("default_steps") == j.end() && c.default_steps > c.diffusion_steps) {

@@ -29,6 +29,11 @@ struct DiffusionConfig {
   int text_layers = 2;
   int text_heads = 4;
   int text_seq_len = 16;  // captions are cut / padded to this many tokens (BOS first)
+  // Every residual block also adds a projection of the caption's pooled states (the mean over
+  // its positions) to its channels, beside the timestep's: a global conditioning signal at every
+  // resolution, which cross-attention alone learns far more slowly. New models have it; a
+  // config.json without the field is a model from before (false).
+  bool pooled_text = true;
   // Diffusion.
   int diffusion_steps = 1000;  // training timesteps T
   std::string prediction = "eps";  // "eps" (predict the noise) or "v"

@@ -105,8 +105,8 @@ class DiffusionModel final : public ImageModel {
 
   // The blocks diffusion_net::WalkUNet calls (batch-invariant kernels; t: [R] int64 timesteps on
   // the device). They may throw c10::Error.
-  torch::Tensor Res(const diffusion_net::ResW& r, const torch::Tensor& x,
-                    const torch::Tensor& t) const;
+  torch::Tensor Res(const diffusion_net::ResW& r, const torch::Tensor& x, const torch::Tensor& t,
+                    const diffusion_model::BatchContext& ctx) const;
   torch::Tensor Attn(const diffusion_net::AttnW& a, const torch::Tensor& x,
                      const diffusion_model::BatchContext& ctx) const;
   torch::Tensor Conv(const diffusion_net::ConvW& c, const torch::Tensor& x) const;

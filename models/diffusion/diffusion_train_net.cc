@@ -23,6 +23,7 @@ using diffusion_net::Weights;
 struct TextBatch {
   torch::Tensor states;  // [B, L, D] text encoder output
   torch::Tensor mask;    // [B, 1, 1, L] additive key mask: 0 caption, -inf padding
+  torch::Tensor pooled;  // [B, D] PoolText(states, mask); undefined without pooled_text
 };
 
 // WalkUNet's blocks in plain autograd ops. The serving kernels (diffusion.cc) compute the same
@@ -39,10 +40,13 @@ struct TrainBlocks {
   torch::Tensor Silu(const torch::Tensor& x) const { return at::silu(x); }
 
   // x: [B, in, H, W], temb: [B, E] (SiLU'd time embedding) -> [B, out, H, W].
-  torch::Tensor Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& temb) const {
+  torch::Tensor Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& temb,
+                    const TextBatch& text) const {
     torch::Tensor h = Conv(r.conv1, Silu(at::group_norm(x, c.groups, r.norm1.w, r.norm1.b,
-                                                        kNormEps)));              // [B, out, H, W]
-    h = h + at::linear(temb, r.time.w, r.time.b).view({x.size(0), r.out, 1, 1});  // [B, out, H, W]
+                                                        kNormEps)));  // [B, out, H, W]
+    torch::Tensor shift = at::linear(temb, r.time.w, r.time.b);      // [B, out]
+    if (r.text.w.defined()) shift = shift + at::linear(text.pooled, r.text.w, r.text.b);
+    h = h + shift.view({x.size(0), r.out, 1, 1});  // [B, out, H, W]
     h = Conv(r.conv2, Silu(at::group_norm(h, c.groups, r.norm2.w, r.norm2.b,
                                           kNormEps)));        // [B, out, H, W]
     return r.skip.w.defined() ? Conv(r.skip, x) + h : x + h;  // [B, out, H, W]
@@ -159,7 +163,8 @@ torch::Tensor DiffusionTrainNet::Forward(const torch::Tensor& x_t, const torch::
   const torch::Tensor mask = torch::zeros({b, L}, x_t.options())
                                  .masked_fill(padding, -std::numeric_limits<float>::infinity())
                                  .view({b, 1, 1, L});  // [B, 1, 1, L]
-  const TextBatch text{diffusion_net::EncodeText(w, config_, caption_ids, mask), mask};
+  TextBatch text{diffusion_net::EncodeText(w, config_, caption_ids, mask), mask, {}};
+  if (config_.pooled_text) text.pooled = diffusion_net::PoolText(text.states, mask);  // [B, D]
   // Time embedding: temb = silu(fc2(silu(fc1(sinusoid(t))))).
   torch::Tensor temb = sinusoid_.index_select(0, t);        // [B, W0]
   temb = at::silu(at::linear(temb, w.time1.w, w.time1.b));  // [B, E]

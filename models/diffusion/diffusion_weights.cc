@@ -40,13 +40,17 @@ ConvW BuildConv(const Fetch& f, const std::string& p, int64_t out, int64_t in, i
   return c;
 }
 
-ResW BuildRes(const Fetch& f, const std::string& p, int64_t in, int64_t out, int64_t e) {
+// d: the pooled text's width, 0 without pooled_text.
+ResW BuildRes(const Fetch& f, const std::string& p, int64_t in, int64_t out, int64_t e, int64_t d,
+              int* counter) {
   ResW r;
   r.in = in;
   r.out = out;
+  r.index = (*counter)++;
   r.norm1 = BuildNorm(f, p + ".norm1", in);
   r.conv1 = BuildConv(f, p + ".conv1", out, in, 3, 1);
   r.time = BuildLinear(f, p + ".time", out, e, true);
+  if (d > 0) r.text = BuildLinear(f, p + ".text", out, d, true);
   r.norm2 = BuildNorm(f, p + ".norm2", out);
   r.conv2 = BuildConv(f, p + ".conv2", out, out, 3, 1);
   if (in != out) r.skip = BuildConv(f, p + ".skip", out, in, 1, 1);
@@ -79,6 +83,10 @@ AttnW BuildAttn(const Fetch& f, const std::string& p, int64_t c, int64_t d, int6
 Weights BuildWeights(const DiffusionConfig& c, const Fetch& f) {
   Weights w;
   const int64_t d = c.text_dim, w0 = c.unet_widths[0], e = 4 * w0;
+  const int64_t pooled = c.pooled_text ? d : 0;
+  auto res = [&](const std::string& p, int64_t in, int64_t out) {
+    return BuildRes(f, p, in, out, e, pooled, &w.res_blocks);
+  };
   const int levels = static_cast<int>(c.unet_widths.size());
   auto attended = [&](int level) {
     return std::find(c.attention_levels.begin(), c.attention_levels.end(), level) !=
@@ -110,7 +118,7 @@ Weights BuildWeights(const DiffusionConfig& c, const Fetch& f) {
     const int64_t width = c.unet_widths[l];
     const std::string p = absl::StrCat("unet.down.", l);
     for (int r = 0; r < c.res_blocks; ++r) {
-      w.down[l].res.push_back(BuildRes(f, absl::StrCat(p, ".res.", r), ch, width, e));
+      w.down[l].res.push_back(res(absl::StrCat(p, ".res.", r), ch, width));
       ch = width;
       if (attended(l)) {
         w.down[l].attn.push_back(BuildAttn(f, absl::StrCat(p, ".attn.", r), ch, d,
@@ -123,9 +131,9 @@ Weights BuildWeights(const DiffusionConfig& c, const Fetch& f) {
       skips.push_back(ch);
     }
   }
-  w.mid1 = BuildRes(f, "unet.mid.res.0", ch, ch, e);
+  w.mid1 = res("unet.mid.res.0", ch, ch);
   w.mid_attn = BuildAttn(f, "unet.mid.attn", ch, d, c.attention_heads, &w.attention_blocks);
-  w.mid2 = BuildRes(f, "unet.mid.res.1", ch, ch, e);
+  w.mid2 = res("unet.mid.res.1", ch, ch);
   w.up.resize(levels);
   for (int l = levels - 1; l >= 0; --l) {
     const int64_t width = c.unet_widths[l];
@@ -133,7 +141,7 @@ Weights BuildWeights(const DiffusionConfig& c, const Fetch& f) {
     for (int r = 0; r <= c.res_blocks; ++r) {
       const int64_t skip = skips.back();
       skips.pop_back();
-      w.up[l].res.push_back(BuildRes(f, absl::StrCat(p, ".res.", r), ch + skip, width, e));
+      w.up[l].res.push_back(res(absl::StrCat(p, ".res.", r), ch + skip, width));
       ch = width;
       if (attended(l)) {
         w.up[l].attn.push_back(BuildAttn(f, absl::StrCat(p, ".attn.", r), ch, d, c.attention_heads,
@@ -214,6 +222,12 @@ torch::Tensor EncodeText(const Weights& w, const DiffusionConfig& c, const torch
     x = x + at::linear(at::gelu(at::linear(h2, l.fc1.w, l.fc1.b)), l.fc2.w, l.fc2.b);
   }
   return at::layer_norm(x, {d}, w.text_norm.w, w.text_norm.b, kNormEps);  // [B, L, D]
+}
+
+torch::Tensor PoolText(const torch::Tensor& states, const torch::Tensor& mask) {
+  const int64_t b = states.size(0), L = states.size(1);
+  const torch::Tensor keep = (mask.view({b, L, 1}) == 0).to(states.scalar_type());  // [B, L, 1]
+  return (states * keep).sum(1) / keep.sum(1);                                       // [B, D]
 }
 
 torch::Tensor Upsample2x(const torch::Tensor& x) {

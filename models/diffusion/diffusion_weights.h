@@ -55,9 +55,11 @@ struct ConvW {
 };
 struct ResW {
   int64_t in = 0, out = 0;
+  int index = 0;  // position among the res blocks (serving's per-caption text projections)
   NormW norm1, norm2;
   ConvW conv1, conv2, skip;  // skip.w undefined when in == out
   LinearW time;              // [out, E]
+  LinearW text;              // [out, D] of the pooled caption; w undefined without pooled_text
   torch::Tensor time_table;  // serving: [T, out] time(silu(temb(t))) for every t (filled at load)
 };
 struct AttnW {
@@ -88,6 +90,7 @@ struct Weights {
   NormW out_norm;
   ConvW out_conv;
   int attention_blocks = 0;
+  int res_blocks = 0;
 };
 
 // Every tensor of the (normalized) config, in one fixed order: the text encoder, then the U-Net
@@ -144,11 +147,16 @@ torch::Tensor Sinusoid(int64_t timesteps, int64_t dim);
 torch::Tensor EncodeText(const Weights& w, const DiffusionConfig& c, const torch::Tensor& ids,
                          const torch::Tensor& mask);
 
+// A caption's pooled states: the mean of states [B, L, D] over each row's caption positions (mask
+// [B, 1, 1, L] 0 there, -inf at padding) -> [B, D]. What every res block projects when the config
+// has pooled_text.
+torch::Tensor PoolText(const torch::Tensor& states, const torch::Tensor& mask);
+
 // Nearest 2x upsampling: [R, c, H, W] -> [R, c, 2H, 2W] (exact copies, batch-invariant).
 torch::Tensor Upsample2x(const torch::Tensor& x);
 
 // The U-Net's topology over R rows: x [R, C, H, W] -> [R, C, H, W]. `net` supplies the blocks:
-//   net.Conv(const ConvW&, x) -> conv output      net.Res(const ResW&, x, time) -> [R, out, H, W]
+//   net.Conv(const ConvW&, x) -> conv output  net.Res(const ResW&, x, time, text) -> [R, out, H, W]
 //   net.Attn(const AttnW&, x, text) -> same shape net.Silu(x) -> silu(x) (may reuse x's storage)
 // `time` and `text` are passed through to the blocks unchanged (each side's own representation
 // of the rows' timesteps and captions).
@@ -161,7 +169,7 @@ torch::Tensor WalkUNet(const DiffusionConfig& c, const Weights& w, const Net& ne
   for (int l = 0; l < levels; ++l) {
     const LevelW& level = w.down[l];
     for (size_t r = 0; r < level.res.size(); ++r) {
-      h = net.Res(level.res[r], h, time);  // [R, W_l, H_l, W_l]
+      h = net.Res(level.res[r], h, time, text);  // [R, W_l, H_l, W_l]
       if (!level.attn.empty()) h = net.Attn(level.attn[r], h, text);
       skips.push_back(h);
     }
@@ -170,15 +178,15 @@ torch::Tensor WalkUNet(const DiffusionConfig& c, const Weights& w, const Net& ne
       skips.push_back(h);
     }
   }
-  h = net.Res(w.mid1, h, time);
+  h = net.Res(w.mid1, h, time, text);
   h = net.Attn(w.mid_attn, h, text);
-  h = net.Res(w.mid2, h, time);  // [R, W_last, H_last, W_last]
+  h = net.Res(w.mid2, h, time, text);  // [R, W_last, H_last, W_last]
   for (int l = levels - 1; l >= 0; --l) {
     const LevelW& level = w.up[l];
     for (size_t r = 0; r < level.res.size(); ++r) {
       h = at::cat({h, skips.back()}, 1);  // [R, ch + skip, H_l, W_l]
       skips.pop_back();
-      h = net.Res(level.res[r], h, time);  // [R, W_l, H_l, W_l]
+      h = net.Res(level.res[r], h, time, text);  // [R, W_l, H_l, W_l]
       if (!level.attn.empty()) h = net.Attn(level.attn[r], h, text);
     }
     if (level.resample.w.defined()) {

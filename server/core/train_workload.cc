@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/chunk_calibration.h"
 
 namespace tandem {
 
@@ -75,26 +76,15 @@ TrainWorkload::UnitKind TrainWorkload::RunUnit() {
 TrainWorkload::UnitKind TrainWorkload::Calibrate() {
   Trainer& t = *task_.trainer;
   phase_ = Phase::kTrain;
-  // A chunk's time is a fixed part (per-op overhead) and a part per row: fit both from chunks
-  // of one row and of up to four (the first probe also warms caches up, so it is taken twice).
-  const int batch = t.options().hyper.batch_size;
-  const int k = std::min(4, batch);
-  double t1 = 0, tk = 0;
-  for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<double> s = t.ProbeChunk(i < 2 ? 1 : k);
-    if (!s.ok()) {
-      End(TrainEnd::kFailed, s.status());
-      return UnitKind::kTrain;
-    }
-    (i < 2 ? t1 : tk) = *s;
+  absl::StatusOr<ChunkCalibration> c =
+      ChooseChunkRows(t.options().hyper.batch_size, absl::ToDoubleSeconds(task_.calibrate_slice),
+                      [&](int rows) { return t.ProbeChunk(rows); });
+  if (!c.ok()) {
+    End(TrainEnd::kFailed, c.status());
+    return UnitKind::kTrain;
   }
-  const double per_row = k > 1 ? std::max(0.0, (tk - t1) / (k - 1)) : t1;
-  const double fixed = std::max(0.0, t1 - per_row);
-  const double slice = absl::ToDoubleSeconds(task_.calibrate_slice);
-  const int rows = per_row > 0 ? std::clamp(static_cast<int>((slice - fixed) / per_row), 1, batch)
-                               : batch;
-  t.SetChunkRows(rows);
-  task_.listener->OnCalibrated(rows, per_row);
+  t.SetChunkRows(c->rows);
+  task_.listener->OnCalibrated(c->rows, c->seconds_per_row);
   return UnitKind::kTrain;
 }
 

@@ -23,6 +23,7 @@
 #include "models/diffusion/diffusion_model.h"
 #include "models/diffusion/diffusion_schedule.h"
 #include "models/image_model.h"
+#include "nlohmann/json.hpp"
 #include "models/torch/device.h"
 #include "tests/testing/base/matchers.h"
 #include "tests/testing/base/tiny_configs.h"
@@ -254,6 +255,25 @@ TEST(DiffusionConfigTest, JsonRoundTrip) {
   EXPECT_EQ(back->ParameterCount(), c.ParameterCount());
 }
 
+// A config.json from before pooled text conditioning (no "pooled_text") is read as such, so its
+// weights still load; new configs have it and write it.
+TEST(DiffusionConfigTest, PooledTextIsNewAndAbsentMeansOff) {
+  DiffusionConfig c = TinyConfig();
+  EXPECT_TRUE(c.pooled_text);
+  const std::string json = c.ToJson();
+  EXPECT_TRUE(Contains(json, "\"pooled_text\": true"));
+  nlohmann::json old = nlohmann::json::parse(json);
+  old.erase("pooled_text");
+  absl::StatusOr<DiffusionConfig> back = DiffusionConfig::FromJson(old.dump());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->pooled_text);
+  DiffusionConfig off = c;
+  off.pooled_text = false;
+  // Every res block of the new config has its [out, text_dim] projection and bias.
+  EXPECT_LT(back->ParameterCount(), c.ParameterCount());
+  EXPECT_EQ(back->ParameterCount(), off.ParameterCount());
+}
+
 TEST(DiffusionConfigTest, FromJsonRejects) {
   const std::string good = TinyConfig().ToJson();
   EXPECT_TRUE(DiffusionConfig::FromJson(good).ok());
@@ -349,8 +369,13 @@ TEST(DiffusionConfigTest, NormalizeNamesTheField) {
 
 // ------------------------------------------------------------------------------------ shapes
 
+DiffusionConfig WithoutPooledText(DiffusionConfig c) {
+  c.pooled_text = false;
+  return c;
+}
+
 TEST(DiffusionModelTest, ParameterCountIsExact) {
-  for (const DiffusionConfig& c : {TinyConfig(), TinyConfigV()}) {
+  for (const DiffusionConfig& c : {TinyConfig(), TinyConfigV(), WithoutPooledText(TinyConfigV())}) {
     absl::StatusOr<TensorMap> weights = RandomDiffusionWeights(c, 1);
     ASSERT_TRUE(weights.ok()) << weights.status();
     EXPECT_EQ(c.ParameterCount(), WeightCount(*weights)) << c.ToJson();
@@ -573,6 +598,46 @@ TEST(DiffusionModelTest, BatchedAtDifferentStepsEqualsAlone) {
 
 TEST(DiffusionModelTest, BatchedAtDifferentStepsEqualsAloneV) {
   ExpectBatchInvariant(TinyConfigV(), 22);
+}
+
+TEST(DiffusionModelTest, BatchedAtDifferentStepsEqualsAloneWithoutPooledText) {
+  ExpectBatchInvariant(WithoutPooledText(TinyConfig()), 24);
+}
+
+// With every cross-attention's keys and values zeroed, the caption reaches the U-Net only
+// through the res blocks' pooled text projections: the output depends on the caption exactly
+// when the config has pooled_text.
+TEST(DiffusionModelTest, PooledTextConditionsEveryResBlock) {
+  for (const bool pooled : {true, false}) {
+    SCOPED_TRACE(pooled ? "pooled_text" : "cross-attention only");
+    DiffusionConfig c = TinyConfig();
+    c.pooled_text = pooled;
+    absl::StatusOr<TensorMap> weights = RandomDiffusionWeights(c, 31);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    int zeroed = 0;
+    for (auto& [name, t] : *weights) {
+      if (name.find(".cross.kv.") == std::string::npos) continue;
+      std::fill(t.bytes.begin(), t.bytes.end(), 0);  // float 0 is all zero bytes
+      ++zeroed;
+    }
+    ASSERT_GT(zeroed, 0);
+    absl::StatusOr<std::unique_ptr<DiffusionModel>> model =
+        DiffusionModel::Create(c, *weights, ImageModelOptions{});
+    ASSERT_TRUE(model.ok()) << model.status();
+    at::Generator gen = at::detail::createCPUGenerator(5);
+    const torch::Tensor x =
+        at::randn({1, c.channels, c.image_size, c.image_size}, gen, torch::TensorOptions());
+    const absl::StatusOr<torch::Tensor> a = (*model)->RawOutput(x, {40}, {{5, 9}});
+    const absl::StatusOr<torch::Tensor> b = (*model)->RawOutput(x, {40}, {{3, 7}});
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    const double diff = ((*a) - (*b)).abs().max().item<double>();
+    if (pooled) {
+      EXPECT_GT(diff, 1e-4);
+    } else {
+      EXPECT_EQ(diff, 0.0);
+    }
+  }
 }
 
 // The model settles its forward mode at load time (the fastest that it finds invariant); each
