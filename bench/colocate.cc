@@ -13,7 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_client.h"
-#include "client/train_format.h"
+#include "bench/recipe.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
 
@@ -189,12 +189,7 @@ class Colocation {
   // The demo's recipe (scripts/recipes/), run until the measurement cancels it.
   v1::TrainJobSpec JobSpec(bool text) const {
     const std::string file = absl::GetFlag(text ? FLAGS_text_spec : FLAGS_image_spec);
-    absl::StatusOr<v1::TrainJobSpec> recipe = client::ReadTrainJobSpecFile(file);
-    if (!recipe.ok()) {
-      std::fprintf(stderr, "tandem-bench: %s\n", recipe.status().ToString().c_str());
-      std::exit(2);
-    }
-    v1::TrainJobSpec spec = *std::move(recipe);
+    v1::TrainJobSpec spec = ReadRecipeOrExit("tandem-bench", file);
     spec.set_name(text ? "bench-text" : "bench-image");
     spec.set_dataset(absl::GetFlag(text ? FLAGS_text_dataset : FLAGS_image_dataset));
     spec.clear_deploy_as();

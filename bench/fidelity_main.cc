@@ -33,7 +33,7 @@
 #include "models/torch/device.h"
 #include "tandem/v1/inference.grpc.pb.h"
 #include "tandem/v1/training.grpc.pb.h"
-#include "client/train_format.h"
+#include "bench/recipe.h"
 #include "trainer/data/image_dataset.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "tandemd address");
@@ -145,12 +145,7 @@ Classifier TrainOrLoadClassifier() {
 
 v1::TrainJobSpec Spec(bool text) {
   const std::string file = absl::GetFlag(text ? FLAGS_text_spec : FLAGS_image_spec);
-  absl::StatusOr<v1::TrainJobSpec> recipe = tandem::client::ReadTrainJobSpecFile(file);
-  if (!recipe.ok()) {
-    std::fprintf(stderr, "tandem-fidelity-bench: %s\n", recipe.status().ToString().c_str());
-    std::exit(2);
-  }
-  v1::TrainJobSpec spec = *std::move(recipe);
+  v1::TrainJobSpec spec = tandem::bench::ReadRecipeOrExit("tandem-fidelity-bench", file);
   spec.set_name(text ? "fidelity-text" : "fidelity-image");
   spec.set_dataset(absl::GetFlag(text ? FLAGS_text_dataset : FLAGS_image_dataset));
   spec.set_deploy_as(text ? "fidelity-text" : "fidelity-image");
