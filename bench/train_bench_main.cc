@@ -2,9 +2,11 @@
 // fixed wall-clock budget and reports throughput and the held-out quality at the end — the
 // numbers behind the README's training figures (e.g. bits per byte after 10 minutes on the
 // fortunes corpus). The cosine schedule is laid out over --steps; the run stops at --minutes or
-// --steps, whichever comes first.
+// --steps, whichever comes first. --steps=0 plans the schedule from the budget exactly as a job
+// with Hyperparameters.max_seconds does in tandemd (server/jobs/time_budget.h), so a recipe
+// tried here is the recipe a job runs.
 //
-//   tandem-train-bench --kind=text --dataset=data/fortunes.txt --minutes=10 --steps=3000
+//   tandem-train-bench --kind=text --dataset=data/fortunes.txt --minutes=10 --steps=0
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -22,6 +24,7 @@
 #include "bench/bench_util.h"
 #include "models/torch/device.h"
 #include "models/model_dir.h"
+#include "server/jobs/time_budget.h"
 #include "trainer/trainer.h"
 
 ABSL_FLAG(std::string, kind, "text", "text or image");
@@ -36,7 +39,8 @@ ABSL_FLAG(int, heads, 8, "text: heads");
 ABSL_FLAG(int, kv_heads, 4, "text: kv heads");
 ABSL_FLAG(int, seq_len, 128, "text: context");
 ABSL_FLAG(int, vocab_size, 1024, "text: tokenizer pieces");
-ABSL_FLAG(int64_t, steps, 3000, "Optimizer steps of the schedule");
+ABSL_FLAG(int64_t, steps, 3000,
+          "Optimizer steps of the schedule (0: planned from --minutes, as max_seconds does)");
 ABSL_FLAG(int, batch_size, 16, "Sequences or images per step");
 ABSL_FLAG(double, lr, 2e-3, "Peak learning rate");
 ABSL_FLAG(double, min_lr, 2e-4, "Final learning rate");
@@ -52,6 +56,7 @@ ABSL_FLAG(std::vector<std::string>, attention_levels, {},
 namespace {
 
 using tandem::bench::Clock;
+constexpr int64_t kUnplanned = 100000000;  // tandemd's unplanned schedule (train_spec.h)
 using tandem::bench::SecondsSince;
 
 int Fail(const absl::Status& status) { return tandem::bench::Fail("tandem-train-bench", status); }
@@ -82,7 +87,7 @@ tandem::TrainOptions OptionsFromFlags() {
   SetInts(absl::GetFlag(FLAGS_unet_widths), &o.diffusion.unet_widths);
   SetInts(absl::GetFlag(FLAGS_attention_levels), &o.diffusion.attention_levels);
   tandem::Hyperparams& hyper = o.hyper;
-  hyper.steps = absl::GetFlag(FLAGS_steps);
+  hyper.steps = absl::GetFlag(FLAGS_steps) > 0 ? absl::GetFlag(FLAGS_steps) : kUnplanned;
   hyper.batch_size = absl::GetFlag(FLAGS_batch_size);
   hyper.lr = absl::GetFlag(FLAGS_lr);
   hyper.min_lr = absl::GetFlag(FLAGS_min_lr);
@@ -122,6 +127,8 @@ void Report(tandem::Trainer& trainer, const tandem::StepMetrics& m, const RunSta
 absl::StatusOr<RunStats> TrainForBudget(tandem::Trainer& trainer) {
   const double budget = absl::GetFlag(FLAGS_minutes) * 60;
   const auto start = Clock::now();
+  std::optional<tandem::TimeBudget> planner;
+  if (absl::GetFlag(FLAGS_steps) == 0) planner.emplace(budget, /*planned=*/false);
   RunStats run;
   double eval_seconds = 0;
   while (trainer.step() < trainer.total_steps() && run.trained < budget) {
@@ -132,6 +139,12 @@ absl::StatusOr<RunStats> TrainForBudget(tandem::Trainer& trainer) {
     run.items += (*m)->tokens + (*m)->images;
     run.last_loss = (*m)->loss;
     Report(trainer, **m, run, &eval_seconds);
+    if (!planner) continue;
+    const absl::Time now = absl::Now() - absl::Seconds(eval_seconds);  // evaluations excluded
+    if (auto change = planner->Observe((*m)->step, now, trainer.total_steps())) {
+      trainer.SetTotalSteps(change->total_steps);
+      std::printf("%s\n", change->why.c_str());
+    }
   }
   return run;
 }

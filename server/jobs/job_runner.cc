@@ -254,39 +254,30 @@ StepRecord JobRunner::Record(const StepMetrics& m, double took) {
 }
 
 absl::Status JobRunner::FollowBudget(int64_t step) {
-  const absl::Time now = absl::Now();
-  if (run_first_step_ < 0) {
-    run_first_step_ = step;
-    run_start_ = now;
-    planned_ = options_.train.hyper.steps != kUnplannedSteps;  // planned by an earlier run
-    return absl::OkStatus();
+  if (!budget_) {
+    stored_steps_ = options_.train.hyper.steps;
+    budget_.emplace(options_.train.hyper.max_seconds,
+                    /*planned=*/stored_steps_ != kUnplannedSteps);
   }
-  const double budget = options_.train.hyper.max_seconds;
-  const double ran = absl::ToDoubleSeconds(now - run_start_);
-  const double per_step = ran / static_cast<double>(step - run_first_step_);
-  // The budget spent: this run's time, and the earlier runs' steps at this run's rate.
-  const double spent = ran + per_step * static_cast<double>(run_first_step_);
-  if (!planned_ && spent >= std::max(5.0, 0.1 * budget) && step - run_first_step_ >= 5) {
-    planned_ = true;
-    const int64_t planned =
-        std::max(step + 1, step + static_cast<int64_t>((budget - spent) / per_step));
-    absl::Status s = ledger_->Update(id_, [&](Job& job) {
-      if (job.spec.hyper) job.spec.hyper->steps = planned;
-    }, std::nullopt);
-    if (!s.ok()) return s;
-    total_steps_ = planned;
-    loop_->SetTrainingSteps(id_, planned);
-    ledger_->Log(id_, absl::StrFormat("time budget %.0f s: %.2f s a step so far, planned %d steps",
-                                      budget, per_step, planned));
-  } else if (planned_ && !budget_done_ && spent >= budget && step + 1 < total_steps_) {
-    // Slower than planned (the device served more): end at the budget all the same.
-    budget_done_ = true;
-    total_steps_ = step + 1;
-    loop_->SetTrainingSteps(id_, step + 1);
-    ledger_->Log(id_, absl::StrFormat("time budget %.0f s reached at step %d: finishing", budget,
-                                      step));
+  std::optional<TimeBudget::Change> change = budget_->Observe(step, absl::Now(), total_steps_);
+  if (change) {
+    if (absl::Status s = StoreSteps(change->total_steps); !s.ok()) return s;
+    total_steps_ = change->total_steps;
+    loop_->SetTrainingSteps(id_, change->total_steps);
+    ledger_->Log(id_, change->why);
+  } else if (step == total_steps_ && stored_steps_ != total_steps_) {
+    // A cut lands after the steps the loop already had in flight: the spec says where it ended.
+    return StoreSteps(total_steps_);
   }
   return absl::OkStatus();
+}
+
+absl::Status JobRunner::StoreSteps(int64_t steps) {
+  absl::Status s = ledger_->Update(id_, [&](Job& job) {
+    if (job.spec.hyper) job.spec.hyper->steps = steps;
+  }, std::nullopt);
+  if (s.ok()) stored_steps_ = steps;
+  return s;
 }
 
 absl::Status JobRunner::RecordSteps(const std::vector<StepMetrics>& steps) {

@@ -38,6 +38,7 @@
 #include "server/core/model_registry.h"
 #include "server/jobs/job.h"
 #include "server/jobs/job_metrics.h"
+#include "server/jobs/time_budget.h"
 #include "server/metrics/metrics.h"
 #include "trainer/train_options.h"
 #include "trainer/trainer.h"
@@ -131,9 +132,10 @@ class JobRunner final : private TrainListener {
   StepRecord Record(const StepMetrics& m, double took);
   // The calibrated chunk size goes into the stored spec, so every later run uses it.
   absl::Status RecordCalibration(const Calibrated& c);
-  // A time-budgeted job: plans its steps from the rate once a tenth of the budget has gone (the
-  // plan goes into the stored spec and to the trainer), and ends it at the budget.
+  // A time-budgeted job: follows its TimeBudget's plan, re-plan and cut (each goes into the stored
+  // spec, to the trainer and to the job's log).
   absl::Status FollowBudget(int64_t step);
+  absl::Status StoreSteps(int64_t steps);  // into the stored spec
   absl::Status HandleSnapshot(const Snapped& s);
   absl::Status Checkpoint(const TrainSnapshot& snapshot);
   // The evaluation of the snapshot's step: samples from `exported` (its export), the record, and
@@ -164,10 +166,8 @@ class JobRunner final : private TrainListener {
   std::unique_ptr<JobMetrics> job_metrics_;  // from Start on
   std::optional<EvalMetrics> pending_eval_;  // the loss of an evaluation awaiting its snapshot
   int64_t total_steps_ = 0;
-  int64_t run_first_step_ = -1;  // the step this run started from
-  absl::Time run_start_;         // when this run's first step ended
-  bool planned_ = false;         // a time budget's steps are planned
-  bool budget_done_ = false;
+  std::optional<TimeBudget> budget_;  // a time-budgeted job's plan, from its first step
+  int64_t stored_steps_ = 0;          // the steps its stored spec holds
   double best_loss_;
   absl::Time step_start_;
   absl::Time last_sent_ = absl::InfinitePast();
