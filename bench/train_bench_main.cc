@@ -56,7 +56,6 @@ ABSL_FLAG(std::vector<std::string>, attention_levels, {},
 namespace {
 
 using tandem::bench::Clock;
-constexpr int64_t kUnplanned = 100000000;  // tandemd's unplanned schedule (train_spec.h)
 using tandem::bench::SecondsSince;
 
 int Fail(const absl::Status& status) { return tandem::bench::Fail("tandem-train-bench", status); }
@@ -87,7 +86,8 @@ tandem::TrainOptions OptionsFromFlags() {
   SetInts(absl::GetFlag(FLAGS_unet_widths), &o.diffusion.unet_widths);
   SetInts(absl::GetFlag(FLAGS_attention_levels), &o.diffusion.attention_levels);
   tandem::Hyperparams& hyper = o.hyper;
-  hyper.steps = absl::GetFlag(FLAGS_steps) > 0 ? absl::GetFlag(FLAGS_steps) : kUnplanned;
+  const int64_t steps = absl::GetFlag(FLAGS_steps);
+  hyper.steps = steps > 0 ? steps : tandem::kUnplannedSteps;
   hyper.batch_size = absl::GetFlag(FLAGS_batch_size);
   hyper.lr = absl::GetFlag(FLAGS_lr);
   hyper.min_lr = absl::GetFlag(FLAGS_min_lr);

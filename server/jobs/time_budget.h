@@ -21,6 +21,10 @@
 
 namespace tandem {
 
+// The `steps` of a time-budgeted job (max_seconds > 0) before its plan: the most steps a job may
+// have; its runner replaces it with the planned number early in the run.
+inline constexpr int64_t kUnplannedSteps = 100000000;
+
 class TimeBudget {
  public:
   // budget_seconds > 0. planned: an earlier run of the job already planned its steps (a resumed

@@ -17,13 +17,10 @@
 #include "absl/status/statusor.h"
 #include "server/core/model_registry.h"
 #include "server/jobs/job.h"
+#include "server/jobs/time_budget.h"  // kUnplannedSteps
 #include "trainer/train_options.h"
 
 namespace tandem {
-
-// The `steps` of a time-budgeted job (max_seconds > 0) before its plan: the most steps a job may
-// have; its runner replaces it with the planned number early in the run.
-inline constexpr int64_t kUnplannedSteps = 100000000;
 
 struct TrainSpecContext {
   std::string data_dir;            // --data_dir
