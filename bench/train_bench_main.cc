@@ -4,9 +4,13 @@
 // fortunes corpus). The cosine schedule is laid out over --steps; the run stops at --minutes or
 // --steps, whichever comes first. --steps=0 plans the schedule from the budget exactly as a job
 // with Hyperparameters.max_seconds does in tandemd (server/jobs/time_budget.h), so a recipe
-// tried here is the recipe a job runs.
+// tried here is the recipe a job runs. --recipe takes a job spec file instead of the shape and
+// schedule flags (resolved as tandemd resolves a submitted spec, max_seconds = --minutes, its
+// eval_every honoured): the in-process twin of a job, for the rate a job alone in tandemd
+// should reach.
 //
 //   tandem-train-bench --kind=text --dataset=data/fortunes.txt --minutes=10 --steps=0
+//   tandem-train-bench --recipe=scripts/recipes/image.json --dataset=data/fashion-mnist --minutes=2
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -22,11 +26,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
+#include "bench/recipe.h"
 #include "models/torch/device.h"
 #include "models/model_dir.h"
+#include "server/api/proto_convert.h"
 #include "server/jobs/time_budget.h"
+#include "server/jobs/train_spec.h"
 #include "trainer/trainer.h"
 
+ABSL_FLAG(std::string, recipe, "",
+          "A job spec file (scripts/recipes/*.json): its model and hyperparameters, on --dataset, "
+          "for --minutes; the kind, shape and schedule flags are then not used");
 ABSL_FLAG(std::string, kind, "text", "text or image");
 ABSL_FLAG(std::string, dataset, "", "Text file / folder, or Fashion-MNIST / image folder");
 ABSL_FLAG(std::string, work_dir, "/tmp/tandem-train-bench", "Tokenizer and checkpoints");
@@ -96,6 +106,27 @@ tandem::TrainOptions OptionsFromFlags() {
   return o;
 }
 
+// The job a --recipe file describes, resolved as tandemd resolves a submitted spec: the dataset
+// is --dataset (its folder as the data_dir), max_seconds --minutes; nothing deployed.
+absl::StatusOr<tandem::TrainOptions> OptionsFromRecipe(const std::string& file) {
+  tandem::JobSpec spec =
+      tandem::FromProto(tandem::bench::ReadRecipeOrExit("tandem-train-bench", file));
+  const std::string dataset = absl::GetFlag(FLAGS_dataset);
+  const size_t slash = dataset.find_last_of('/');
+  tandem::TrainSpecContext context;
+  context.data_dir = slash == std::string::npos ? "." : dataset.substr(0, slash);
+  spec.dataset = slash == std::string::npos ? dataset : dataset.substr(slash + 1);
+  spec.deploy_as.clear();
+  if (!spec.hyper) spec.hyper.emplace();
+  spec.hyper->max_seconds = absl::GetFlag(FLAGS_minutes) * 60;
+  spec.hyper->steps = 0;
+  absl::StatusOr<tandem::TrainOptions> o = tandem::ResolveTrainSpec(&spec, context);
+  if (!o.ok()) return o.status();
+  o->job_id = "bench";
+  o->device = absl::GetFlag(FLAGS_device);
+  return o;
+}
+
 // What a timed run did.
 struct RunStats {
   double trained = 0;  // seconds of training, evaluations excluded
@@ -103,15 +134,14 @@ struct RunStats {
   double last_loss = 0;
 };
 
-// Prints the step's line every 50 steps and evaluates every --eval_every steps (timed apart).
+// Prints the step's line every 50 steps and evaluates every `eval_every` steps (timed apart).
 void Report(tandem::Trainer& trainer, const tandem::StepMetrics& m, const RunStats& run,
-            double* eval_seconds) {
+            int64_t eval_every, double* eval_seconds) {
   if (m.step % 50 == 0) {
     std::printf("step %lld loss %.4f lr %.2e grad_norm %.3f  %.0f items/s\n",
                 static_cast<long long>(m.step), m.loss, m.lr, m.grad_norm, run.items / run.trained);
     std::fflush(stdout);
   }
-  const int64_t eval_every = absl::GetFlag(FLAGS_eval_every);
   if (eval_every > 0 && m.step % eval_every == 0) {
     const auto e0 = Clock::now();
     absl::StatusOr<tandem::EvalMetrics> e = trainer.Evaluate();
@@ -123,12 +153,14 @@ void Report(tandem::Trainer& trainer, const tandem::StepMetrics& m, const RunSta
   }
 }
 
-// Micro-steps until the schedule ends or --minutes of training have passed.
-absl::StatusOr<RunStats> TrainForBudget(tandem::Trainer& trainer) {
+// Micro-steps until the schedule ends or --minutes of training have passed; `planned`: the
+// schedule's steps were given, else they are planned from the budget.
+absl::StatusOr<RunStats> TrainForBudget(tandem::Trainer& trainer, bool planned,
+                                        int64_t eval_every) {
   const double budget = absl::GetFlag(FLAGS_minutes) * 60;
   const auto start = Clock::now();
   std::optional<tandem::TimeBudget> planner;
-  if (absl::GetFlag(FLAGS_steps) == 0) planner.emplace(budget, /*planned=*/false);
+  if (!planned) planner.emplace(budget, /*planned=*/false);
   RunStats run;
   double eval_seconds = 0;
   while (trainer.step() < trainer.total_steps() && run.trained < budget) {
@@ -138,7 +170,7 @@ absl::StatusOr<RunStats> TrainForBudget(tandem::Trainer& trainer) {
     if (!m->has_value()) continue;
     run.items += (*m)->tokens + (*m)->images;
     run.last_loss = (*m)->loss;
-    Report(trainer, **m, run, &eval_seconds);
+    Report(trainer, **m, run, eval_every, &eval_seconds);
     if (!planner) continue;
     const absl::Time now = absl::Now() - absl::Seconds(eval_seconds);  // evaluations excluded
     if (auto change = planner->Observe((*m)->step, now, trainer.total_steps())) {
@@ -179,7 +211,11 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Trains in-process for a time budget; reports speed and quality");
   absl::ParseCommandLine(argc, argv);
   const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
-  const tandem::TrainOptions o = OptionsFromFlags();
+  const std::string recipe = absl::GetFlag(FLAGS_recipe);
+  absl::StatusOr<tandem::TrainOptions> resolved =
+      recipe.empty() ? OptionsFromFlags() : OptionsFromRecipe(recipe);
+  if (!resolved.ok()) return Fail(resolved.status());
+  const tandem::TrainOptions& o = *resolved;
   const std::string work = absl::GetFlag(FLAGS_work_dir);
   const auto t0 = Clock::now();
   absl::StatusOr<std::unique_ptr<tandem::Trainer>> trainer =
@@ -188,7 +224,9 @@ int main(int argc, char** argv) {
   if (!trainer.ok()) return Fail(trainer.status());
   std::printf("setup %.1f s (tokenizer, data), %lld parameters, %d threads\n", SecondsSince(t0),
               static_cast<long long>((*trainer)->parameter_count()), threads);
-  absl::StatusOr<RunStats> run = TrainForBudget(**trainer);
+  const bool planned = recipe.empty() && absl::GetFlag(FLAGS_steps) > 0;
+  const int64_t eval_every = recipe.empty() ? absl::GetFlag(FLAGS_eval_every) : o.hyper.eval_every;
+  absl::StatusOr<RunStats> run = TrainForBudget(**trainer, planned, eval_every);
   if (!run.ok()) return Fail(run.status());
   return Finish(**trainer, *run);
 }

@@ -6,36 +6,16 @@
 #include <cstring>
 #include <limits>
 
+#include "models/llama/vec.h"
+
 namespace tandem::cpu_kernels {
 namespace {
 
-typedef float Float4 __attribute__((vector_size(16)));  // SSE / NEON width, every 64-bit CPU
-typedef float Float8 __attribute__((vector_size(32)));
-typedef float Float16 __attribute__((vector_size(64)));
-
-#define TANDEM_INLINE inline __attribute__((always_inline))
-
-// v = the sizeof(V) bytes at p, unaligned. (An out parameter: returning a wide vector from a
-// function also compiled without AVX draws -Wpsabi.)
-template <typename V>
-TANDEM_INLINE void Load(V& v, const float* p) {
-  std::memcpy(&v, p, sizeof(V));
-}
-
-// The sum of the lanes, halving: a fixed order whatever the caller.
-TANDEM_INLINE float HSum(const Float4& v) { return (v[0] + v[2]) + (v[1] + v[3]); }
-TANDEM_INLINE float HSum(const Float8& v) {
-  Float4 lo, hi;
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-  return HSum(lo + hi);
-}
-TANDEM_INLINE float HSum(const Float16& v) {
-  Float8 lo, hi;
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-  return HSum(lo + hi);
-}
+using vec::Float16;
+using vec::Float4;
+using vec::Float8;
+using vec::HSum;
+using vec::Load;
 
 // sum_d a[d] * b[d]: two accumulators over whole vectors, then the scalar tail.
 template <typename V>

@@ -4,7 +4,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "models/llama/cpu_kernels.h"
 #include "models/llama/llama.h"
+#include "models/llama/train_attention.h"
 #include "models/torch/torch_util.h"
 
 namespace tandem {
@@ -68,17 +70,89 @@ torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
   return torch::stack({x0 * c - x1 * s, x0 * s + x1 * c}, -1).reshape({b, t, h, hd});
 }
 
+// The fused CPU attention of train_attention.h as an autograd function: saves q, k, v, the
+// output and the log-sum-exp; the backward recomputes the probabilities from them.
+class FusedCausalAttention : public torch::autograd::Function<FusedCausalAttention> {
+ public:
+  // q: [B, T, H, hd]; k, v: [B, T, KV, hd], float32 on the CPU -> [B, T, H, hd].
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q_in,
+                               const torch::Tensor& k_in, const torch::Tensor& v_in,
+                               double scale) {
+    const torch::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+    const cpu_kernels::CausalAttention a = Shape(q, k, scale);
+    torch::Tensor out = torch::empty_like(q);                            // [B, T, H, hd]
+    torch::Tensor lse = torch::empty({a.batch, a.heads, a.seq}, q.options());  // [B, H, T]
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    at::parallel_for(0, a.tasks(), 1, [&](int64_t begin, int64_t end) {
+      cpu_kernels::CausalAttentionForward(width, a, q.data_ptr<float>(), k.data_ptr<float>(),
+                                          v.data_ptr<float>(), out.data_ptr<float>(),
+                                          lse.data_ptr<float>(), begin, end);
+    });
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3],
+                        &lse = saved[4];
+    const cpu_kernels::CausalAttention a = Shape(q, k, ctx->saved_data["scale"].toDouble());
+    const torch::Tensor dout = grads[0].contiguous();  // [B, T, H, hd]
+    torch::Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    at::parallel_for(0, a.tasks(), 1, [&](int64_t begin, int64_t end) {
+      cpu_kernels::CausalAttentionBackward(
+          width, a, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+          out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
+          dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), begin, end);
+    });
+    return {dq, dk, dv, torch::Tensor()};
+  }
+
+ private:
+  static cpu_kernels::CausalAttention Shape(const torch::Tensor& q, const torch::Tensor& k,
+                                            double scale) {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat && q.device().is_cpu(),
+                "fused attention takes float32 CPU tensors");
+    cpu_kernels::CausalAttention a;
+    a.batch = q.size(0), a.seq = q.size(1), a.heads = q.size(2), a.kv_heads = k.size(2);
+    a.head_dim = q.size(3), a.scale = static_cast<float>(scale);
+    return a;
+  }
+};
+
 }  // namespace
+
+torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, double scale, bool fused) {
+  const int64_t b = q.size(0), t = q.size(1), h = q.size(2), hd = q.size(3), kv = k.size(2);
+  if (fused) return FusedCausalAttention::apply(q, k, v, scale).view({b, t, h * hd});
+  const int64_t g = h / kv;
+  // Additive causal mask: 0 on and below the diagonal, -inf above.
+  const torch::Tensor mask =
+      torch::full({t, t}, -INFINITY, torch::TensorOptions().device(q.device())).triu(1);  // [T, T]
+  // Grouped-query attention: query head j attends with kv head j / g, so the g query heads of
+  // a group are stacked as extra rows instead of repeating K and V.
+  torch::Tensor qg = q.view({b, t, kv, g, hd}).permute({0, 2, 3, 1, 4})
+                         .reshape({b, kv, g * t, hd});     // [B, KV, G*T, hd]
+  torch::Tensor kt = k.permute({0, 2, 3, 1});               // [B, KV, hd, T]
+  torch::Tensor vt = v.permute({0, 2, 1, 3});               // [B, KV, T, hd]
+  torch::Tensor scores = torch::matmul(qg, kt).mul(scale)   // [B, KV, G*T, T]
+                             .view({b, kv, g, t, t}).add(mask);
+  torch::Tensor probs = torch::softmax(scores, -1).view({b, kv, g * t, t});
+  return torch::matmul(probs, vt)                           // [B, KV, G*T, hd]
+      .view({b, kv, g, t, hd}).permute({0, 3, 1, 2, 4})
+      .reshape({b, t, h * hd});                             // [B, T, H*hd]
+}
 
 torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens) const {
   const LlamaConfig& c = config_;
   const int64_t b = tokens.size(0), t = tokens.size(1);
-  const int64_t hd = c.head_dim(), h = c.n_heads, kv = c.n_kv_heads, g = h / kv;
+  const int64_t hd = c.head_dim(), h = c.n_heads, kv = c.n_kv_heads;
   TORCH_CHECK(t <= c.seq_len, "sequence of ", t, " tokens exceeds seq_len ", c.seq_len);
   const torch::Tensor cos = cos_.narrow(0, 0, t), sin = sin_.narrow(0, 0, t);  // [T, hd/2]
-  // Additive causal mask: 0 on and below the diagonal, -inf above.
-  const torch::Tensor mask =
-      torch::full({t, t}, -INFINITY, torch::TensorOptions().device(device_)).triu(1);  // [T, T]
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
   torch::Tensor x = torch::embedding(P("tok_embeddings.weight"), tokens);  // [B, T, dim]
@@ -90,18 +164,8 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens) const {
     torch::Tensor v = torch::linear(hn, P(p + "attention.wv.weight")).view({b, t, kv, hd});
     q = Rope(q, cos, sin);
     k = Rope(k, cos, sin);
-    // Grouped-query attention: query head j attends with kv head j / g, so the g query heads of
-    // a group are stacked as extra rows instead of repeating K and V.
-    torch::Tensor qg = q.view({b, t, kv, g, hd}).permute({0, 2, 3, 1, 4})
-                           .reshape({b, kv, g * t, hd});     // [B, KV, G*T, hd]
-    torch::Tensor kt = k.permute({0, 2, 3, 1});               // [B, KV, hd, T]
-    torch::Tensor vt = v.permute({0, 2, 1, 3});               // [B, KV, T, hd]
-    torch::Tensor scores = torch::matmul(qg, kt).mul(scale)   // [B, KV, G*T, T]
-                               .view({b, kv, g, t, t}).add(mask);
-    torch::Tensor probs = torch::softmax(scores, -1).view({b, kv, g * t, t});
-    torch::Tensor att = torch::matmul(probs, vt)              // [B, KV, G*T, hd]
-                            .view({b, kv, g, t, hd}).permute({0, 3, 1, 2, 4})
-                            .reshape({b, t, h * hd});         // [B, T, H*hd]
+    const torch::Tensor att =  // [B, T, H*hd]
+        CausalSelfAttention(q, k, v, scale, /*fused=*/device_.is_cpu());
     x = x + torch::linear(att, P(p + "attention.wo.weight"));
     hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps);
     torch::Tensor gate = torch::silu(torch::linear(hn, P(p + "feed_forward.w1.weight")));

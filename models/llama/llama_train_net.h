@@ -53,6 +53,14 @@ class LlamaTrainNet {
   torch::Tensor cos_, sin_;  // [seq_len, head_dim/2] rotary tables (no gradient)
 };
 
+// Causal grouped-query self-attention, the training forward's: q [B, T, H, hd], k and v
+// [B, T, KV, hd] (after RoPE), query head h attending with kv head h / (H / KV), scores scaled
+// by `scale` -> [B, T, H*hd]. `fused`: one autograd function over the CPU kernels of
+// train_attention.h (float32 CPU tensors only; half the work, as it skips the masked scores);
+// otherwise ATen ops on any device. The two agree within float rounding.
+torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, double scale, bool fused);
+
 }  // namespace tandem
 
 #endif  // TANDEM_MODELS_LLAMA_LLAMA_TRAIN_NET_H_
