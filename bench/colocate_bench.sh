@@ -31,7 +31,6 @@ kill -TERM "$TANDEMD_PID"; wait "$TANDEMD_PID" 2>/dev/null || true
 trap - EXIT
 echo
 echo "in-process, same text recipe and threads (tandem-train-bench, $WINDOW s):"
-"$BIN/tandem-train-bench" --dataset="$RUN/data/fortunes.txt" --minutes="$(awk "BEGIN{print $WINDOW/60}")" \
-  --steps=1000000 --vocab_size=1024 --dim=192 --layers=4 --heads=6 --kv_heads=3 --seq_len=128 \
-  --batch_size=16 --lr=3e-3 --threads="${THREADS:-0}" --work_dir="$RUN/train-bench" 2>&1 |
-  grep -E "trained|setup"
+"$BIN/tandem-train-bench" --recipe=scripts/recipes/text.json --dataset="$RUN/data/fortunes.txt" \
+  --minutes="$(awk "BEGIN{print $WINDOW/60}")" --threads="${THREADS:-0}" \
+  --work_dir="$RUN/train-bench" 2>&1 | grep -E "trained|setup"
