@@ -46,9 +46,13 @@ losses() {
 }
 state_of() { "$BIN/tandem" train get "$1" --json | sed -n 's/^ "state": "\([A-Z]*\)",*$/\1/p'; }
 STEPS=120
+# chunk_rows fixed: the reference and each victim are separate jobs, and jobs that leave it unset
+# calibrate their own chunk size from timed probes (each keeps its choice across restarts). On a
+# loaded machine two jobs can choose differently, and differently chunked sums round differently.
 SPEC=(--kind=text --dataset=fortunes.txt --vocab_size=300 --dim=32 --layers=2 --heads=4
-      --kv_heads=2 --seq_len=32 --steps=$STEPS --batch_size=4 --lr=0.003 --warmup_steps=5
-      --eval_every=20 --checkpoint_every=1 --seed=9 --deploy_as=campaign --deploy_on_improvement)
+      --kv_heads=2 --seq_len=32 --steps=$STEPS --batch_size=4 --chunk_rows=4 --lr=0.003
+      --warmup_steps=5 --eval_every=20 --checkpoint_every=1 --seed=9 --deploy_as=campaign
+      --deploy_on_improvement)
 
 start_server
 REF=$("$BIN/tandem" train submit --name=reference "${SPEC[@]}" | head -n1)
