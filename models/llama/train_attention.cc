@@ -145,7 +145,9 @@ float DotScalar(const float* a, const float* b, int64_t n) {
 struct Layout {
   explicit Layout(const CausalAttention& a)
       : t(a.seq), h(a.heads), kv(a.kv_heads), hd(a.head_dim), g(a.heads / a.kv_heads) {}
-  int64_t QueryRow(int64_t b, int64_t i, int64_t head) const { return ((b * t + i) * h + head) * hd; }
+  int64_t QueryRow(int64_t b, int64_t i, int64_t head) const {
+    return ((b * t + i) * h + head) * hd;
+  }
   int64_t KeyRow(int64_t b, int64_t i, int64_t j) const { return ((b * t + i) * kv + j) * hd; }
   int64_t t, h, kv, hd, g;
 };

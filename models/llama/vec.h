@@ -49,9 +49,9 @@ TANDEM_INLINE float HSum(const Float16& v) {
   return HSum(lo + hi);
 }
 
-// x = e^x lane by lane, in place (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial in r,
-// times 2^n built in the exponent bits); relative error under 2e-7 on [-87, 88]; inputs below
-// -87.3 (-inf included) give 0, above 88.3 give e^88.3.
+// x = e^x lane by lane, in place (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5
+// polynomial in r, times 2^n built in the exponent bits); relative error under 2e-7 on
+// [-87, 88]; inputs below -87.3 (-inf included) give 0, above 88.3 give e^88.3.
 // (In place: returning a wide vector draws -Wpsabi, as Load says.)
 template <typename V>
 TANDEM_INLINE void Exp(V& x) {

@@ -78,8 +78,10 @@ TEST(TrainAttentionTest, EveryWidthAgrees) {
   using cpu_kernels::Width;
   const Shape s{2, 33, 4, 2, 24};
   torch::manual_seed(3);
-  const torch::Tensor q = torch::randn({s.b, s.t, s.h, s.hd}), k = torch::randn({s.b, s.t, s.kv, s.hd}),
-                      v = torch::randn({s.b, s.t, s.kv, s.hd}), dout = torch::randn_like(q);
+  const torch::Tensor q = torch::randn({s.b, s.t, s.h, s.hd});
+  const torch::Tensor k = torch::randn({s.b, s.t, s.kv, s.hd});
+  const torch::Tensor v = torch::randn({s.b, s.t, s.kv, s.hd});
+  const torch::Tensor dout = torch::randn_like(q);
   cpu_kernels::CausalAttention a;
   a.batch = s.b, a.seq = s.t, a.heads = s.h, a.kv_heads = s.kv, a.head_dim = s.hd, a.scale = 0.3f;
   std::vector<Result> results;
@@ -87,7 +89,8 @@ TEST(TrainAttentionTest, EveryWidthAgrees) {
   if (cpu_kernels::WidestWidth() != Width::k4) widths.push_back(Width::k8);
   if (cpu_kernels::WidestWidth() == Width::k16) widths.push_back(Width::k16);
   for (Width w : widths) {
-    Result r{torch::empty_like(q), torch::empty_like(q), torch::empty_like(k), torch::empty_like(v)};
+    Result r{torch::empty_like(q), torch::empty_like(q), torch::empty_like(k),
+             torch::empty_like(v)};
     torch::Tensor lse = torch::empty({s.b, s.h, s.t});  // [B, H, T]
     cpu_kernels::CausalAttentionForward(w, a, q.data_ptr<float>(), k.data_ptr<float>(),
                                         v.data_ptr<float>(), r.out.data_ptr<float>(),
