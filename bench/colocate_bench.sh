@@ -14,10 +14,7 @@ WINDOW=${WINDOW:-30}
 mkdir -p "$RUN/colocate-models"
 source scripts/datasets.sh
 prepare_datasets "$RUN/data"
-if [ ! -f "$RUN/colocate-models/bench7m/config.json" ]; then
-  "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/colocate-models/bench7m" \
-    --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=3
-fi
+bench_text_model "$RUN/colocate-models"
 if [ ! -f "$RUN/colocate-models/bench-unet/config.json" ]; then
   "$BIN/tandem-init" --kind=image --out="$RUN/colocate-models/bench-unet" --image_size=28 \
     --channels=1 --widths=32,64,128 --attention_levels=1,2 --text_dim=128 --text_layers=2 --seed=3

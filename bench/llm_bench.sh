@@ -5,12 +5,7 @@
 #   bench/llm_bench.sh [extra tandem-bench flags]
 source "$(dirname "$0")/bench_lib.sh"
 PORT=${PORT:-50061}
-mkdir -p "$RUN/models" "$RUN/data"
-[ -s "$RUN/data/fortunes.txt" ] || bash scripts/fortunes_corpus.sh "$RUN/data/fortunes.txt"
-if [ ! -f "$RUN/models/bench7m/config.json" ]; then
-  "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/models/bench7m" \
-    --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=3
-fi
+bench_text_model "$RUN/models"
 start_tandemd "$PORT" "$RUN/tandemd.log" --models_dir="$RUN/models" --max_sequences=32
 "$BIN/tandem-bench" --server="127.0.0.1:$PORT" --model_dir="$RUN/models/bench7m" \
   --streams=1,8,32 --max_tokens=${MAX_TOKENS:-128} --threads="${THREADS:-0}" "$@"

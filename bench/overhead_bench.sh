@@ -5,12 +5,7 @@
 #   bench/overhead_bench.sh [extra tandem-bench flags]
 source "$(dirname "$0")/bench_lib.sh"
 PORT=${PORT:-50062}
-mkdir -p "$RUN/models" "$RUN/data"
-[ -s "$RUN/data/fortunes.txt" ] || bash scripts/fortunes_corpus.sh "$RUN/data/fortunes.txt"
-if [ ! -f "$RUN/models/bench7m/config.json" ]; then
-  "$BIN/tandem-init" --corpus="$RUN/data/fortunes.txt" --out="$RUN/models/bench7m" \
-    --vocab_size=512 --dim=320 --layers=6 --heads=8 --kv_heads=4 --seq_len=512 --seed=3
-fi
+bench_text_model "$RUN/models"
 start_tandemd "$PORT" "$RUN/tandemd.log" --models_dir="$RUN/models"
 # The in-process side waits for work as tandemd's OpenMP threads do (tandemd sets PASSIVE): two
 # spinning teams on the same cores would measure the contention, not the server.

@@ -37,6 +37,7 @@ struct TrainSpecFlags {
   std::optional<double> max_seconds;
   std::optional<double> ema_decay;
   std::optional<double> min_snr_gamma;
+  std::optional<double> dropout;
   std::optional<double> lr;
   std::optional<double> min_lr;
   std::optional<int64_t> warmup_steps;

@@ -32,7 +32,24 @@ using torch_util::CatchTorch;
 
 // Seed streams (see trainer/seeds.h).
 constexpr uint64_t kDataStream = 1;
+constexpr uint64_t kDropoutStream = 2;
 constexpr uint64_t kSampleStream = 3;
+
+// One row's dropout multipliers (LlamaTrainNet::Forward): each of the n floats is 0 with
+// probability p (quantised to 1/65536) and else 1 / (1 - p), from SplitMix64 `seed`'s stream,
+// four 16-bit uniforms a draw. A pure function of (seed, p, n): the row's masks are the same
+// whatever chunk it is trained in.
+void FillDropoutRow(uint64_t seed, double p, float* out, int64_t n) {
+  const uint32_t cut = static_cast<uint32_t>(std::lround(p * 65536.0));
+  const float keep = static_cast<float>(65536.0 / (65536.0 - cut));
+  SeededRandom rng(seed);
+  for (int64_t i = 0; i < n; i += 4) {
+    uint64_t bits = rng.Next();
+    for (int64_t k = i; k < std::min(n, i + 4); ++k, bits >>= 16) {
+      out[k] = (bits & 0xFFFF) < cut ? 0.0f : keep;
+    }
+  }
+}
 
 // The evaluation's text sample: this many tokens at most, from BOS, temperature 0.8, top-k 40.
 constexpr int kSampleTokens = 64;
@@ -125,10 +142,10 @@ class TextTrainer final : public NetTrainer {
   // A short sample from BOS, with a sampler seeded by (seed, step).
   EvalSamples Samples() const override;
 
-  // A group of held-out windows of one length, evaluated in one forward.
+  // Held-out windows evaluated in one forward, padded to the longest.
   struct EvalGroup {
-    size_t first = 0, count = 0;  // into eval_starts_
-    int64_t len = 0;              // predicted tokens per window
+    size_t first = 0, count = 0;  // into eval_windows_
+    int64_t len = 0;              // predictions per row (the longest window's)
   };
 
   const LlamaConfig config_;
@@ -138,7 +155,8 @@ class TextTrainer final : public NetTrainer {
   std::unique_ptr<LlamaTrainNet> net_;
   const int64_t window_;  // tokens per training sequence (seq_len, or less for a tiny corpus)
   torch::Tensor batch_;   // [B, T+1] int64 on the CPU: the drawn micro-batch
-  std::vector<int64_t> eval_starts_;  // held-out windows' first tokens
+  uint64_t dropout_seed_ = 0;  // the drawn micro-batch's: row r's masks come from seed + r
+  std::vector<HeldOutWindow> eval_windows_;  // by length, shortest first
   std::vector<EvalGroup> eval_groups_;
 };
 
@@ -147,6 +165,7 @@ void TextTrainer::DrawMicroBatch(int micro) {
   const int64_t b = h.batch_size, t = window_;
   // [B, T+1] windows at seeded random offsets of the packed training stream.
   SeededRandom rng(DeriveSeed(h.seed, kDataStream, step(), micro));
+  dropout_seed_ = DeriveSeed(h.seed, kDropoutStream, step(), micro);
   batch_ = torch::empty({b, t + 1}, torch::kInt64);  // [B, T+1]
   int64_t* p = batch_.data_ptr<int64_t>();
   const int64_t starts = static_cast<int64_t>(train_tokens_.size()) - t;
@@ -159,7 +178,17 @@ void TextTrainer::DrawMicroBatch(int micro) {
 torch::Tensor TextTrainer::ChunkLoss(int64_t row, int64_t rows) {
   const int64_t b = options().hyper.batch_size, t = window_;
   const torch::Tensor chunk = batch_.narrow(0, row, rows).to(net_->device());  // [R, T+1]
-  const torch::Tensor logits = net_->Forward(chunk.narrow(1, 0, t));         // [R, T, V]
+  torch::Tensor dropout;  // [R, sites, T, dim], or none
+  if (const double p = options().hyper.dropout; p > 0) {
+    dropout = torch::empty({rows, net_->DropoutSites(), t, int64_t{config_.dim}});
+    const int64_t n = dropout[0].numel();
+    for (int64_t r = 0; r < rows; ++r) {
+      FillDropoutRow(Mix64(dropout_seed_ + static_cast<uint64_t>(row + r)), p,
+                     dropout.data_ptr<float>() + r * n, n);
+    }
+    dropout = dropout.to(net_->device());
+  }
+  const torch::Tensor logits = net_->Forward(chunk.narrow(1, 0, t), dropout);  // [R, T, V]
   // The chunk's share of the micro-batch's mean cross-entropy over B * T tokens.
   return torch::cross_entropy_loss(logits.reshape({rows * t, config_.vocab_size}),
                                    chunk.narrow(1, 1, t).reshape({rows * t}), {},
@@ -168,39 +197,39 @@ torch::Tensor TextTrainer::ChunkLoss(int64_t row, int64_t rows) {
 }
 
 int64_t TextTrainer::BeginHeldOut(int64_t rows) {
-  const int64_t t = config_.seq_len;
-  const int64_t n = static_cast<int64_t>(heldout_tokens_.size());
-  // Windows of T+1 tokens with stride T: every held-out token but the first is predicted
-  // exactly once, with up to T tokens of context. Full windows in groups of `rows`; a shorter
-  // (last) window alone.
-  eval_starts_.clear();
+  // Each document from its own BOS (HeldOutWindows), windows of similar length in groups of
+  // `rows`.
+  eval_windows_ = HeldOutWindows(heldout_tokens_, config_.bos_id, config_.seq_len);
+  std::stable_sort(eval_windows_.begin(), eval_windows_.end(),
+                   [](const HeldOutWindow& a, const HeldOutWindow& b) { return a.len < b.len; });
   eval_groups_.clear();
-  for (int64_t s = 0; s + 1 < n; s += t) eval_starts_.push_back(s);
-  for (size_t i = 0; i < eval_starts_.size();) {
-    EvalGroup g{i, 0, std::min(t, n - 1 - eval_starts_[i])};
-    while (i < eval_starts_.size() && static_cast<int64_t>(g.count) < rows &&
-           std::min(t, n - 1 - eval_starts_[i]) == g.len) {
-      ++g.count;
-      ++i;
-    }
-    eval_groups_.push_back(g);
+  for (size_t i = 0; i < eval_windows_.size(); i += static_cast<size_t>(rows)) {
+    const size_t count = std::min(eval_windows_.size() - i, static_cast<size_t>(rows));
+    eval_groups_.push_back({i, count, eval_windows_[i + count - 1].len});
   }
   return static_cast<int64_t>(eval_groups_.size());
 }
 
 double TextTrainer::HeldOutUnit(int64_t unit) {
   const EvalGroup& g = eval_groups_[unit];
-  std::vector<int64_t> ids;
-  for (size_t w = g.first; w < g.first + g.count; ++w) {
-    for (int64_t k = 0; k <= g.len; ++k) ids.push_back(heldout_tokens_[eval_starts_[w] + k]);
-  }
   const int64_t r = static_cast<int64_t>(g.count);
-  const torch::Tensor batch =
-      torch::tensor(ids, torch::kInt64).view({r, g.len + 1}).to(net_->device());  // [r, len+1]
-  const torch::Tensor logits = net_->Forward(batch.narrow(1, 0, g.len));          // [r, len, V]
+  // Inputs padded with BOS after a window's end; targets -100 (ignored) where padded or where
+  // the window's tokens only give context.
+  torch::Tensor inputs = torch::full({r, g.len}, config_.bos_id, torch::kInt64);  // [r, len]
+  torch::Tensor targets = torch::full({r, g.len}, int64_t{-100}, torch::kInt64);  // [r, len]
+  int64_t* in = inputs.data_ptr<int64_t>();
+  int64_t* tg = targets.data_ptr<int64_t>();
+  for (int64_t row = 0; row < r; ++row) {
+    const HeldOutWindow& w = eval_windows_[g.first + static_cast<size_t>(row)];
+    for (int64_t k = 0; k < w.len; ++k) {
+      in[row * g.len + k] = heldout_tokens_[w.start + k];
+      if (k >= w.first_scored) tg[row * g.len + k] = heldout_tokens_[w.start + k + 1];
+    }
+  }
+  const torch::Tensor logits = net_->Forward(inputs.to(net_->device()));  // [r, len, V]
   return torch::cross_entropy_loss(logits.reshape({r * g.len, config_.vocab_size}),
-                                   batch.narrow(1, 1, g.len).reshape({r * g.len}), {},
-                                   at::Reduction::Sum)
+                                   targets.to(net_->device()).reshape({r * g.len}), {},
+                                   at::Reduction::Sum, /*ignore_index=*/-100)
       .item<double>();
 }
 

@@ -32,6 +32,10 @@ struct Hyperparams {
   // Image jobs, > 0: weight each sample's loss by min(SNR(t), gamma) / SNR(t) (eps) or
   // / (SNR(t) + 1) (v): min-SNR-gamma (Hang et al., 2023). 0: unweighted MSE.
   double min_snr_gamma = 0;
+  // Text jobs, in [0, 1): residual dropout — each element of the token embeddings and of every
+  // attention and feed-forward output is zeroed with this probability (and the rest scaled by
+  // 1 / (1 - p)) in training; evaluation and serving use the whole network. 0: off.
+  double dropout = 0;
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
   int64_t warmup_steps = 100;

@@ -147,15 +147,23 @@ torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k
       .reshape({b, t, h * hd});                             // [B, T, H*hd]
 }
 
-torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens) const {
+torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens,
+                                     const torch::Tensor& dropout) const {
   const LlamaConfig& c = config_;
   const int64_t b = tokens.size(0), t = tokens.size(1);
   const int64_t hd = c.head_dim(), h = c.n_heads, kv = c.n_kv_heads;
   TORCH_CHECK(t <= c.seq_len, "sequence of ", t, " tokens exceeds seq_len ", c.seq_len);
+  TORCH_CHECK(!dropout.defined() || dropout.sizes() == torch::IntArrayRef({b, DropoutSites(), t,
+                                                                          int64_t{c.dim}}),
+              "dropout multipliers of shape ", dropout.sizes(), " for ", b, " x ", t, " tokens");
   const torch::Tensor cos = cos_.narrow(0, 0, t), sin = sin_.narrow(0, 0, t);  // [T, hd/2]
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  // Site s's multipliers applied to y [B, T, dim] (y itself without dropout).
+  auto drop = [&](const torch::Tensor& y, int64_t site) {
+    return dropout.defined() ? y * dropout.select(1, site) : y;  // [B, T, dim]
+  };
 
-  torch::Tensor x = torch::embedding(P("tok_embeddings.weight"), tokens);  // [B, T, dim]
+  torch::Tensor x = drop(torch::embedding(P("tok_embeddings.weight"), tokens), 0);  // [B, T, dim]
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     torch::Tensor hn = RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps);  // [B, T, dim]
@@ -166,11 +174,11 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens) const {
     k = Rope(k, cos, sin);
     const torch::Tensor att =  // [B, T, H*hd]
         CausalSelfAttention(q, k, v, scale, /*fused=*/device_.is_cpu());
-    x = x + torch::linear(att, P(p + "attention.wo.weight"));
+    x = x + drop(torch::linear(att, P(p + "attention.wo.weight")), 1 + 2 * l);
     hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps);
     torch::Tensor gate = torch::silu(torch::linear(hn, P(p + "feed_forward.w1.weight")));
     torch::Tensor up = torch::linear(hn, P(p + "feed_forward.w3.weight"));  // [B, T, hidden]
-    x = x + torch::linear(gate * up, P(p + "feed_forward.w2.weight"));
+    x = x + drop(torch::linear(gate * up, P(p + "feed_forward.w2.weight")), 2 + 2 * l);
   }
   x = RmsNorm(x, P("norm.weight"), c.norm_eps);
   const torch::Tensor& out = c.tie_embeddings ? P("tok_embeddings.weight") : P("output.weight");

@@ -37,7 +37,13 @@ class LlamaTrainNet {
   const std::vector<std::pair<std::string, torch::Tensor>>& parameters() const { return params_; }
 
   // tokens: [B, T] int64 (T <= seq_len), positions 0..T-1 -> logits [B, T, vocab] float32.
-  torch::Tensor Forward(const torch::Tensor& tokens) const;
+  // `dropout`, when defined: [B, DropoutSites(), T, dim] float32 multipliers (0, or 1 / (1 - p)
+  // to keep the expectation) for the token embeddings (site 0) and for the attention (site
+  // 1 + 2l) and feed-forward (site 2 + 2l) outputs of layer l before they join the residual
+  // stream. The caller draws them, so that the masks of a row do not depend on the rows beside
+  // it (a micro-batch cut into chunks trains as the whole would).
+  torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& dropout = {}) const;
+  int64_t DropoutSites() const { return 1 + 2 * int64_t{config_.n_layers}; }
 
   // The parameters as float32 CPU tensors (for checkpoints and model export).
   TensorMap ExportWeights() const;

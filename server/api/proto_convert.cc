@@ -53,6 +53,7 @@ void operator()(F&& f) const {
     &v1::Hyperparameters::set_ema_decay);
   f(&Hyperparams::min_snr_gamma, &v1::Hyperparameters::min_snr_gamma,
     &v1::Hyperparameters::set_min_snr_gamma);
+  f(&Hyperparams::dropout, &v1::Hyperparameters::dropout, &v1::Hyperparameters::set_dropout);
 }
 };
 

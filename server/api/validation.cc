@@ -128,6 +128,25 @@ absl::StatusOr<std::unique_ptr<TextRequest>> BuildTextRequest(
   return req;
 }
 
+namespace {
+
+// The request's sampler (DDIM when unset); eta is DDIM's only.
+absl::StatusOr<DiffusionSampler> SamplerOf(const tandem::v1::ImageParams& p) {
+  switch (p.sampler()) {
+    case tandem::v1::SAMPLER_UNSPECIFIED:
+    case tandem::v1::SAMPLER_DDIM:
+      return DiffusionSampler::kDdim;
+    case tandem::v1::SAMPLER_DDPM:
+      if (p.eta() != 0) return Invalid("eta applies to the DDIM sampler only");
+      return DiffusionSampler::kDdpm;
+    default:
+      return Invalid(absl::StrCat("unknown sampler ", static_cast<int>(p.sampler()),
+                                  "; use SAMPLER_DDIM or SAMPLER_DDPM"));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
     const tandem::v1::GenerateRequest& request, std::shared_ptr<const ModelEntry> model,
     const RequestLimits& limits, absl::Time accepted) {
@@ -166,20 +185,8 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
   if (p.preview_every() < 0) {
     return Invalid(absl::StrCat("preview_every must be >= 0; got ", p.preview_every()));
   }
-  DiffusionSampler sampler;
-  switch (p.sampler()) {
-    case tandem::v1::SAMPLER_UNSPECIFIED:
-    case tandem::v1::SAMPLER_DDIM:
-      sampler = DiffusionSampler::kDdim;
-      break;
-    case tandem::v1::SAMPLER_DDPM:
-      sampler = DiffusionSampler::kDdpm;
-      if (p.eta() != 0) return Invalid("eta applies to the DDIM sampler only");
-      break;
-    default:
-      return Invalid(absl::StrCat("unknown sampler ", static_cast<int>(p.sampler()),
-                                  "; use SAMPLER_DDIM or SAMPLER_DDPM"));
-  }
+  absl::StatusOr<DiffusionSampler> sampler = SamplerOf(p);
+  if (!sampler.ok()) return sampler.status();
   if (static_cast<int>(p.negative_prompt().size()) > limits.max_caption_bytes) {
     return Invalid(absl::StrCat("negative_prompt is ", p.negative_prompt().size(),
                                 " bytes; the limit is ", limits.max_caption_bytes,
@@ -200,7 +207,7 @@ absl::StatusOr<std::unique_ptr<ImageRequest>> BuildImageRequest(
       encode(p.negative_prompt(), &req->negative_prompt_tokens_truncated);
   req->spec.steps = p.has_steps() ? p.steps() : cfg.default_steps;
   req->spec.guidance = p.has_guidance_scale() ? p.guidance_scale() : cfg.default_guidance;
-  req->spec.sampler = sampler;
+  req->spec.sampler = *sampler;
   req->spec.eta = p.eta();
   req->spec.seed = p.seed() != 0 ? p.seed() : RandomSeed();
   req->num_images = p.has_num_images() ? p.num_images() : 1;

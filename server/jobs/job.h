@@ -78,6 +78,7 @@ inline Hyperparams UnsetHyperparams() {
   h.max_seconds = 0;
   h.ema_decay = 0;
   h.min_snr_gamma = 0;
+  h.dropout = 0;
   return h;
 }
 

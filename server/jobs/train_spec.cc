@@ -32,14 +32,8 @@ bool Within(const fs::path& root, const fs::path& path) {
   return true;
 }
 
-// The dataset's absolute path, confined to data_dir; every file of a folder is checked too (a
-// symlinked file inside could lead out).
-absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std::string& data_dir,
-                                           bool text) {
-  if (data_dir.empty()) {
-    return absl::FailedPreconditionError(
-        "this server has no --data_dir: training datasets must live under it");
-  }
+// The dataset's name as a job gives it: a relative path without "..", of sane lengths.
+absl::Status CheckDatasetName(const std::string& dataset) {
   if (dataset.empty()) return Invalid("dataset is required: a path relative to --data_dir");
   if (dataset.find('\0') != std::string::npos) return Invalid("dataset must not contain NUL");
   if (!IsValidUtf8(dataset)) return Invalid("dataset is not valid UTF-8");
@@ -60,29 +54,14 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
       return Invalid(absl::StrCat("dataset \"", dataset, "\" has a name over 255 bytes"));
     }
   }
+  return absl::OkStatus();
+}
+
+// A dataset folder `real` (canonical, under `root`): every file in it stays under `root`, a text
+// folder has a non-empty .txt file, an image folder is Fashion-MNIST or has metadata.jsonl.
+absl::Status CheckDatasetFolder(const std::string& dataset, const fs::path& root,
+                                const fs::path& real, bool text) {
   std::error_code ec;
-  const fs::path root = fs::canonical(data_dir, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(absl::StrCat("--data_dir ", data_dir, ": ", ec.message()));
-  }
-  const fs::path joined = root / rel;
-  if (!fs::exists(joined, ec)) {
-    return absl::NotFoundError(absl::StrCat("dataset \"", dataset, "\" does not exist under --data_dir"));
-  }
-  const fs::path real = fs::canonical(joined, ec);
-  if (ec || !Within(root, real)) {
-    return Invalid(absl::StrCat("dataset \"", dataset,
-                                "\" leads outside --data_dir (through a symlink)"));
-  }
-  if (fs::is_regular_file(real)) {
-    if (!text) {
-      return Invalid(absl::StrCat("dataset \"", dataset, "\" is a file; an image dataset is a "
-                                  "Fashion-MNIST folder or an image folder with metadata.jsonl"));
-    }
-    if (fs::file_size(real, ec) == 0) return Invalid(absl::StrCat("dataset \"", dataset, "\" is empty"));
-    return real.string();
-  }
-  if (!fs::is_directory(real)) return Invalid(absl::StrCat("dataset \"", dataset, "\" is not a file or folder"));
   int64_t usable = 0;
   for (auto it = fs::recursive_directory_iterator(real, ec); !ec && it != fs::end(it);
        it.increment(ec)) {
@@ -99,23 +78,63 @@ absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std
     }
   }
   if (ec) return Invalid(absl::StrCat("dataset \"", dataset, "\": ", ec.message()));
-  if (text && usable == 0) {
+  if (text) {
+    if (usable > 0) return absl::OkStatus();
     return Invalid(absl::StrCat("dataset folder \"", dataset, "\" has no non-empty .txt files"));
   }
-  if (!text) {
-    const bool mnist = fs::exists(real / "train-images-idx3-ubyte.gz") &&
-                       fs::exists(real / "train-labels-idx1-ubyte.gz");
-    const bool folder = fs::exists(real / "metadata.jsonl");
-    if (!mnist && !folder) {
-      return Invalid(absl::StrCat(
-          "dataset folder \"", dataset,
-          "\" is neither Fashion-MNIST ({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz) nor an "
-          "image folder with metadata.jsonl"));
-    }
-    if (folder && fs::file_size(real / "metadata.jsonl", ec) == 0) {
-      return Invalid(absl::StrCat("dataset \"", dataset, "\": metadata.jsonl is empty"));
-    }
+  const bool mnist = fs::exists(real / "train-images-idx3-ubyte.gz") &&
+                     fs::exists(real / "train-labels-idx1-ubyte.gz");
+  const bool folder = fs::exists(real / "metadata.jsonl");
+  if (!mnist && !folder) {
+    return Invalid(absl::StrCat(
+        "dataset folder \"", dataset,
+        "\" is neither Fashion-MNIST ({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz) nor an "
+        "image folder with metadata.jsonl"));
   }
+  if (folder && fs::file_size(real / "metadata.jsonl", ec) == 0) {
+    return Invalid(absl::StrCat("dataset \"", dataset, "\": metadata.jsonl is empty"));
+  }
+  return absl::OkStatus();
+}
+
+// The dataset's absolute path, confined to data_dir; every file of a folder is checked too (a
+// symlinked file inside could lead out).
+absl::StatusOr<std::string> ResolveDataset(const std::string& dataset, const std::string& data_dir,
+                                           bool text) {
+  if (data_dir.empty()) {
+    return absl::FailedPreconditionError(
+        "this server has no --data_dir: training datasets must live under it");
+  }
+  if (absl::Status s = CheckDatasetName(dataset); !s.ok()) return s;
+  std::error_code ec;
+  const fs::path root = fs::canonical(data_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat("--data_dir ", data_dir, ": ", ec.message()));
+  }
+  const fs::path joined = root / fs::path(dataset);
+  if (!fs::exists(joined, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("dataset \"", dataset, "\" does not exist under --data_dir"));
+  }
+  const fs::path real = fs::canonical(joined, ec);
+  if (ec || !Within(root, real)) {
+    return Invalid(absl::StrCat("dataset \"", dataset,
+                                "\" leads outside --data_dir (through a symlink)"));
+  }
+  if (fs::is_regular_file(real)) {
+    if (!text) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\" is a file; an image dataset is a "
+                                  "Fashion-MNIST folder or an image folder with metadata.jsonl"));
+    }
+    if (fs::file_size(real, ec) == 0) {
+      return Invalid(absl::StrCat("dataset \"", dataset, "\" is empty"));
+    }
+    return real.string();
+  }
+  if (!fs::is_directory(real)) {
+    return Invalid(absl::StrCat("dataset \"", dataset, "\" is not a file or folder"));
+  }
+  if (absl::Status s = CheckDatasetFolder(dataset, root, real, text); !s.ok()) return s;
   return real.string();
 }
 
@@ -182,6 +201,9 @@ absl::Status Hyper(Hyperparams* h) {
   }
   if (!(h->min_snr_gamma >= 0) || !std::isfinite(h->min_snr_gamma)) {
     return Invalid(absl::StrCat("min_snr_gamma (", h->min_snr_gamma, ") must be >= 0"));
+  }
+  if (!(h->dropout >= 0 && h->dropout < 1)) {
+    return Invalid(absl::StrCat("dropout (", h->dropout, ") must be in [0, 1)"));
   }
   if (h->holdout_fraction == 0) h->holdout_fraction = 0.1;
   if (!(h->holdout_fraction > 0 && h->holdout_fraction <= 0.5)) {
@@ -338,6 +360,9 @@ absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecCont
   if (!text && spec->text_model) return Invalid("an image job takes image_model, not text_model");
   if (!spec->hyper) return Invalid("hyperparameters.steps is required");
   if (absl::Status s = Hyper(&*spec->hyper); !s.ok()) return s;
+  if (!text && spec->hyper->dropout != 0) {
+    return Invalid("dropout applies to text jobs (image jobs have caption_dropout)");
+  }
   o.hyper = *spec->hyper;
 
   if (!spec->init_from.empty()) {

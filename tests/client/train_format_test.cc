@@ -65,6 +65,7 @@ TEST(TrainSpecFlagsTest, OnlyGivenFlagsAreSetAndOverrideTheFile) {
   f.lr = 3e-4;
   f.layers = 6;
   f.seed = 7;
+  f.dropout = 0.1;
   f.deploy_on_improvement = false;  // given, even though false
   ASSERT_TRUE(ApplyTrainSpecFlags(f, &spec).ok());
   EXPECT_EQ(spec.name(), "from-flags");
@@ -73,6 +74,7 @@ TEST(TrainSpecFlagsTest, OnlyGivenFlagsAreSetAndOverrideTheFile) {
   EXPECT_EQ(spec.hyperparameters().steps(), 500);
   EXPECT_DOUBLE_EQ(spec.hyperparameters().lr(), 3e-4);
   EXPECT_EQ(spec.hyperparameters().seed(), 7u);
+  EXPECT_DOUBLE_EQ(spec.hyperparameters().dropout(), 0.1);
   EXPECT_EQ(spec.text_model().dim(), 64);
   EXPECT_EQ(spec.text_model().layers(), 6);
   EXPECT_FALSE(spec.deploy_on_improvement());

@@ -360,6 +360,8 @@ TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
        grpc::StatusCode::INVALID_ARGUMENT},
       {"negative lr", [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_lr(-1); },
        grpc::StatusCode::INVALID_ARGUMENT},
+      {"dropout of 1", [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_dropout(1); },
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"no kind", [](TrainJobSpec* s) { s->set_kind(tandem::v1::TRAIN_KIND_UNSPECIFIED); },
        grpc::StatusCode::INVALID_ARGUMENT},
       {"unknown init_from",
@@ -522,6 +524,9 @@ TEST_F(TrainingE2ETest, BadImageSpecsAreRejectedBeforeAnythingRuns) {
        grpc::StatusCode::INVALID_ARGUMENT},
       {"text_model on an image job",
        [](TrainJobSpec* s) { s->mutable_text_model()->set_dim(32); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"dropout on an image job",
+       [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_dropout(0.1); },
        grpc::StatusCode::INVALID_ARGUMENT},
   });
   // Images of another size than the model's pass the spec checks but fail the job when its

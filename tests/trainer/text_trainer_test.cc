@@ -151,6 +151,7 @@ TEST(TextTrainerTest, LossFallsWhenOverfittingATinyCorpus) {
 TEST(TextTrainerTest, RestoredRunContinuesWithExactlyTheSameLosses) {
   const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.dropout = 0.1;  // its masks too are a function of the step
   o.hyper.steps = 8;
   o.hyper.grad_accum = 2;  // the restore happens between steps of two micro-batches each
   std::vector<double> uninterrupted;
@@ -176,6 +177,30 @@ TEST(TextTrainerTest, RestoredRunContinuesWithExactlyTheSameLosses) {
   for (double l : Train(t->get(), 8)) resumed.push_back(l);
   ASSERT_EQ(resumed.size(), uninterrupted.size());
   for (size_t i = 0; i < resumed.size(); ++i) EXPECT_EQ(resumed[i], uninterrupted[i]) << i;
+  fs::remove_all(dir);
+}
+
+// Dropout changes what a step trains on (the masks are drawn, and differ step to step) but not
+// the evaluation, which uses the whole network: two trainers from the same weights evaluate
+// identically before training and train to different losses.
+TEST(TextTrainerTest, DropoutAppliesToTrainingStepsOnly) {
+  const std::string dir = MakeTempDir("text_dropout");
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.steps = 3;
+  TrainOptions d = o;
+  d.hyper.dropout = 0.5;
+  auto plain = CreateTextTrainer(o, dir + "/plain", "", nullptr);
+  auto dropped = CreateTextTrainer(d, dir + "/dropped", "", nullptr);
+  ASSERT_TRUE(plain.ok() && dropped.ok());
+  absl::StatusOr<EvalMetrics> a = (*plain)->Evaluate();
+  absl::StatusOr<EvalMetrics> b = (*dropped)->Evaluate();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->loss, b->loss);
+  const std::vector<double> la = Train(plain->get(), 3);
+  const std::vector<double> lb = Train(dropped->get(), 3);
+  ASSERT_EQ(la.size(), 3u);
+  ASSERT_EQ(lb.size(), 3u);
+  for (size_t i = 0; i < la.size(); ++i) EXPECT_NE(la[i], lb[i]) << "step " << i + 1;
   fs::remove_all(dir);
 }
 
@@ -269,11 +294,21 @@ std::vector<double> TrainByChunks(Trainer* t, int64_t steps, const std::function
   return losses;
 }
 
+void ChunksEqualTheWholeMicroBatch(double dropout);
+
 TEST(TextTrainerChunksTest, ChunksEqualTheWholeMicroBatchWithinFloatRounding) {
+  for (double dropout : {0.0, 0.2}) {  // a row's dropout masks do not depend on its chunk
+    SCOPED_TRACE(::testing::Message() << "dropout " << dropout);
+    ChunksEqualTheWholeMicroBatch(dropout);
+  }
+}
+
+void ChunksEqualTheWholeMicroBatch(double dropout) {
   const std::string dir = MakeTempDir("text_chunks_equal");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.steps = 10;
   o.hyper.grad_accum = 2;
+  o.hyper.dropout = dropout;
   std::unique_ptr<Trainer> whole = ChunkedTrainer(o, 0, dir);
   std::unique_ptr<Trainer> ones = ChunkedTrainer(o, 1, dir);
   std::unique_ptr<Trainer> threes = ChunkedTrainer(o, 3, dir);  // 4 rows: chunks of 3 and 1

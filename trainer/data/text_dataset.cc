@@ -131,4 +131,25 @@ std::vector<int32_t> TokenizeDocuments(const Tokenizer& tokenizer,
   return out;
 }
 
+std::vector<HeldOutWindow> HeldOutWindows(const std::vector<int32_t>& tokens, int32_t bos_id,
+                                          int64_t context) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  std::vector<HeldOutWindow> out;
+  int64_t begin = 0;  // the current document's first token (its BOS, but for a headless stream)
+  while (begin + 1 < n) {
+    int64_t end = begin + 1;  // the next document's BOS, or the end of the stream
+    while (end < n && tokens[end] != bos_id) ++end;
+    // Predictions of tokens begin + 1 ... last: the document and the BOS that ends it.
+    const int64_t predictions = std::min(end, n - 1) - begin;
+    out.push_back({begin, std::min(predictions, context), 0});
+    for (int64_t scored = context; scored < predictions;) {
+      const int64_t upto = std::min(predictions, scored + std::max<int64_t>(1, context / 2));
+      out.push_back({begin + upto - context, context, scored - (upto - context)});
+      scored = upto;
+    }
+    begin = end;
+  }
+  return out;
+}
+
 }  // namespace tandem

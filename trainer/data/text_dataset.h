@@ -48,6 +48,30 @@ absl::Status WriteTokenizerCorpus(const TextCorpus& corpus, const std::string& p
 std::vector<int32_t> TokenizeDocuments(const Tokenizer& tokenizer,
                                        const std::vector<std::string>& documents);
 
+// One held-out window: tokens [start, start + len] of the packed held-out stream (len + 1 tokens,
+// len predictions), of which the predictions of tokens start + 1 + first_scored ... start + len
+// count (the ones before only give context).
+struct HeldOutWindow {
+  int64_t start = 0;
+  int64_t len = 0;
+  int64_t first_scored = 0;
+
+  bool operator==(const HeldOutWindow& o) const {
+    return start == o.start && len == o.len && first_scored == o.first_scored;
+  }
+};
+
+// Windows over the packed held-out stream `tokens` (TokenizeDocuments: each document is BOS +
+// its ids) that predict every token but the first exactly once, each from its own document:
+// a document is read from its BOS, and the token that follows it (the next document's BOS: the
+// document's end) is predicted at its end. A document longer than `context` (the model's
+// seq_len) goes on in windows of `context` predictions whose first half is context and whose
+// second half is scored, so every token sees at least half the context or its whole document.
+// A context cut at a fixed stride instead would fall inside documents and leave the tokens after
+// it without their document's beginning. Pure; `context` >= 1.
+std::vector<HeldOutWindow> HeldOutWindows(const std::vector<int32_t>& tokens, int32_t bos_id,
+                                          int64_t context);
+
 }  // namespace tandem
 
 #endif  // TANDEM_TRAINER_DATA_TEXT_DATASET_H_

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <ostream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,12 @@
 #include "tests/testing/base/files.h"
 
 namespace tandem {
+
+// gtest's printer finds it by argument-dependent lookup: in HeldOutWindow's namespace.
+void PrintTo(const HeldOutWindow& w, std::ostream* os) {
+  *os << "{" << w.start << ", " << w.len << ", " << w.first_scored << "}";
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -227,6 +235,58 @@ TEST_F(TextDatasetTest, TokenizerCorpusHoldsTheTrainingDocumentsOnly) {
   }
   absl::StrAppend(&want, "tail\n");  // a newline is added where a document lacks one
   EXPECT_EQ(*ReadFile(out), want);
+}
+
+// B = BOS (1); three documents of 2, 5 and 1 tokens; context 3.
+TEST(HeldOutWindowsTest, EachDocumentFromItsBosAndLongOnesInHalfScoredWindows) {
+  const std::vector<int32_t> tokens = {1, 10, 11, 1, 20, 21, 22, 23, 24, 1, 30};
+  const std::vector<HeldOutWindow> want = {
+      {0, 3, 0},  // B 10 11 -> 10 11 B: the first document and its end
+      {3, 3, 0},  // B 20 21 -> 20 21 22
+      {4, 3, 2},  // 20 21 22 -> 23 (only the last scored: the rest is context)
+      {5, 3, 2},  // -> 24
+      {6, 3, 2},  // -> B, the second document's end
+      {9, 1, 0},  // B -> 30: the last document has no BOS after it
+  };
+  EXPECT_EQ(HeldOutWindows(tokens, 1, 3), want);
+}
+
+// Over random documents and contexts: every token but the first is predicted exactly once, no
+// window is longer than the context, and a scored prediction sees its whole document so far or
+// at least half the context.
+TEST(HeldOutWindowsTest, EveryTokenButTheFirstIsScoredOnceWithItsContext) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> doc_start;  // per token: where its document starts
+    const int docs = 1 + static_cast<int>(rng() % 6);
+    for (int d = 0; d < docs; ++d) {
+      const int64_t start = static_cast<int64_t>(tokens.size());
+      const int len = 1 + static_cast<int>(rng() % 40);
+      for (int k = 0; k < len; ++k) {
+        tokens.push_back(k == 0 ? 1 : 2 + static_cast<int32_t>(rng() % 50));
+        doc_start.push_back(start);
+      }
+    }
+    const int64_t context = 1 + static_cast<int64_t>(rng() % 16);
+    std::vector<int> scored(tokens.size(), 0);
+    for (const HeldOutWindow& w : HeldOutWindows(tokens, 1, context)) {
+      ASSERT_GE(w.len, 1);
+      ASSERT_LE(w.len, context);
+      ASSERT_LE(w.start + w.len, static_cast<int64_t>(tokens.size()) - 1);
+      for (int64_t k = w.first_scored; k < w.len; ++k) {
+        const int64_t target = w.start + k + 1;
+        ++scored[target];
+        // Context: tokens w.start .. w.start + k. The target's document (or, for a BOS target,
+        // the document it ends) starts at doc_start[target - 1].
+        const int64_t own = target - doc_start[target - 1];
+        EXPECT_GE(k + 1, std::min(own, (context + 1) / 2)) << "context " << context;
+        EXPECT_GE(w.start, doc_start[target - 1]) << "a window reaches into another document";
+      }
+    }
+    EXPECT_EQ(scored[0], 0);
+    for (size_t i = 1; i < scored.size(); ++i) EXPECT_EQ(scored[i], 1) << "token " << i;
+  }
 }
 
 }  // namespace
