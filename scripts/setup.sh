@@ -2,7 +2,8 @@
 # Installs every Debian 12 package tandem needs to build, test and run the demo. Idempotent: a
 # package already installed is skipped; apt-get runs only when something is missing.
 #   scripts/setup.sh [--bench]   --bench: also what the benchmarks compare with (python3-torch,
-#                                for bench/train_torch_reference.py)
+#                                for bench/train_torch_reference.py; python3-sentencepiece, for
+#                                bench/heldout_bpb.py)
 set -euo pipefail
 
 PACKAGES=(
@@ -19,7 +20,7 @@ PACKAGES=(
   clang libclang-rt-14-dev  # scripts/sanitize.sh: sanitizers and libFuzzer
 )
 if [ "${1:-}" = "--bench" ]; then
-  PACKAGES+=(python3-torch)
+  PACKAGES+=(python3-torch python3-sentencepiece)
 fi
 
 missing=()
