@@ -6,9 +6,12 @@ run through the plain-PyTorch Llama of bench/train_torch_reference.py.
 The held-out text is what a text job holds out: the corpus cut into documents at lines holding a
 single "%" (the fortune format), every k-th document (k = 10: the 10th, 20th, ...). The bits are
 the nats of every held-out token, each document encoded as BOS + its ids and ended by the next
-document's BOS, over the documents' UTF-8 bytes. Two ways to give the tokens their context:
+document's BOS (the last one by nothing), over the documents' UTF-8 bytes. Two ways to give the
+tokens their context:
   documents  each document from its own BOS (a document longer than the context in windows whose
-             later half is scored: every token has at least half the context of its document);
+             later half is scored: every token has at least half the context of its document),
+             the same windows as trainer/data/text_dataset.h's HeldOutWindows, written again
+             here on purpose so that the check does not share tandem's code;
   stream     the documents concatenated, cut into windows of seq_len + 1 tokens at stride
              seq_len (a window's first token has no context; a cut falls inside a document).
 tandem's jobs report the first since 2026-12-07 (earlier sessions' figures are the second).
@@ -80,7 +83,7 @@ def windows_documents(docs_ids, t):
 
 
 def windows_stream(docs_ids, t):
-    stream = [i for ids in docs_ids for i in ids[:-1]]  # as a job packs them: no final BOS
+    stream = [i for ids in docs_ids[:-1] for i in ids[:-1]] + docs_ids[-1]  # as a job packs them
     return [(stream[s:s + t + 1], 0) for s in range(0, len(stream) - 1, t)]
 
 
@@ -130,7 +133,8 @@ def main():
     bos = c.get("bos_id", 1)
     docs = heldout_documents(args.corpus, args.every)
     ids = [[bos] + sp.encode(d) for d in docs]
-    docs_ids = [ids[i] + [ids[i + 1][0] if i + 1 < len(ids) else bos] for i in range(len(ids))]
+    # Each document ended by the next one's BOS; the last has none after it (as a job packs them).
+    docs_ids = [ids[i] + ([ids[i + 1][0]] if i + 1 < len(ids) else []) for i in range(len(ids))]
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     t = c["seq_len"]
     for name, windows in (("documents", windows_documents(docs_ids, t)),
