@@ -55,7 +55,8 @@ ABSL_FLAG(int, batch_size, 16, "Sequences or images per step");
 ABSL_FLAG(double, lr, 2e-3, "Peak learning rate");
 ABSL_FLAG(double, min_lr, 2e-4, "Final learning rate");
 ABSL_FLAG(int64_t, warmup_steps, 100, "Warmup steps");
-ABSL_FLAG(double, weight_decay, 0.1, "AdamW decoupled weight decay");
+ABSL_FLAG(double, weight_decay, 0.1, "decoupled weight decay");
+ABSL_FLAG(std::string, optimizer, "adamw", "adamw, or muon (Muon for the hidden matrices)");
 ABSL_FLAG(int64_t, eval_every, 0, "Evaluate every N steps as well (0: only at the end)");
 ABSL_FLAG(std::string, export_dir, "", "Write the trained model here");
 ABSL_FLAG(std::string, sample_png, "", "image: write the final evaluation's sample grid here");
@@ -79,7 +80,7 @@ void SetInts(const std::vector<std::string>& flag, std::vector<int>* out) {
 
 // The job the flags describe: the LLM's shape (text), the U-Net's lists (image; the rest of the
 // diffusion config at its defaults), the schedule.
-tandem::TrainOptions OptionsFromFlags() {
+absl::StatusOr<tandem::TrainOptions> OptionsFromFlags() {
   tandem::TrainOptions o;
   o.job_id = "bench";
   o.kind = absl::GetFlag(FLAGS_kind) == "image" ? tandem::ModelKind::kImage
@@ -103,6 +104,10 @@ tandem::TrainOptions OptionsFromFlags() {
   hyper.min_lr = absl::GetFlag(FLAGS_min_lr);
   hyper.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
   hyper.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  hyper.optimizer = absl::GetFlag(FLAGS_optimizer);
+  if (hyper.optimizer != tandem::kAdamW && hyper.optimizer != tandem::kMuon) {
+    return absl::InvalidArgumentError("--optimizer must be adamw or muon");
+  }
   return o;
 }
 

@@ -73,6 +73,8 @@ ABSL_FLAG(double, ema_decay, 0,
           "train submit: serve an exponential moving average of the weights with this decay");
 ABSL_FLAG(double, min_snr_gamma, 0, "train submit: image jobs' min-SNR-gamma loss weighting");
 ABSL_FLAG(double, dropout, 0, "train submit (text): residual dropout probability");
+ABSL_FLAG(std::string, optimizer, "",
+          "train submit: adamw (the default) or muon (Muon for the hidden matrices)");
 ABSL_FLAG(int, chunk_rows, 0,
           "train submit: rows per chunk of a micro-step (0: calibrated by the server)");
 ABSL_FLAG(double, lr, 0, "train submit: peak learning rate");
@@ -204,6 +206,7 @@ tandem::client::TrainSpecFlags SpecFlags() {
   f.ema_decay = IfGiven(FLAGS_ema_decay);
   f.min_snr_gamma = IfGiven(FLAGS_min_snr_gamma);
   f.dropout = IfGiven(FLAGS_dropout);
+  f.optimizer = IfGiven(FLAGS_optimizer);
   f.lr = IfGiven(FLAGS_lr);
   f.min_lr = IfGiven(FLAGS_min_lr);
   f.warmup_steps = IfGiven(FLAGS_warmup_steps);

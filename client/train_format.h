@@ -38,6 +38,7 @@ struct TrainSpecFlags {
   std::optional<double> ema_decay;
   std::optional<double> min_snr_gamma;
   std::optional<double> dropout;
+  std::optional<std::string> optimizer;  // adamw | muon
   std::optional<double> lr;
   std::optional<double> min_lr;
   std::optional<int64_t> warmup_steps;

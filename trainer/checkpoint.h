@@ -1,6 +1,6 @@
 // Training checkpoints on disk. A checkpoint is a folder <dir>/step-<10-digit step>/ holding
 //   model.safetensors      the parameters (safetensors names of the model)
-//   optimizer.safetensors  the optimizer state (AdamW moments)
+//   optimizer.safetensors  the optimizer state (AdamW moments; Muon momentum)
 //   manifest.json          {"step", "state": {...small values: seed, data position...},
 //                           "files": {name: {"bytes", "crc32"}}}
 // It is written into a temporary sibling folder, every file fsynced, then renamed into place and

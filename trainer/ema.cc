@@ -8,10 +8,10 @@
 
 namespace tandem {
 
-Ema::Ema(const std::vector<AdamW::Param>& params, double decay)
+Ema::Ema(const std::vector<Optimizer::Param>& params, double decay)
     : params_(params), decay_(decay) {
   torch::NoGradGuard no_grad;
-  for (const AdamW::Param& p : params_) average_.push_back(p.value.detach().clone());
+  for (const Optimizer::Param& p : params_) average_.push_back(p.value.detach().clone());
 }
 
 void Ema::Update(int64_t step) {

@@ -2,7 +2,7 @@
 // and evaluates when its spec asks for one (Hyperparameters.ema_decay). After every optimizer
 // step, ema = d * ema + (1 - d) * w with d = min(decay, (1 + step) / (10 + step)) (a short warm-up,
 // so the average does not drag the random initialisation along). Its state travels in the
-// checkpoint beside the AdamW moments ("ema.<name>").
+// checkpoint beside the optimizer's moments ("ema.<name>").
 //
 // Internal to the trainer's LibTorch translation units (this header includes torch). Not
 // thread-safe.
@@ -16,14 +16,14 @@
 
 #include "absl/status/status.h"
 #include "models/formats/safetensors.h"
-#include "trainer/adamw.h"
+#include "trainer/optimizer.h"
 
 namespace tandem {
 
 class Ema {
  public:
   // Starts at the parameters' current values.
-  Ema(const std::vector<AdamW::Param>& params, double decay);
+  Ema(const std::vector<Optimizer::Param>& params, double decay);
 
   // After the optimizer step that completed step `step` (1 for the first).
   void Update(int64_t step);
@@ -38,7 +38,7 @@ class Ema {
   void SwapOut();
 
  private:
-  std::vector<AdamW::Param> params_;
+  std::vector<Optimizer::Param> params_;
   std::vector<torch::Tensor> average_;  // same shapes as params_
   std::vector<torch::Tensor> held_;     // the trained weights while swapped out
   const double decay_;

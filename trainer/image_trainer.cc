@@ -4,10 +4,11 @@
 // hyper.caption_dropout (so classifier-free guidance works), draws timesteps t ~ U[0, T) and
 // noise eps ~ N(0, I), forms x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps (pixels in [-1, 1]) and
 // regresses the prediction on eps, or on v = sqrt(ab_t) eps - sqrt(1 - ab_t) x_0, with MSE.
-// AdamW with warmup + cosine decay, global-norm clipping, gradient accumulation over chunks of a
-// micro-batch (a micro-batch's images, captions, timesteps and noise are drawn whole, chunks
-// slice them). Evaluation: the held-out noise MSE on fixed images, timesteps and noise, in
-// chunks of images, and a grid of samples (EvalSamples: DDIM with guidance, one per class).
+// AdamW (or Muon) with warmup + cosine decay, global-norm clipping, gradient accumulation over
+// chunks of a micro-batch (a micro-batch's images, captions, timesteps and noise are drawn
+// whole, chunks slice them). Evaluation: the held-out noise MSE on fixed images, timesteps and
+// noise, in chunks of images, and a grid of samples (EvalSamples: DDIM with guidance, one per
+// class).
 //
 // Datasets: a Fashion-MNIST IDX folder (train split for training, test split held out) or an
 // image folder with metadata.jsonl (every round(1 / holdout_fraction)-th image held out): see

@@ -1,7 +1,7 @@
 // The LLM trainer: next-token cross-entropy on packed token windows drawn from the training
-// documents, AdamW with warmup + cosine decay, global-norm clipping, gradient accumulation over
-// chunks of a micro-batch (the skeleton in train_common.h); held-out bits per byte, evaluated
-// in chunks of windows, and a text sample at each evaluation.
+// documents, AdamW (or Muon) with warmup + cosine decay, global-norm clipping, gradient
+// accumulation over chunks of a micro-batch (the skeleton in train_common.h); held-out bits per
+// byte, evaluated in chunks of windows, and a text sample at each evaluation.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -17,16 +17,20 @@ namespace {
 
 using torch_util::CatchTorch;
 
-// AdamW over the parameters with the job's betas and weight decay; DecayByDefault decides which
-// decay.
-std::unique_ptr<AdamW> MakeOptimizer(
+// The job's optimizer over the parameters, with its betas and weight decay: AdamW, or Muon for
+// the matrices OrthogonalizeByDefault picks ("muon"); DecayByDefault decides which decay.
+std::unique_ptr<Optimizer> MakeOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h) {
-  std::vector<AdamW::Param> params;
+  std::vector<Optimizer::Param> params;
   for (const auto& [name, p] : parameters) {
-    params.push_back({name, p, DecayByDefault(name, p, h.decay_norms_and_embeddings)});
+    params.push_back({name, p, DecayByDefault(name, p, h.decay_norms_and_embeddings),
+                      h.optimizer == kMuon && OrthogonalizeByDefault(name, p)});
   }
-  return std::make_unique<AdamW>(std::move(params),
-                                 AdamW::Options{h.beta1, h.beta2, 1e-8, h.weight_decay});
+  Optimizer::Options options;
+  options.beta1 = h.beta1;
+  options.beta2 = h.beta2;
+  options.weight_decay = h.weight_decay;
+  return std::make_unique<Optimizer>(std::move(params), options);
 }
 
 // The newest checkpoint of `dir` that verifies, or none (an empty `dir`, or no checkpoint: a
@@ -104,10 +108,10 @@ absl::Status CheckTokenizerFits(const Tokenizer& tokenizer, int vocab_size) {
                                                  vocab_size));
 }
 
-absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
+absl::StatusOr<std::unique_ptr<Optimizer>> RestoreOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h,
     const std::optional<Checkpoint>& ckpt) {
-  std::unique_ptr<AdamW> optimizer = MakeOptimizer(parameters, h);
+  std::unique_ptr<Optimizer> optimizer = MakeOptimizer(parameters, h);
   if (ckpt) {
     if (absl::Status s = optimizer->LoadState(ckpt->optimizer, ckpt->step); !s.ok()) return s;
   }
@@ -147,7 +151,7 @@ absl::Status GradientAccumulator::BackwardChunk(const torch::Tensor& loss, const
 }
 
 std::optional<StepMetrics> GradientAccumulator::EndMicroStep(const Hyperparams& h,
-                                                             AdamW& optimizer, int64_t* step) {
+                                                             Optimizer& optimizer, int64_t* step) {
   in_micro_ = false;
   loss_sum_ += micro_loss_;
   micro_loss_ = 0;
@@ -166,7 +170,7 @@ std::optional<StepMetrics> GradientAccumulator::EndMicroStep(const Hyperparams& 
 // NetTrainer.
 
 NetTrainer::NetTrainer(TrainOptions options, std::string kind, std::string config_json,
-                       std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer,
+                       std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Optimizer> optimizer,
                        std::unique_ptr<Ema> ema, int64_t step)
     : options_(std::move(options)),
       kind_(std::move(kind)),

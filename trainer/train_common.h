@@ -27,7 +27,7 @@
 #include "models/model_dir.h"
 #include "models/text/tokenizer.h"
 #include "models/torch/torch_util.h"
-#include "trainer/adamw.h"
+#include "trainer/optimizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/ema.h"
 #include "trainer/train_options.h"
@@ -72,10 +72,10 @@ struct RunStart {
 absl::StatusOr<RunStart> StartRun(ModelStart model, const std::string& checkpoints_dir,
                                   std::string* restored_note);
 
-// AdamW over a net's (name, leaf tensor) parameters with the job's betas and weight decay
-// (DecayByDefault decides which decay), with the state (moments, step count) of `ckpt` when
-// there is one.
-absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
+// The job's optimizer (AdamW, or Muon for the hidden matrices) over a net's (name, leaf tensor)
+// parameters with its betas and weight decay (DecayByDefault decides which decay), with the
+// state (moments, step count) of `ckpt` when there is one.
+absl::StatusOr<std::unique_ptr<Optimizer>> RestoreOptimizer(
     const std::vector<std::pair<std::string, torch::Tensor>>& parameters, const Hyperparams& h,
     const std::optional<Checkpoint>& ckpt);
 
@@ -83,7 +83,7 @@ absl::StatusOr<std::unique_ptr<AdamW>> RestoreOptimizer(
 template <typename Net>
 struct StartedNet {
   std::unique_ptr<Net> net;
-  std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<Optimizer> optimizer;
   std::unique_ptr<Ema> ema;  // when hyper.ema_decay > 0
   int64_t step = 0;
 };
@@ -100,7 +100,7 @@ absl::StatusOr<StartedNet<Net>> StartNet(ModelStart model, const Hyperparams& hy
   absl::StatusOr<std::unique_ptr<Net>> net = create_net(run->weights);
   if (!net.ok()) return net.status();
   run->weights.clear();  // the net holds its own copies
-  absl::StatusOr<std::unique_ptr<AdamW>> optimizer = torch_util::CatchTorch(
+  absl::StatusOr<std::unique_ptr<Optimizer>> optimizer = torch_util::CatchTorch(
       "restoring the optimizer",
       [&] { return RestoreOptimizer((*net)->parameters(), hyper, run->checkpoint); });
   if (!optimizer.ok()) return optimizer.status();
@@ -137,7 +137,8 @@ class GradientAccumulator {
   // Ends the current micro-step; when that completes a step applies `optimizer` and advances
   // *step. Then returns the step's metrics: step, lr, grad_norm and the mean loss over its
   // micro-steps (the caller fills tokens / images).
-  std::optional<StepMetrics> EndMicroStep(const Hyperparams& h, AdamW& optimizer, int64_t* step);
+  std::optional<StepMetrics> EndMicroStep(const Hyperparams& h, Optimizer& optimizer,
+                                          int64_t* step);
   // Micro-steps of the current step done so far (the next one's index); 0 at a step boundary.
   int micro() const { return micro_; }
   bool at_step_boundary() const { return micro_ == 0 && !in_micro_; }
@@ -176,7 +177,7 @@ class NetTrainer : public Trainer {
   // `kind` and `config_json` as in ModelStart; `step` the run's (StartedNet::step); `ema` may
   // be null (no average kept).
   NetTrainer(TrainOptions options, std::string kind, std::string config_json,
-             std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<AdamW> optimizer,
+             std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<Optimizer> optimizer,
              std::unique_ptr<Ema> ema, int64_t step);
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -211,7 +212,7 @@ class NetTrainer : public Trainer {
   const std::string kind_;
   const std::string config_json_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Ema> ema_;
   int64_t step_ = 0;
   int64_t total_steps_ = 0;  // options_.hyper.steps, unless SetTotalSteps moved it

@@ -14,6 +14,9 @@
 
 namespace tandem {
 
+inline constexpr char kAdamW[] = "adamw";
+inline constexpr char kMuon[] = "muon";
+
 struct Hyperparams {
   int64_t steps = 1000;      // optimizer steps in all
   int batch_size = 16;       // sequences or images per micro-step
@@ -36,6 +39,11 @@ struct Hyperparams {
   // attention and feed-forward output is zeroed with this probability (and the rest scaled by
   // 1 / (1 - p)) in training; evaluation and serving use the whole network. 0: off.
   double dropout = 0;
+  // "adamw" (kAdamW): AdamW for every parameter. "muon" (kMuon): Muon for the hidden 2-D
+  // matrices (momentum orthogonalised by Newton-Schulz, scaled to AdamW's update size, so the
+  // same lr applies) and AdamW for embeddings, the classifier, gains and biases
+  // (trainer/optimizer.h).
+  std::string optimizer = "adamw";
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
   int64_t warmup_steps = 100;

@@ -1,5 +1,5 @@
 // Trainer: one training run of one model on one device — the model's parameters with gradients,
-// the AdamW state, the data pipeline and the step counter. Torch-free interface; the LibTorch
+// the optimizer state, the data pipeline and the step counter. Torch-free interface; the LibTorch
 // implementations are text_trainer.cc (LLM) and image_trainer.cc (diffusion).
 //
 // The owner (a device loop) is the only caller: not thread-safe. Work is cut into chunks so the
@@ -73,7 +73,7 @@ struct TrainSnapshot {
   DiffusionConfig diffusion;  // kImage
   TensorMap model;            // the weights, named as in model.safetensors
   TensorMap serving;          // what to serve and sample (the EMA's); empty: `model`
-  TensorMap optimizer;        // AdamW moments
+  TensorMap optimizer;        // the optimizer's moments (trainer/optimizer.h)
   std::map<std::string, std::string> state;  // the checkpoint manifest's state
   TokenizerFile tokenizer;    // the job's tokenizer file (SentencePiece or llama2.c)
   int keep_checkpoints = 3;

@@ -15,7 +15,7 @@ void SetTime(absl::Time t, google::protobuf::Timestamp* ts) {
   *ts = TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
 }
 
-// Hyperparameters: the same sixteen fields on both sides, listed once.
+// Hyperparameters: the same fields on both sides, listed once.
 struct HyperFields {
 template <typename F>
 void operator()(F&& f) const {
@@ -54,6 +54,9 @@ void operator()(F&& f) const {
   f(&Hyperparams::min_snr_gamma, &v1::Hyperparameters::min_snr_gamma,
     &v1::Hyperparameters::set_min_snr_gamma);
   f(&Hyperparams::dropout, &v1::Hyperparameters::dropout, &v1::Hyperparameters::set_dropout);
+  using SetString = void (v1::Hyperparameters::*)(const std::string&);
+  f(&Hyperparams::optimizer, &v1::Hyperparameters::optimizer,
+    static_cast<SetString>(&v1::Hyperparameters::set_optimizer));
 }
 };
 

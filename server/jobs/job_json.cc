@@ -67,7 +67,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Hyperparams, steps, batch_size, 
                                                 grad_clip, decay_norms_and_embeddings, eval_every,
                                                 checkpoint_every, seed, caption_dropout,
                                                 holdout_fraction, chunk_rows, max_seconds,
-                                                ema_decay, min_snr_gamma, dropout)
+                                                ema_decay, min_snr_gamma, dropout,
+                                                optimizer)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(JobSpec, name, kind, dataset, text_model,
                                                 image_model, init_from, hyper, deploy_as,
                                                 deploy_on_improvement, priority, owner)

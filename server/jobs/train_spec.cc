@@ -205,6 +205,11 @@ absl::Status Hyper(Hyperparams* h) {
   if (!(h->dropout >= 0 && h->dropout < 1)) {
     return Invalid(absl::StrCat("dropout (", h->dropout, ") must be in [0, 1)"));
   }
+  if (h->optimizer.empty()) h->optimizer = kAdamW;
+  if (h->optimizer != kAdamW && h->optimizer != kMuon) {
+    return Invalid(absl::StrCat("optimizer (\"", h->optimizer, "\") must be \"", kAdamW,
+                                "\" or \"", kMuon, "\" (empty: \"", kAdamW, "\")"));
+  }
   if (h->holdout_fraction == 0) h->holdout_fraction = 0.1;
   if (!(h->holdout_fraction > 0 && h->holdout_fraction <= 0.5)) {
     return Invalid(absl::StrCat("holdout_fraction (", h->holdout_fraction, ") must be in (0, 0.5]"));

@@ -66,6 +66,7 @@ TEST(TrainSpecFlagsTest, OnlyGivenFlagsAreSetAndOverrideTheFile) {
   f.layers = 6;
   f.seed = 7;
   f.dropout = 0.1;
+  f.optimizer = "muon";
   f.deploy_on_improvement = false;  // given, even though false
   ASSERT_TRUE(ApplyTrainSpecFlags(f, &spec).ok());
   EXPECT_EQ(spec.name(), "from-flags");
@@ -75,6 +76,7 @@ TEST(TrainSpecFlagsTest, OnlyGivenFlagsAreSetAndOverrideTheFile) {
   EXPECT_DOUBLE_EQ(spec.hyperparameters().lr(), 3e-4);
   EXPECT_EQ(spec.hyperparameters().seed(), 7u);
   EXPECT_DOUBLE_EQ(spec.hyperparameters().dropout(), 0.1);
+  EXPECT_EQ(spec.hyperparameters().optimizer(), "muon");
   EXPECT_EQ(spec.text_model().dim(), 64);
   EXPECT_EQ(spec.text_model().layers(), 6);
   EXPECT_FALSE(spec.deploy_on_improvement());
