@@ -57,6 +57,8 @@ ABSL_FLAG(double, min_lr, 2e-4, "Final learning rate");
 ABSL_FLAG(int64_t, warmup_steps, 100, "Warmup steps");
 ABSL_FLAG(double, weight_decay, 0.1, "decoupled weight decay");
 ABSL_FLAG(std::string, optimizer, "adamw", "adamw, or muon (Muon for the hidden matrices)");
+ABSL_FLAG(std::string, precision, "fp32",
+          "text: fp32, bf16-mixed (bfloat16 matrix products) or auto (bf16-mixed where fast)");
 ABSL_FLAG(int64_t, eval_every, 0, "Evaluate every N steps as well (0: only at the end)");
 ABSL_FLAG(std::string, export_dir, "", "Write the trained model here");
 ABSL_FLAG(std::string, sample_png, "", "image: write the final evaluation's sample grid here");
@@ -107,6 +109,11 @@ absl::StatusOr<tandem::TrainOptions> OptionsFromFlags() {
   hyper.optimizer = absl::GetFlag(FLAGS_optimizer);
   if (hyper.optimizer != tandem::kAdamW && hyper.optimizer != tandem::kMuon) {
     return absl::InvalidArgumentError("--optimizer must be adamw or muon");
+  }
+  hyper.precision = absl::GetFlag(FLAGS_precision);
+  if (hyper.precision != tandem::kFp32 && hyper.precision != tandem::kAutoPrecision &&
+      !(hyper.precision == tandem::kBf16Mixed && o.kind == tandem::ModelKind::kText)) {
+    return absl::InvalidArgumentError("--precision must be fp32, auto, or bf16-mixed for text");
   }
   return o;
 }

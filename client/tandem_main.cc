@@ -75,6 +75,9 @@ ABSL_FLAG(double, min_snr_gamma, 0, "train submit: image jobs' min-SNR-gamma los
 ABSL_FLAG(double, dropout, 0, "train submit (text): residual dropout probability");
 ABSL_FLAG(std::string, optimizer, "",
           "train submit: adamw (the default) or muon (Muon for the hidden matrices)");
+ABSL_FLAG(std::string, precision, "",
+          "train submit: fp32 (the default), bf16-mixed (text: bfloat16 matrix products) or "
+          "auto (bf16-mixed where the device multiplies bfloat16 natively)");
 ABSL_FLAG(int, chunk_rows, 0,
           "train submit: rows per chunk of a micro-step (0: calibrated by the server)");
 ABSL_FLAG(double, lr, 0, "train submit: peak learning rate");
@@ -207,6 +210,7 @@ tandem::client::TrainSpecFlags SpecFlags() {
   f.min_snr_gamma = IfGiven(FLAGS_min_snr_gamma);
   f.dropout = IfGiven(FLAGS_dropout);
   f.optimizer = IfGiven(FLAGS_optimizer);
+  f.precision = IfGiven(FLAGS_precision);
   f.lr = IfGiven(FLAGS_lr);
   f.min_lr = IfGiven(FLAGS_min_lr);
   f.warmup_steps = IfGiven(FLAGS_warmup_steps);

@@ -191,7 +191,7 @@ void ApplyJobFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
 
 void ApplyHyperparameterFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
   const bool any_hyper = f.steps || f.batch_size || f.grad_accum || f.chunk_rows || f.max_seconds ||
-                         f.ema_decay || f.min_snr_gamma || f.dropout || f.optimizer ||
+                         f.ema_decay || f.min_snr_gamma || f.dropout || f.optimizer || f.precision ||
                          f.lr || f.min_lr ||
                          f.warmup_steps || f.weight_decay || f.beta1 || f.beta2 || f.grad_clip ||
                          f.eval_every || f.checkpoint_every || f.seed || f.caption_dropout ||
@@ -207,6 +207,7 @@ void ApplyHyperparameterFlags(const TrainSpecFlags& f, v1::TrainJobSpec* spec) {
   SetIf(f.min_snr_gamma, [&](double v) { h->set_min_snr_gamma(v); });
   SetIf(f.dropout, [&](double v) { h->set_dropout(v); });
   SetIf(f.optimizer, [&](const std::string& v) { h->set_optimizer(v); });
+  SetIf(f.precision, [&](const std::string& v) { h->set_precision(v); });
   SetIf(f.lr, [&](double v) { h->set_lr(v); });
   SetIf(f.min_lr, [&](double v) { h->set_min_lr(v); });
   SetIf(f.warmup_steps, [&](int64_t v) { h->set_warmup_steps(v); });

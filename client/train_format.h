@@ -39,6 +39,7 @@ struct TrainSpecFlags {
   std::optional<double> min_snr_gamma;
   std::optional<double> dropout;
   std::optional<std::string> optimizer;  // adamw | muon
+  std::optional<std::string> precision;  // fp32 | bf16-mixed | auto
   std::optional<double> lr;
   std::optional<double> min_lr;
   std::optional<int64_t> warmup_steps;

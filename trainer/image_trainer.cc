@@ -326,10 +326,11 @@ EvalSamples ImageTrainer::Samples() const {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Trainer>> CreateImageTrainer(const TrainOptions& options,
+absl::StatusOr<std::unique_ptr<Trainer>> CreateImageTrainer(const TrainOptions& job_options,
                                                             const std::string& work_dir,
                                                             const std::string& checkpoints_dir,
                                                             std::string* restored_note) {
+  const TrainOptions options = ResolvePrecision(job_options);
   absl::StatusOr<ImageJob> job = PrepareImageJob(options, work_dir);
   if (!job.ok()) return job.status();
   const DiffusionConfig& config = job->config;

@@ -112,7 +112,8 @@ void Optimizer::MuonUpdate(const std::vector<size_t>& group, double grad_scale, 
     stepped.push_back(i);
   }
   if (stepped.empty()) return;
-  torch::Tensor u = NewtonSchulz5(torch::stack(nesterov));  // [n, rows, cols]
+  const torch::Tensor u =  // [n, rows, cols] float32
+      NewtonSchulz5(torch::stack(nesterov).to(options_.newton_schulz_dtype)).to(torch::kFloat);
   for (size_t j = 0; j < stepped.size(); ++j) {
     Param& p = params_[stepped[j]];
     const double rms_match = 0.2 * std::sqrt(static_cast<double>(

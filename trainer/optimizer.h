@@ -54,6 +54,9 @@ class Optimizer {
   struct Options {
     double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
     double muon_momentum = 0.95;
+    // The Newton-Schulz iterations' operands: float32, or bfloat16 in a mixed-precision run
+    // (as Muon's authors run them; the update returns to float32 before it is applied).
+    torch::ScalarType newton_schulz_dtype = torch::kFloat;
   };
 
   Optimizer(std::vector<Param> params, Options options);

@@ -188,7 +188,8 @@ torch::Tensor TextTrainer::ChunkLoss(int64_t row, int64_t rows) {
     }
     dropout = dropout.to(net_->device());
   }
-  const torch::Tensor logits = net_->Forward(chunk.narrow(1, 0, t), dropout);  // [R, T, V]
+  const torch::Tensor logits =  // [R, T, V] float32
+      net_->Forward(chunk.narrow(1, 0, t), dropout, MatmulDtype(options().hyper));
   // The chunk's share of the micro-batch's mean cross-entropy over B * T tokens.
   return torch::cross_entropy_loss(logits.reshape({rows * t, config_.vocab_size}),
                                    chunk.narrow(1, 1, t).reshape({rows * t}), {},
@@ -245,10 +246,11 @@ EvalSamples TextTrainer::Samples() const {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Trainer>> CreateTextTrainer(const TrainOptions& options,
+absl::StatusOr<std::unique_ptr<Trainer>> CreateTextTrainer(const TrainOptions& job_options,
                                                           const std::string& work_dir,
                                                           const std::string& checkpoints_dir,
                                                           std::string* restored_note) {
+  const TrainOptions options = ResolvePrecision(job_options);
   absl::StatusOr<TextJob> job = PrepareTextJob(options, work_dir);
   if (!job.ok()) return job.status();
   const LlamaConfig& config = job->config;

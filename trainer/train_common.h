@@ -72,6 +72,14 @@ struct RunStart {
 absl::StatusOr<RunStart> StartRun(ModelStart model, const std::string& checkpoints_dir,
                                   std::string* restored_note);
 
+// `options` with hyper.precision "auto" resolved for its kind and device: "bf16-mixed" for a
+// text job on a GPU or on a CPU with bfloat16 matrix instructions, else "fp32".
+TrainOptions ResolvePrecision(TrainOptions options);
+
+// The dtype of the training step's matrix-product operands: bfloat16 for h.precision
+// "bf16-mixed", else float32.
+torch::ScalarType MatmulDtype(const Hyperparams& h);
+
 // The job's optimizer (AdamW, or Muon for the hidden matrices) over a net's (name, leaf tensor)
 // parameters with its betas and weight decay (DecayByDefault decides which decay), with the
 // state (moments, step count) of `ckpt` when there is one.

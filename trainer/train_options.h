@@ -16,6 +16,9 @@ namespace tandem {
 
 inline constexpr char kAdamW[] = "adamw";
 inline constexpr char kMuon[] = "muon";
+inline constexpr char kFp32[] = "fp32";
+inline constexpr char kBf16Mixed[] = "bf16-mixed";
+inline constexpr char kAutoPrecision[] = "auto";
 
 struct Hyperparams {
   int64_t steps = 1000;      // optimizer steps in all
@@ -44,6 +47,14 @@ struct Hyperparams {
   // same lr applies) and AdamW for embeddings, the classifier, gains and biases
   // (trainer/optimizer.h).
   std::string optimizer = "adamw";
+  // "fp32" (kFp32): float32 throughout. "bf16-mixed" (kBf16Mixed, text jobs): the training
+  // forward's and backward's matrix products (the projections, the classifier, Muon's
+  // Newton-Schulz iterations) take bfloat16 operands, accumulating in float32; the weights,
+  // gradients, optimizer state, norms, attention, loss and every evaluation stay float32, so
+  // what is evaluated is what serving runs. "auto" (kAutoPrecision): "bf16-mixed" for a text job
+  // on a GPU or on a CPU with bfloat16 matrix instructions (AVX-512 BF16, AMX), else "fp32";
+  // the trainer resolves it when a run starts (TrainOptions ResolvePrecision, train_common.h).
+  std::string precision = "fp32";
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
   int64_t warmup_steps = 100;

@@ -147,8 +147,8 @@ torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k
       .reshape({b, t, h * hd});                             // [B, T, H*hd]
 }
 
-torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens,
-                                     const torch::Tensor& dropout) const {
+torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens, const torch::Tensor& dropout,
+                                     torch::ScalarType matmul_dtype) const {
   const LlamaConfig& c = config_;
   const int64_t b = tokens.size(0), t = tokens.size(1);
   const int64_t hd = c.head_dim(), h = c.n_heads, kv = c.n_kv_heads;
@@ -162,27 +162,34 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens,
   auto drop = [&](const torch::Tensor& y, int64_t site) {
     return dropout.defined() ? y * dropout.select(1, site) : y;  // [B, T, dim]
   };
+  // in [..., in] (already in matmul_dtype) times weight `w` [out, in] -> [..., out] float32.
+  // `.to` is the identity when the dtypes agree, so float32 training is the plain linear.
+  auto linear = [&](const torch::Tensor& in, const torch::Tensor& w) {
+    return torch::linear(in, w.to(matmul_dtype)).to(torch::kFloat);
+  };
 
   torch::Tensor x = drop(torch::embedding(P("tok_embeddings.weight"), tokens), 0);  // [B, T, dim]
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
-    torch::Tensor hn = RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps);  // [B, T, dim]
-    torch::Tensor q = torch::linear(hn, P(p + "attention.wq.weight")).view({b, t, h, hd});
-    torch::Tensor k = torch::linear(hn, P(p + "attention.wk.weight")).view({b, t, kv, hd});
-    torch::Tensor v = torch::linear(hn, P(p + "attention.wv.weight")).view({b, t, kv, hd});
+    torch::Tensor hn =  // [B, T, dim] in matmul_dtype
+        RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps).to(matmul_dtype);
+    torch::Tensor q = linear(hn, P(p + "attention.wq.weight")).view({b, t, h, hd});
+    torch::Tensor k = linear(hn, P(p + "attention.wk.weight")).view({b, t, kv, hd});
+    torch::Tensor v = linear(hn, P(p + "attention.wv.weight")).view({b, t, kv, hd});
     q = Rope(q, cos, sin);
     k = Rope(k, cos, sin);
     const torch::Tensor att =  // [B, T, H*hd]
         CausalSelfAttention(q, k, v, scale, /*fused=*/device_.is_cpu());
-    x = x + drop(torch::linear(att, P(p + "attention.wo.weight")), 1 + 2 * l);
-    hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps);
-    torch::Tensor gate = torch::silu(torch::linear(hn, P(p + "feed_forward.w1.weight")));
-    torch::Tensor up = torch::linear(hn, P(p + "feed_forward.w3.weight"));  // [B, T, hidden]
-    x = x + drop(torch::linear(gate * up, P(p + "feed_forward.w2.weight")), 2 + 2 * l);
+    x = x + drop(linear(att.to(matmul_dtype), P(p + "attention.wo.weight")), 1 + 2 * l);
+    hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps).to(matmul_dtype);
+    torch::Tensor gate = torch::silu(linear(hn, P(p + "feed_forward.w1.weight")));
+    torch::Tensor up = linear(hn, P(p + "feed_forward.w3.weight"));  // [B, T, hidden]
+    const torch::Tensor mixed = (gate * up).to(matmul_dtype);  // [B, T, hidden]
+    x = x + drop(linear(mixed, P(p + "feed_forward.w2.weight")), 2 + 2 * l);
   }
-  x = RmsNorm(x, P("norm.weight"), c.norm_eps);
+  x = RmsNorm(x, P("norm.weight"), c.norm_eps).to(matmul_dtype);
   const torch::Tensor& out = c.tie_embeddings ? P("tok_embeddings.weight") : P("output.weight");
-  return torch::linear(x, out);  // [B, T, vocab]
+  return linear(x, out);  // [B, T, vocab]
 }
 
 TensorMap LlamaTrainNet::ExportWeights() const {

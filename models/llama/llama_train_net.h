@@ -42,7 +42,12 @@ class LlamaTrainNet {
   // 1 + 2l) and feed-forward (site 2 + 2l) outputs of layer l before they join the residual
   // stream. The caller draws them, so that the masks of a row do not depend on the rows beside
   // it (a micro-batch cut into chunks trains as the whole would).
-  torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& dropout = {}) const;
+  // `matmul_dtype`: the operands of the projections and the classifier — float32, or bfloat16
+  // for mixed-precision training (products accumulate in float32 and come back as float32, so
+  // the residual stream, norms, rotary, attention and the logits stay float32; the weights'
+  // gradients arrive in float32 through the casts).
+  torch::Tensor Forward(const torch::Tensor& tokens, const torch::Tensor& dropout = {},
+                        torch::ScalarType matmul_dtype = torch::kFloat) const;
   int64_t DropoutSites() const { return 1 + 2 * int64_t{config_.n_layers}; }
 
   // The parameters as float32 CPU tensors (for checkpoints and model export).

@@ -57,6 +57,8 @@ void operator()(F&& f) const {
   using SetString = void (v1::Hyperparameters::*)(const std::string&);
   f(&Hyperparams::optimizer, &v1::Hyperparameters::optimizer,
     static_cast<SetString>(&v1::Hyperparameters::set_optimizer));
+  f(&Hyperparams::precision, &v1::Hyperparameters::precision,
+    static_cast<SetString>(&v1::Hyperparameters::set_precision));
 }
 };
 

@@ -62,6 +62,7 @@ inline Hyperparams UnsetHyperparams() {
   h.batch_size = 0;
   h.grad_accum = 0;
   h.optimizer.clear();
+  h.precision.clear();
   h.lr = 0;
   h.min_lr = 0;
   h.warmup_steps = 0;

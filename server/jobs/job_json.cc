@@ -68,7 +68,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Hyperparams, steps, batch_size, 
                                                 checkpoint_every, seed, caption_dropout,
                                                 holdout_fraction, chunk_rows, max_seconds,
                                                 ema_decay, min_snr_gamma, dropout,
-                                                optimizer)
+                                                optimizer, precision)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(JobSpec, name, kind, dataset, text_model,
                                                 image_model, init_from, hyper, deploy_as,
                                                 deploy_on_improvement, priority, owner)

@@ -179,7 +179,8 @@ absl::Status JobRunner::Start() {
   spec_ = job.spec;
   if (job.best_eval) best_loss_ = job.best_eval->loss;
   ledger_->Log(id_, absl::StrCat(note.empty() ? "started" : note, " on ", loop_->device(), " (",
-                                 trainer_->parameter_count(), " parameters)"));
+                                 trainer_->parameter_count(), " parameters, ",
+                                 trainer_->options().hyper.precision, ")"));
   step_start_ = absl::Now();
   return absl::OkStatus();
 }

@@ -210,6 +210,12 @@ absl::Status Hyper(Hyperparams* h) {
     return Invalid(absl::StrCat("optimizer (\"", h->optimizer, "\") must be \"", kAdamW,
                                 "\" or \"", kMuon, "\" (empty: \"", kAdamW, "\")"));
   }
+  if (h->precision.empty()) h->precision = kFp32;
+  if (h->precision != kFp32 && h->precision != kBf16Mixed && h->precision != kAutoPrecision) {
+    return Invalid(absl::StrCat("precision (\"", h->precision, "\") must be \"", kFp32, "\", \"",
+                                kBf16Mixed, "\" or \"", kAutoPrecision, "\" (empty: \"", kFp32,
+                                "\")"));
+  }
   if (h->holdout_fraction == 0) h->holdout_fraction = 0.1;
   if (!(h->holdout_fraction > 0 && h->holdout_fraction <= 0.5)) {
     return Invalid(absl::StrCat("holdout_fraction (", h->holdout_fraction, ") must be in (0, 0.5]"));
@@ -367,6 +373,10 @@ absl::StatusOr<TrainOptions> ResolveTrainSpec(JobSpec* spec, const TrainSpecCont
   if (absl::Status s = Hyper(&*spec->hyper); !s.ok()) return s;
   if (!text && spec->hyper->dropout != 0) {
     return Invalid("dropout applies to text jobs (image jobs have caption_dropout)");
+  }
+  if (!text && spec->hyper->precision == kBf16Mixed) {
+    return Invalid(absl::StrCat("precision \"", spec->hyper->precision,
+                                "\" applies to text jobs; image jobs train in \"", kFp32, "\""));
   }
   o.hyper = *spec->hyper;
 

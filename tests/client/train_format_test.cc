@@ -67,6 +67,7 @@ TEST(TrainSpecFlagsTest, OnlyGivenFlagsAreSetAndOverrideTheFile) {
   f.seed = 7;
   f.dropout = 0.1;
   f.optimizer = "muon";
+  f.precision = "bf16-mixed";
   f.deploy_on_improvement = false;  // given, even though false
   ASSERT_TRUE(ApplyTrainSpecFlags(f, &spec).ok());
   EXPECT_EQ(spec.name(), "from-flags");
@@ -77,6 +78,7 @@ TEST(TrainSpecFlagsTest, OnlyGivenFlagsAreSetAndOverrideTheFile) {
   EXPECT_EQ(spec.hyperparameters().seed(), 7u);
   EXPECT_DOUBLE_EQ(spec.hyperparameters().dropout(), 0.1);
   EXPECT_EQ(spec.hyperparameters().optimizer(), "muon");
+  EXPECT_EQ(spec.hyperparameters().precision(), "bf16-mixed");
   EXPECT_EQ(spec.text_model().dim(), 64);
   EXPECT_EQ(spec.text_model().layers(), 6);
   EXPECT_FALSE(spec.deploy_on_improvement());

@@ -365,6 +365,9 @@ TEST_F(TrainingE2ETest, BadSpecsAreRejectedBeforeAnythingRuns) {
       {"an unknown optimizer",
        [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_optimizer("sgd"); },
        grpc::StatusCode::INVALID_ARGUMENT},
+      {"an unknown precision",
+       [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_precision("fp16"); },
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"no kind", [](TrainJobSpec* s) { s->set_kind(tandem::v1::TRAIN_KIND_UNSPECIFIED); },
        grpc::StatusCode::INVALID_ARGUMENT},
       {"unknown init_from",
@@ -530,6 +533,9 @@ TEST_F(TrainingE2ETest, BadImageSpecsAreRejectedBeforeAnythingRuns) {
        grpc::StatusCode::INVALID_ARGUMENT},
       {"dropout on an image job",
        [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_dropout(0.1); },
+       grpc::StatusCode::INVALID_ARGUMENT},
+      {"bf16-mixed on an image job",
+       [](TrainJobSpec* s) { s->mutable_hyperparameters()->set_precision("bf16-mixed"); },
        grpc::StatusCode::INVALID_ARGUMENT},
   });
   // Images of another size than the model's pass the spec checks but fail the job when its
@@ -726,6 +732,7 @@ TEST_F(TrainingE2ETest, TimeBudgetedJobPlansItsStepsAndFinishesWithAnEvaluation)
   spec.mutable_hyperparameters()->set_max_seconds(6);
   spec.mutable_hyperparameters()->set_eval_every(0);
   spec.mutable_hyperparameters()->set_checkpoint_every(0);
+  spec.mutable_hyperparameters()->set_precision("auto");  // as the demo's text recipe
   spec.set_deploy_as("budgeted");
   TrainJob job;
   ASSERT_TRUE(Submit(spec, &job).ok());
@@ -746,12 +753,19 @@ TEST_F(TrainingE2ETest, TimeBudgetedJobPlansItsStepsAndFinishesWithAnEvaluation)
     EXPECT_NEAR(full.history(full.history_size() - 1).lr(),
                 done.spec().hyperparameters().min_lr(), 1e-9);
   }
+  EXPECT_EQ(done.spec().hyperparameters().precision(), "auto");  // resolved per run, not stored
   grpc::Status status;
   bool planned_logged = false;
+  std::string started;
   for (const auto& e : Watch(job.id(), &status)) {
     if (e.has_log() && e.log().find("time budget") != std::string::npos) planned_logged = true;
+    if (e.has_log() && e.log().rfind("started", 0) == 0) started = e.log();
   }
   EXPECT_TRUE(planned_logged);
+  // The start names the precision "auto" resolved to on this machine.
+  EXPECT_TRUE(started.find(", bf16-mixed)") != std::string::npos ||
+              started.find(", fp32)") != std::string::npos)
+      << started;
 }
 
 TEST_F(TrainingE2ETest, RestartResumesFromTheCheckpointWithTheSameLosses) {

@@ -22,6 +22,7 @@
 #include "tests/testing/base/tiny_configs.h"
 #include "trainer/optimizer.h"
 #include "trainer/checkpoint.h"
+#include "trainer/train_common.h"
 #include "trainer/trainer.h"
 
 namespace tandem {
@@ -95,6 +96,32 @@ TEST(LlamaTrainNetTest, ForwardMatchesTheServingModel) {
   for (size_t i = 0; i < expected.size(); ++i) ASSERT_NEAR(got[i], expected[i], 1e-4) << i;
 }
 
+// Mixed precision: bfloat16 operands (8 significant bits) move the logits by about a percent of
+// their spread, no more; logits and the weights' gradients stay float32.
+TEST(LlamaTrainNetTest, Bfloat16MatmulsStayCloseToFloat32) {
+  LlamaConfig c = testing::LlamaShape({/*dim=*/32, /*layers=*/2, /*heads=*/4, /*kv_heads=*/2,
+                                       /*seq_len=*/16, /*vocab=*/64});
+  ASSERT_TRUE(c.Normalize().ok());
+  absl::StatusOr<TensorMap> weights = RandomLlamaWeights(c, 3);
+  ASSERT_TRUE(weights.ok());
+  absl::StatusOr<std::unique_ptr<LlamaTrainNet>> net = LlamaTrainNet::Create(c, *weights, "cpu");
+  ASSERT_TRUE(net.ok()) << net.status();
+  const torch::Tensor ids = torch::tensor({1, 5, 9, 33, 2, 60, 7, 7, 12, 40, 3}, torch::kInt64)
+                                .view({1, -1});  // [1, T]
+  const torch::Tensor exact = (*net)->Forward(ids).detach();                          // [1, T, V]
+  const torch::Tensor mixed = (*net)->Forward(ids, {}, torch::kBFloat16);            // [1, T, V]
+  EXPECT_EQ(mixed.scalar_type(), torch::kFloat);
+  const double spread = exact.std().item<double>();
+  const double err = (mixed.detach() - exact).abs().max().item<double>();
+  EXPECT_GT(err, 0);  // the products really were rounded
+  EXPECT_LT(err, 0.05 * spread);
+  mixed.sum().backward();
+  for (const auto& [name, p] : (*net)->parameters()) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat) << name;
+  }
+}
+
 TEST(AdamWTest, NormsBiasesAndEmbeddingsAreExemptFromDecayByDefault) {
   EXPECT_TRUE(DecayByDefault("layers.0.attention.wq.weight", torch::zeros({4, 4}), false));
   EXPECT_TRUE(DecayByDefault("unet.conv_in.weight", torch::zeros({4, 1, 3, 3}), false));
@@ -155,6 +182,10 @@ TEST(MuonTest, NewtonSchulzBringsEverySingularValueNearOne) {
     torch::Tensor s = torch::linalg_svdvals(NewtonSchulz5(g));  // [min(rows, cols)]
     EXPECT_GT(s.min().item<float>(), 0.6);
     EXPECT_LT(s.max().item<float>(), 1.25);
+    // In bfloat16 (a bf16-mixed run's) too, within its rounding.
+    s = torch::linalg_svdvals(NewtonSchulz5(g.to(torch::kBFloat16)).to(torch::kFloat));
+    EXPECT_GT(s.min().item<float>(), 0.55);
+    EXPECT_LT(s.max().item<float>(), 1.3);
     // Orthogonalisation keeps the singular vectors: the result points where g does.
     EXPECT_GT((NewtonSchulz5(g) * g).sum().item<float>(), 0);
   }
@@ -191,19 +222,24 @@ TEST(MuonTest, TwoStepsMatchTheUpdateRule) {
   EXPECT_EQ(state.count("v.layers.0.wq.weight"), 1u);
 }
 
-void LossFallsWhenOverfitting(const std::string& optimizer);
+// The (optimizer, precision) pairs every training test below runs with.
+constexpr std::pair<const char*, const char*> kRecipes[] = {
+    {kAdamW, kFp32}, {kMuon, kFp32}, {kMuon, kBf16Mixed}};
+
+void LossFallsWhenOverfitting(const std::string& optimizer, const std::string& precision);
 
 TEST(TextTrainerTest, LossFallsWhenOverfittingATinyCorpus) {
-  for (const char* optimizer : {kAdamW, kMuon}) {
-    SCOPED_TRACE(optimizer);
-    LossFallsWhenOverfitting(optimizer);
+  for (const auto& [optimizer, precision] : kRecipes) {
+    SCOPED_TRACE(absl::StrCat(optimizer, " ", precision));
+    LossFallsWhenOverfitting(optimizer, precision);
   }
 }
 
-void LossFallsWhenOverfitting(const std::string& optimizer) {
+void LossFallsWhenOverfitting(const std::string& optimizer, const std::string& precision) {
   const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.optimizer = optimizer;
+  o.hyper.precision = precision;
   absl::StatusOr<std::unique_ptr<Trainer>> t = CreateTextTrainer(o, dir + "/work", "", nullptr);
   ASSERT_TRUE(t.ok()) << t.status();
   absl::StatusOr<EvalMetrics> before = (*t)->Evaluate();
@@ -221,19 +257,20 @@ void LossFallsWhenOverfitting(const std::string& optimizer) {
   fs::remove_all(dir);
 }
 
-void RestoredRunContinuesExactly(const std::string& optimizer);
+void RestoredRunContinuesExactly(const std::string& optimizer, const std::string& precision);
 
 TEST(TextTrainerTest, RestoredRunContinuesWithExactlyTheSameLosses) {
-  for (const char* optimizer : {kAdamW, kMuon}) {
-    SCOPED_TRACE(optimizer);
-    RestoredRunContinuesExactly(optimizer);
+  for (const auto& [optimizer, precision] : kRecipes) {
+    SCOPED_TRACE(absl::StrCat(optimizer, " ", precision));
+    RestoredRunContinuesExactly(optimizer, precision);
   }
 }
 
-void RestoredRunContinuesExactly(const std::string& optimizer) {
+void RestoredRunContinuesExactly(const std::string& optimizer, const std::string& precision) {
   const std::string dir = MakeTempDir("text_trainer_test");
   TrainOptions o = TinyOptions(WriteCorpus(dir));
   o.hyper.optimizer = optimizer;
+  o.hyper.precision = precision;
   o.hyper.dropout = 0.1;  // its masks too are a function of the step
   o.hyper.steps = 8;
   o.hyper.grad_accum = 2;  // the restore happens between steps of two micro-batches each
@@ -285,6 +322,59 @@ TEST(TextTrainerTest, DropoutAppliesToTrainingStepsOnly) {
   ASSERT_EQ(lb.size(), 3u);
   for (size_t i = 0; i < la.size(); ++i) EXPECT_NE(la[i], lb[i]) << "step " << i + 1;
   fs::remove_all(dir);
+}
+
+// bf16-mixed rounds the training step's products, not the evaluation: from the same weights a
+// float32 and a mixed-precision trainer evaluate identically, their first losses differ by
+// rounding only, and their weights part after training.
+TEST(TextTrainerTest, MixedPrecisionRoundsTrainingStepsNotEvaluations) {
+  const std::string dir = MakeTempDir("text_bf16");
+  TrainOptions o = TinyOptions(WriteCorpus(dir));
+  o.hyper.optimizer = kMuon;
+  o.hyper.steps = 3;
+  TrainOptions m = o;
+  m.hyper.precision = kBf16Mixed;
+  auto exact = CreateTextTrainer(o, dir + "/exact", "", nullptr);
+  auto mixed = CreateTextTrainer(m, dir + "/mixed", "", nullptr);
+  ASSERT_TRUE(exact.ok() && mixed.ok());
+  absl::StatusOr<EvalMetrics> a = (*exact)->Evaluate();
+  absl::StatusOr<EvalMetrics> b = (*mixed)->Evaluate();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->loss, b->loss);
+  const std::vector<double> la = Train(exact->get(), 3);
+  const std::vector<double> lb = Train(mixed->get(), 3);
+  ASSERT_EQ(la.size(), 3u);
+  ASSERT_EQ(lb.size(), 3u);
+  EXPECT_NE(la[0], lb[0]);
+  EXPECT_NEAR(la[0], lb[0], 0.01 * la[0]);
+  a = (*exact)->Evaluate();
+  b = (*mixed)->Evaluate();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE(a->loss, b->loss);
+  EXPECT_NEAR(a->loss, b->loss, 0.05 * a->loss);
+  fs::remove_all(dir);
+}
+
+// "auto" becomes bf16-mixed for text on a GPU, or on a CPU that multiplies bfloat16 natively;
+// fp32 for images; the explicit values stay as they are.
+TEST(TextTrainerTest, AutoPrecisionResolvesByKindAndDevice) {
+  TrainOptions o;
+  o.kind = ModelKind::kText;
+  o.hyper.precision = kAutoPrecision;
+  o.device = "cuda:1";
+  EXPECT_EQ(ResolvePrecision(o).hyper.precision, kBf16Mixed);
+  o.device = "cpu";
+  const bool bf16_cpu =
+      __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  EXPECT_EQ(ResolvePrecision(o).hyper.precision, bf16_cpu ? kBf16Mixed : kFp32);
+  o.kind = ModelKind::kImage;
+  o.device = "cuda:0";
+  EXPECT_EQ(ResolvePrecision(o).hyper.precision, kFp32);
+  o.kind = ModelKind::kText;
+  for (const char* fixed : {kFp32, kBf16Mixed}) {
+    o.hyper.precision = fixed;
+    EXPECT_EQ(ResolvePrecision(o).hyper.precision, fixed);
+  }
 }
 
 TEST(TextTrainerTest, CorruptNewestCheckpointFallsBackToThePreviousOne) {
