@@ -53,7 +53,7 @@ struct Hyperparams {
   // gradients, optimizer state, norms, attention, loss and every evaluation stay float32, so
   // what is evaluated is what serving runs. "auto" (kAutoPrecision): "bf16-mixed" for a text job
   // on a GPU or on a CPU with bfloat16 matrix instructions (AVX-512 BF16, AMX), else "fp32";
-  // the trainer resolves it when a run starts (TrainOptions ResolvePrecision, train_common.h).
+  // the trainer resolves it when a run starts (ResolvePrecision, trainer/train_common.h).
   std::string precision = "fp32";
   double lr = 1e-3;          // peak learning rate
   double min_lr = 1e-4;      // cosine floor
