@@ -28,6 +28,7 @@
 #include "bench/bench_util.h"
 #include "bench/recipe.h"
 #include "models/torch/device.h"
+#include "models/torch/host_allocator.h"
 #include "models/model_dir.h"
 #include "server/api/proto_convert.h"
 #include "server/jobs/time_budget.h"
@@ -42,6 +43,9 @@ ABSL_FLAG(std::string, dataset, "", "Text file / folder, or Fashion-MNIST / imag
 ABSL_FLAG(std::string, work_dir, "/tmp/tandem-train-bench", "Tokenizer and checkpoints");
 ABSL_FLAG(double, minutes, 10, "Wall-clock training budget (excluding the final evaluation)");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
+ABSL_FLAG(int64_t, malloc_keep_mb, 1024,
+          "Freed host memory (MiB) glibc malloc keeps for reuse, as tandemd's flag (0: glibc's "
+          "defaults)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda:N");
 ABSL_FLAG(int, dim, 256, "text: width");
 ABSL_FLAG(int, layers, 4, "text: layers");
@@ -222,6 +226,10 @@ int Finish(tandem::Trainer& trainer, const RunStats& run) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Trains in-process for a time budget; reports speed and quality");
   absl::ParseCommandLine(argc, argv);
+  if (absl::Status s = tandem::KeepFreedHostMemory(absl::GetFlag(FLAGS_malloc_keep_mb));
+      !s.ok()) {
+    return Fail(s);
+  }
   const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
   const std::string recipe = absl::GetFlag(FLAGS_recipe);
   absl::StatusOr<tandem::TrainOptions> resolved =

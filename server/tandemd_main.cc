@@ -14,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_join.h"
 #include "models/torch/device.h"
+#include "models/torch/host_allocator.h"
 #include "server/api/server.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address HOST:PORT");
@@ -33,6 +34,10 @@ ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
           "HTTP address for /metrics (Prometheus text format), /healthz and /readyz; empty "
           "disables");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads (0: all cores)");
+ABSL_FLAG(int64_t, malloc_keep_mb, 1024,
+          "Freed host memory (MiB) that glibc malloc keeps for reuse instead of returning it to "
+          "the kernel: training frees and reallocates its activations every step (0: glibc's "
+          "defaults)");
 ABSL_FLAG(std::string, devices, "auto",
           "Devices to run on: auto (every CUDA device, else cpu), cpu, or cuda:0,cuda:1,...");
 ABSL_FLAG(int, max_sequences, 32, "Concurrent text sequences per device (KV-cache slots)");
@@ -208,6 +213,11 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  if (absl::Status s = tandem::KeepFreedHostMemory(absl::GetFlag(FLAGS_malloc_keep_mb));
+      !s.ok()) {
+    std::fprintf(stderr, "tandemd: --malloc_keep_mb: %s\n", s.ToString().c_str());
+    return 2;
+  }
   const int threads = tandem::SetComputeThreads(absl::GetFlag(FLAGS_threads));
   absl::StatusOr<std::vector<std::string>> devices =
       tandem::ResolveDevices(absl::GetFlag(FLAGS_devices));
