@@ -61,7 +61,7 @@ echo "== generate from the trained LLM"
 "$BIN/tandem" generate --model=fortunes --max_tokens=80 --temperature=0.8 --seed=42 "Q: What"
 echo "== images from the trained diffusion model"
 "$BIN/tandem" image --model=fashion --steps=50 --guidance=3 --seed=7 -o "$RUN/ankle-boot.png" "a photo of an ankle boot"
-"$BIN/tandem" image --model=fashion --steps=50 --guidance=3 --seed=7 --n=4 --grid -o "$RUN/trousers.png" "a photo of trousers"
+"$BIN/tandem" image --model=fashion --steps=50 --guidance=3 --seed=7 --n=4 --grid -o "$RUN/trousers.png" "a photo of a pair of trousers"
 echo "== metrics (excerpt)"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
   grep -E '^tandem_(generated_tokens|generated_images|train_steps|train_bits_per_byte|train_jobs)' || true
