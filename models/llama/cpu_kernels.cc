@@ -11,32 +11,12 @@
 namespace tandem::cpu_kernels {
 namespace {
 
+using vec::Dot;
 using vec::Float16;
 using vec::Float4;
 using vec::Float8;
 using vec::HSum;
 using vec::Load;
-
-// sum_d a[d] * b[d]: two accumulators over whole vectors, then the scalar tail.
-template <typename V>
-TANDEM_INLINE float Dot(const float* a, const float* b, int64_t n) {
-  constexpr int64_t kLanes = sizeof(V) / sizeof(float);
-  V acc0 = {}, acc1 = {}, a0, b0, a1, b1;
-  int64_t d = 0;
-  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
-    Load(a0, a + d), Load(b0, b + d), Load(a1, a + d + kLanes), Load(b1, b + d + kLanes);
-    acc0 += a0 * b0;
-    acc1 += a1 * b1;
-  }
-  if (d + kLanes <= n) {
-    Load(a0, a + d), Load(b0, b + d);
-    acc0 += a0 * b0;
-    d += kLanes;
-  }
-  float sum = HSum(acc0 + acc1);
-  for (; d < n; ++d) sum += a[d] * b[d];
-  return sum;
-}
 
 // sum_d w[d] * x_k[d] for four x_k at once, each the very sequence of operations Dot<V>(w, x_k)
 // performs (so each result is Dot's, bit for bit), the loads of w shared by the four. Written

@@ -1,5 +1,6 @@
 #include "models/llama/llama_train_net.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 
@@ -7,6 +8,7 @@
 #include "models/llama/cpu_kernels.h"
 #include "models/llama/llama.h"
 #include "models/llama/train_attention.h"
+#include "models/llama/train_elementwise.h"
 #include "models/torch/torch_util.h"
 
 namespace tandem {
@@ -55,20 +57,6 @@ absl::StatusOr<std::unique_ptr<LlamaTrainNet>> LlamaTrainNet::Create(const Llama
 const torch::Tensor& LlamaTrainNet::P(const std::string& name) const { return by_name_.at(name); }
 
 namespace {
-
-// x: [..., dim] -> x * rsqrt(mean(x^2) + eps) * gain.
-torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& gain, double eps) {
-  return x * torch::rsqrt(x.square().mean(-1, /*keepdim=*/true) + eps) * gain;
-}
-
-// Rotates the interleaved pairs (2i, 2i+1) of every head. x: [B, T, H, hd]; cos/sin [T, hd/2].
-torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const auto b = x.size(0), t = x.size(1), h = x.size(2), hd = x.size(3);
-  torch::Tensor pairs = x.reshape({b, t, h, hd / 2, 2});  // [B, T, H, hd/2, 2]
-  torch::Tensor x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);  // [B, T, H, hd/2]
-  torch::Tensor c = cos.view({1, t, 1, hd / 2}), s = sin.view({1, t, 1, hd / 2});
-  return torch::stack({x0 * c - x1 * s, x0 * s + x1 * c}, -1).reshape({b, t, h, hd});
-}
 
 // The fused CPU attention of train_attention.h as an autograd function: saves q, k, v, the
 // output and the log-sum-exp; the backward recomputes the probabilities from them.
@@ -123,6 +111,137 @@ class FusedCausalAttention : public torch::autograd::Function<FusedCausalAttenti
   }
 };
 
+// Rows per block of RMSNorm's gain gradient: each block sums its rows in order, then the
+// blocks are summed in order, so the gradient does not depend on how many threads ran them.
+constexpr int64_t kGainBlockRows = 64;
+
+// Rows of `dim` floats per parallel task: about 16K floats, so that small tensors stay on one
+// thread.
+int64_t RowGrain(int64_t dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dim)); }
+
+void CheckCpuFloat(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat && t.device().is_cpu(), what,
+              " takes float32 CPU tensors");
+}
+
+class FusedRmsNorm : public torch::autograd::Function<FusedRmsNorm> {
+ public:
+  // x: [..., dim]; gain: [dim] -> [..., dim].
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x_in,
+                               const torch::Tensor& gain_in, double eps) {
+    CheckCpuFloat(x_in, "fused RMSNorm");
+    const torch::Tensor x = x_in.contiguous(), gain = gain_in.contiguous();
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    torch::Tensor y = torch::empty_like(x);                       // [..., dim]
+    torch::Tensor inv_rms = torch::empty({rows}, x.options());   // [rows]
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    at::parallel_for(0, rows, RowGrain(dim), [&](int64_t begin, int64_t end) {
+      cpu_kernels::RmsNormForward(width, x.data_ptr<float>(), gain.data_ptr<float>(), dim,
+                                  static_cast<float>(eps), y.data_ptr<float>(),
+                                  inv_rms.data_ptr<float>(), begin, end);
+    });
+    ctx->save_for_backward({x, gain, inv_rms});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &gain = saved[1], &inv_rms = saved[2];
+    const torch::Tensor dy = grads[0].contiguous();  // [..., dim]
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    const int64_t blocks = (rows + kGainBlockRows - 1) / kGainBlockRows;
+    torch::Tensor dx = torch::empty_like(x);                          // [..., dim]
+    torch::Tensor partial = torch::zeros({blocks, dim}, x.options());  // [blocks, dim]
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    const int64_t grain = std::max<int64_t>(1, RowGrain(dim) / kGainBlockRows);
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        cpu_kernels::RmsNormBackward(
+            width, x.data_ptr<float>(), gain.data_ptr<float>(), inv_rms.data_ptr<float>(),
+            dy.data_ptr<float>(), dim, dx.data_ptr<float>(),
+            partial.data_ptr<float>() + blk * dim, blk * kGainBlockRows,
+            std::min(rows, (blk + 1) * kGainBlockRows));
+      }
+    });
+    torch::Tensor dgain = torch::zeros({dim}, x.options());  // [dim]: the blocks, in order
+    float* g = dgain.data_ptr<float>();
+    const float* p = partial.data_ptr<float>();
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      for (int64_t d = 0; d < dim; ++d) g[d] += p[blk * dim + d];
+    }
+    return {dx, dgain, torch::Tensor()};
+  }
+};
+
+// Elements per parallel task of SwiGLU.
+constexpr int64_t kElementGrain = 16384;
+
+class FusedSwiGlu : public torch::autograd::Function<FusedSwiGlu> {
+ public:
+  // a, b: the same shape -> silu(a) * b.
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a_in,
+                               const torch::Tensor& b_in) {
+    CheckCpuFloat(a_in, "fused SwiGLU");
+    CheckCpuFloat(b_in, "fused SwiGLU");
+    const torch::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+    torch::Tensor out = torch::empty_like(a);
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    at::parallel_for(0, a.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+      cpu_kernels::SwiGluForward(width, a.data_ptr<float>(), b.data_ptr<float>(),
+                                 out.data_ptr<float>(), begin, end);
+    });
+    ctx->save_for_backward({a, b});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const torch::Tensor &a = saved[0], &b = saved[1];
+    const torch::Tensor dout = grads[0].contiguous();
+    torch::Tensor da = torch::empty_like(a), db = torch::empty_like(b);
+    const cpu_kernels::Width width = cpu_kernels::WidestWidth();
+    at::parallel_for(0, a.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+      cpu_kernels::SwiGluBackward(width, a.data_ptr<float>(), b.data_ptr<float>(),
+                                  dout.data_ptr<float>(), da.data_ptr<float>(),
+                                  db.data_ptr<float>(), begin, end);
+    });
+    return {da, db};
+  }
+};
+
+class FusedRope : public torch::autograd::Function<FusedRope> {
+ public:
+  // x: [B, T, H, hd]; cos, sin: [T, hd/2] -> [B, T, H, hd].
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& cos, const torch::Tensor& sin) {
+    CheckCpuFloat(x, "fused RoPE");
+    ctx->save_for_backward({cos.contiguous(), sin.contiguous()});
+    return Rotate(x, cos.contiguous(), sin.contiguous(), /*inverse=*/false);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    return {Rotate(grads[0], saved[0], saved[1], /*inverse=*/true), torch::Tensor(),
+            torch::Tensor()};
+  }
+
+ private:
+  static torch::Tensor Rotate(const torch::Tensor& x_in, const torch::Tensor& cos,
+                              const torch::Tensor& sin, bool inverse) {
+    const torch::Tensor x = x_in.contiguous();  // [B, T, H, hd]
+    const int64_t t = x.size(1), h = x.size(2), hd = x.size(3), rows = x.size(0) * t;
+    torch::Tensor y = torch::empty_like(x);
+    at::parallel_for(0, rows, RowGrain(h * hd), [&](int64_t begin, int64_t end) {
+      cpu_kernels::Rotate(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), t,
+                          h, hd, inverse, y.data_ptr<float>(), begin, end);
+    });
+    return y;
+  }
+};
+
 }  // namespace
 
 torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k,
@@ -147,6 +266,25 @@ torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k
       .reshape({b, t, h * hd});                             // [B, T, H*hd]
 }
 
+torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& gain, double eps, bool fused) {
+  if (fused) return FusedRmsNorm::apply(x, gain, eps);
+  return x * torch::rsqrt(x.square().mean(-1, /*keepdim=*/true) + eps) * gain;
+}
+
+torch::Tensor SwiGlu(const torch::Tensor& a, const torch::Tensor& b, bool fused) {
+  return fused ? FusedSwiGlu::apply(a, b) : torch::silu(a) * b;
+}
+
+torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                   bool fused) {
+  if (fused) return FusedRope::apply(x, cos, sin);
+  const auto b = x.size(0), t = x.size(1), h = x.size(2), hd = x.size(3);
+  torch::Tensor pairs = x.reshape({b, t, h, hd / 2, 2});  // [B, T, H, hd/2, 2]
+  torch::Tensor x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);  // [B, T, H, hd/2]
+  torch::Tensor c = cos.view({1, t, 1, hd / 2}), s = sin.view({1, t, 1, hd / 2});
+  return torch::stack({x0 * c - x1 * s, x0 * s + x1 * c}, -1).reshape({b, t, h, hd});
+}
+
 torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens, const torch::Tensor& dropout,
                                      torch::ScalarType matmul_dtype) const {
   const LlamaConfig& c = config_;
@@ -158,6 +296,8 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens, const torch::T
               "dropout multipliers of shape ", dropout.sizes(), " for ", b, " x ", t, " tokens");
   const torch::Tensor cos = cos_.narrow(0, 0, t), sin = sin_.narrow(0, 0, t);  // [T, hd/2]
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  // The CPU's fused kernels (attention, RMSNorm, RoPE, SwiGLU); ATen ops elsewhere.
+  const bool fused = device_.is_cpu();
   // Site s's multipliers applied to y [B, T, dim] (y itself without dropout).
   auto drop = [&](const torch::Tensor& y, int64_t site) {
     return dropout.defined() ? y * dropout.select(1, site) : y;  // [B, T, dim]
@@ -172,22 +312,22 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens, const torch::T
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     torch::Tensor hn =  // [B, T, dim] in matmul_dtype
-        RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps).to(matmul_dtype);
+        RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps, fused).to(matmul_dtype);
     torch::Tensor q = linear(hn, P(p + "attention.wq.weight")).view({b, t, h, hd});
     torch::Tensor k = linear(hn, P(p + "attention.wk.weight")).view({b, t, kv, hd});
     torch::Tensor v = linear(hn, P(p + "attention.wv.weight")).view({b, t, kv, hd});
-    q = Rope(q, cos, sin);
-    k = Rope(k, cos, sin);
+    q = Rope(q, cos, sin, fused);
+    k = Rope(k, cos, sin, fused);
     const torch::Tensor att =  // [B, T, H*hd]
-        CausalSelfAttention(q, k, v, scale, /*fused=*/device_.is_cpu());
+        CausalSelfAttention(q, k, v, scale, fused);
     x = x + drop(linear(att.to(matmul_dtype), P(p + "attention.wo.weight")), 1 + 2 * l);
-    hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps).to(matmul_dtype);
-    torch::Tensor gate = torch::silu(linear(hn, P(p + "feed_forward.w1.weight")));
-    torch::Tensor up = linear(hn, P(p + "feed_forward.w3.weight"));  // [B, T, hidden]
-    const torch::Tensor mixed = (gate * up).to(matmul_dtype);  // [B, T, hidden]
+    hn = RmsNorm(x, P(p + "ffn_norm.weight"), c.norm_eps, fused).to(matmul_dtype);
+    const torch::Tensor gate = linear(hn, P(p + "feed_forward.w1.weight"));  // [B, T, hidden]
+    const torch::Tensor up = linear(hn, P(p + "feed_forward.w3.weight"));    // [B, T, hidden]
+    const torch::Tensor mixed = SwiGlu(gate, up, fused).to(matmul_dtype);   // [B, T, hidden]
     x = x + drop(linear(mixed, P(p + "feed_forward.w2.weight")), 2 + 2 * l);
   }
-  x = RmsNorm(x, P("norm.weight"), c.norm_eps).to(matmul_dtype);
+  x = RmsNorm(x, P("norm.weight"), c.norm_eps, fused).to(matmul_dtype);
   const torch::Tensor& out = c.tie_embeddings ? P("tok_embeddings.weight") : P("output.weight");
   return linear(x, out);  // [B, T, vocab]
 }

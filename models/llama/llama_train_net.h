@@ -72,6 +72,18 @@ class LlamaTrainNet {
 torch::Tensor CausalSelfAttention(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, double scale, bool fused);
 
+// The element-wise layers of the training forward. `fused`: one autograd function each over the
+// CPU kernels of train_elementwise.h (float32 CPU tensors only: one pass forward, one backward);
+// otherwise ATen ops on any device. The two agree within float rounding.
+// x: [..., dim], gain [dim] -> x * rsqrt(mean(x^2) + eps) * gain.
+torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& gain, double eps, bool fused);
+// a, b: the same shape -> silu(a) * b.
+torch::Tensor SwiGlu(const torch::Tensor& a, const torch::Tensor& b, bool fused);
+// x: [B, T, H, hd]; cos, sin: [T, hd/2] -> every head's pairs (2i, 2i+1) rotated by the angle
+// of (t, i) (RoPE).
+torch::Tensor Rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                   bool fused);
+
 }  // namespace tandem
 
 #endif  // TANDEM_MODELS_LLAMA_LLAMA_TRAIN_NET_H_

@@ -49,6 +49,27 @@ TANDEM_INLINE float HSum(const Float16& v) {
   return HSum(lo + hi);
 }
 
+// sum_d a[d] * b[d]: two accumulators over whole vectors, then the scalar tail.
+template <typename V>
+TANDEM_INLINE float Dot(const float* a, const float* b, int64_t n) {
+  constexpr int64_t kLanes = Lanes<V>();
+  V acc0 = {}, acc1 = {}, a0, b0, a1, b1;
+  int64_t d = 0;
+  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
+    Load(a0, a + d), Load(b0, b + d), Load(a1, a + d + kLanes), Load(b1, b + d + kLanes);
+    acc0 += a0 * b0;
+    acc1 += a1 * b1;
+  }
+  if (d + kLanes <= n) {
+    Load(a0, a + d), Load(b0, b + d);
+    acc0 += a0 * b0;
+    d += kLanes;
+  }
+  float sum = HSum(acc0 + acc1);
+  for (; d < n; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
 // x = e^x lane by lane, in place (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5
 // polynomial in r, times 2^n built in the exponent bits); relative error under 2e-7 on
 // [-87, 88]; inputs below -87.3 (-inf included) give 0, above 88.3 give e^88.3.
