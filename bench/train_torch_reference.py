@@ -3,7 +3,8 @@
 tandem-train-bench's tokens/s is compared with (same LibTorch, threads, model, batch and
 sequence length).
 
-The model is tandem's LlamaTrainNet (models/llama/llama_train_net.cc) op for op, which is
+The model is tandem's LlamaTrainNet (models/llama/llama_train_net.cc) in its ATen formulation
+(on the CPU tandem fuses attention, RMSNorm, SwiGLU and RoPE into kernels of its own), which is
 llama2.c's model.py architecture: token embedding; per layer RMSNorm, wq/wk/wv, rotary
 embedding on interleaved pairs, grouped-query causal attention, wo, RMSNorm, SwiGLU (w1, w3,
 w2); final RMSNorm and the output projection (untied unless --tie_embeddings). Initialised
