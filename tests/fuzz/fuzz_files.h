@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -17,7 +18,14 @@ inline const std::string& ScratchDir() {
     const char* tmp = std::getenv("TMPDIR");
     std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/tandem-fuzz-XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
-    return new std::string(tmpl);
+    static std::string path = tmpl;
+    // Removed when the fuzzing process exits (the files in it are the targets' inputs, each
+    // rewritten by the next).
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    });
+    return &path;
   }();
   return *dir;
 }

@@ -15,7 +15,6 @@ namespace {
 
 using testing::Contains;
 using testing::ListDir;
-using testing::MakeTempDir;
 using testing::ReadAll;
 using testing::WriteAll;
 
@@ -103,7 +102,8 @@ TEST(SafetensorsTest, GoldenBytes) {
 }
 
 TEST(SafetensorsTest, RoundTripThroughFile) {
-  const std::string dir = MakeTempDir("safetensors_test");
+  const testing::TempDir tmp("safetensors_test");
+  const std::string& dir = tmp.path();
   const std::string path = dir + "/model.safetensors";
 
   SafetensorsFile file;
@@ -167,7 +167,8 @@ TEST(SafetensorsTest, EmptyFileOfTensors) {
 }
 
 TEST(SafetensorsTest, WriteRejectsInconsistentTensors) {
-  const std::string dir = MakeTempDir("safetensors_test");
+  const testing::TempDir tmp("safetensors_test");
+  const std::string& dir = tmp.path();
   SafetensorsFile file;
   file.tensors["w"] = Bytes(DType::kF32, {2, 2}, std::string(12, '\0'));  // needs 16
   absl::Status s = WriteSafetensors(dir + "/bad.safetensors", file);
@@ -185,8 +186,8 @@ TEST(SafetensorsTest, WriteRejectsInconsistentTensors) {
 }
 
 TEST(SafetensorsTest, MissingFileIsNotFound) {
-  absl::StatusOr<SafetensorsFile> f =
-      ReadSafetensors(MakeTempDir("safetensors_test") + "/nope.safetensors");
+  const testing::TempDir tmp("safetensors_test");
+  absl::StatusOr<SafetensorsFile> f = ReadSafetensors(tmp / "nope.safetensors");
   EXPECT_EQ(f.status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(Contains(std::string(f.status().message()), "nope.safetensors"));
 }
@@ -246,7 +247,8 @@ TEST(SafetensorsTest, RejectsMalformedFiles) {
 }
 
 TEST(SafetensorsTest, ReadReportsCorruptFilesWithPath) {
-  const std::string dir = MakeTempDir("safetensors_test");
+  const testing::TempDir tmp("safetensors_test");
+  const std::string& dir = tmp.path();
   const std::string path = dir + "/trunc.safetensors";
   SafetensorsFile file;
   const float v[4] = {1, 2, 3, 4};

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +52,8 @@ class TokenizerTest : public ::testing::Test {
     delete train_status_;
     delete model_path_;
     delete corpus_path_;
+    std::error_code ec;
+    std::filesystem::remove_all(*dir_, ec);
     delete dir_;
   }
 
@@ -254,14 +257,16 @@ TEST_F(TokenizerTest, TrainRejectsBadOptions) {
 }
 
 TEST(TokenizerLoadTest, MissingFileIsNotFound) {
-  const std::string path = MakeTempDir("tokenizer_test") + "/missing.model";
+  const testing::TempDir tmp("tokenizer_test");
+  const std::string path = tmp / "missing.model";
   absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::Load(path);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(std::string(t.status().message()).find(path), std::string::npos);
 }
 
 TEST(TokenizerLoadTest, CorruptFileIsInvalidArgument) {
-  const std::string path = MakeTempDir("tokenizer_test") + "/corrupt.model";
+  const testing::TempDir tmp("tokenizer_test");
+  const std::string path = tmp / "corrupt.model";
   WriteAll(path, "this is not a sentencepiece model");
   absl::StatusOr<std::unique_ptr<Tokenizer>> t = SentencePieceTokenizer::Load(path);
   EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
