@@ -67,7 +67,7 @@ void DeviceLoop::SetUpMetrics() {
 DeviceLoop::~DeviceLoop() { Stop(); }
 
 void DeviceLoop::Push(absl::AnyInvocable<void()> fn) {
-  inbox_.push_back(Posted{std::move(fn), absl::Now(), unit_in_flight_});
+  inbox_.push_back(Posted{std::move(fn), absl::Now(), training_holds_});
 }
 
 template <typename Request, typename Workload>
@@ -135,7 +135,9 @@ bool DeviceLoop::Wait(std::deque<Posted>* batch) {
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !inbox_.empty() || stopping_ || unit_done_;
     };
+    training_holds_ = unit_in_flight_;
     mu_.Await(absl::Condition(&ready));
+    training_holds_ = false;
     if (idle && busy_idle_) busy_idle_->Increment(absl::ToDoubleSeconds(absl::Now() - t0));
   }
   if (unit_done_) TrainUnitDone();
@@ -217,9 +219,11 @@ void DeviceLoop::RunInference() {
 }
 
 void DeviceLoop::DispatchTrainUnit(bool owed) {
+  const bool inline_unit = options_.train_execution == TrainExecution::kInline;
   {
     absl::MutexLock lock(&mu_);
     unit_in_flight_ = true;
+    training_holds_ = inline_unit;  // the loop itself runs it: arrivals wait for it
   }
   const WorkClass work = owed || options_.train_execution != TrainExecution::kBackground
                              ? WorkClass::kForeground
@@ -232,16 +236,17 @@ void DeviceLoop::DispatchTrainUnit(bool owed) {
         unit_took_ = absl::Now() - t0;
       },
       work);
-  if (!taken) {
-    absl::MutexLock lock(&mu_);
-    unit_in_flight_ = false;
-  }
+  absl::MutexLock lock(&mu_);
+  training_holds_ = false;
+  if (!taken) unit_in_flight_ = false;
 }
 
 void DeviceLoop::WaitForTrainUnit() {
   absl::MutexLock lock(&mu_);
   auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return unit_done_ || stopping_; };
+  training_holds_ = true;
   mu_.Await(absl::Condition(&done));
+  training_holds_ = false;
   if (unit_done_) TrainUnitDone();
 }
 

@@ -12,8 +12,9 @@
 // workloads need no locks: each instance is used by one of the two threads at a time.
 //
 // Metrics (by device): device seconds by work (text, image, train, eval, idle), the preemption
-// latency (inference work arriving while training holds the device, to its first operation),
-// training's share, chunk time.
+// latency (inference work arriving while training holds the device — the loop has no inference
+// to run and waits on, or itself runs, a training unit — to its first operation; work arriving
+// while the loop runs inference waits for that, not for training), training's share, chunk time.
 #ifndef TANDEM_SERVER_CORE_DEVICE_LOOP_H_
 #define TANDEM_SERVER_CORE_DEVICE_LOOP_H_
 
@@ -117,6 +118,9 @@ class DeviceLoop {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool unit_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool unit_done_ ABSL_GUARDED_BY(mu_) = false;
+  // Training holds the device: the loop has no inference to run and waits for the unit in
+  // flight (or runs it inline). What arrives now counts in the preemption latency.
+  bool training_holds_ ABSL_GUARDED_BY(mu_) = false;
   // Written by the executor's unit, read by the loop after unit_done_.
   TrainWorkload::UnitKind unit_kind_ = TrainWorkload::UnitKind::kTrain;
   absl::Duration unit_took_;

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/core/worker_pool.h"
+#include "server/metrics/metrics.h"
 #include "tests/testing/test_model.h"
 
 namespace tandem {
@@ -261,6 +262,38 @@ INSTANTIATE_TEST_SUITE_P(Executions, PreemptionTest,
                            return info.param == TrainExecution::kBackground ? "Background"
                                                                             : "Inline";
                          });
+
+// The preemption latency counts the work that waited for training: a request arriving while
+// the loop had only training to run, not one arriving while the loop ran another request (that
+// one waited for inference).
+TEST_P(PreemptionTest, PreemptionLatencyCountsOnlyWorkThatFoundTrainingHoldingTheDevice) {
+  EventLog log;
+  Metrics metrics;
+  DeviceLoopOptions o;
+  o.scheduler.train_min_share = 0;
+  o.train_execution = GetParam();
+  absl::StatusOr<std::unique_ptr<DeviceLoop>> loop = DeviceLoop::Create(o, nullptr, &metrics);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  Listener listener;
+  (*loop)->StartTraining(
+      {"job-1", std::make_unique<FakeTrainer>(&log, absl::Milliseconds(100), 1000), &listener});
+  ASSERT_TRUE(Eventually([&] { return log.Count("chunk end") >= 2; }));
+  // (In the background, the chunk in flight when the first request arrives is still running
+  // when the second one does: only the loop's state tells them apart.)
+  auto model = std::make_shared<FakeImageModel>(&log, absl::Milliseconds(2), 4);
+  auto entry = ImageEntry(model);
+  auto first = std::make_shared<Stream>(), second = std::make_shared<Stream>();
+  (*loop)->Submit(Image(entry, /*steps=*/60, /*seed=*/1, 0, first));
+  ASSERT_TRUE(Eventually([&] { return log.Count("image step") >= 5; }));
+  (*loop)->Submit(Image(entry, /*steps=*/5, /*seed=*/2, 0, second));
+  ASSERT_TRUE(first->Wait().ok());
+  ASSERT_TRUE(second->Wait().ok());
+  (*loop)->ControlTraining("job-1", TrainWorkload::Control::kCancel);
+  listener.ended.WaitForNotification();
+  prometheus::Histogram& preemption = metrics.preemption_seconds.Add(
+      {{"device", "cpu"}}, Metrics::PreemptionBuckets());
+  EXPECT_EQ(preemption.Collect().histogram.sample_count, 1u);
+}
 
 // Inference that never lets up: with a minimum share training still completes chunks; without
 // one it waits for the device to go quiet.
