@@ -22,6 +22,9 @@ ABSL_FLAG(std::string, text_model, "", "colocate: the text model to serve ('' sk
 ABSL_FLAG(std::string, image_model, "", "colocate: the image model to serve ('' skips images)");
 ABSL_FLAG(std::string, loads, "0.1,0.3,0.5,0.7", "colocate: loads, fractions of solo capacity");
 ABSL_FLAG(double, window_seconds, 30, "colocate: length of each measured trace");
+ABSL_FLAG(int, min_requests, 0,
+          "colocate: each trace goes on past --window_seconds until it holds this many requests "
+          "(a p99 of fewer than ~100 is its worst one or two; 0: the window alone)");
 ABSL_FLAG(int, text_tokens, 32, "colocate: tokens per text request (greedy)");
 ABSL_FLAG(int, image_steps, 20, "colocate: DDIM steps per image request");
 ABSL_FLAG(std::string, text_dataset, "fortunes.txt", "colocate: the text job's dataset");
@@ -49,13 +52,16 @@ struct Window {
   double wall = 0;
 };
 
-// Poisson arrivals at `rate` per second over `seconds`, from a fixed seed: the same trace alone
-// and beside training.
-std::vector<double> PoissonTrace(double rate, double seconds, uint64_t seed) {
+// Poisson arrivals at `rate` per second over `seconds`, and on until there are `min_count`,
+// from a fixed seed: the same trace alone and beside training.
+std::vector<double> PoissonTrace(double rate, double seconds, int min_count, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::exponential_distribution<double> gap(rate);
   std::vector<double> t;
-  for (double now = gap(rng); now < seconds; now += gap(rng)) t.push_back(now);
+  for (double now = gap(rng); now < seconds || static_cast<int>(t.size()) < min_count;
+       now += gap(rng)) {
+    t.push_back(now);
+  }
   return t;
 }
 
@@ -155,8 +161,9 @@ class Colocation {
 
   Window RunWindow(const v1::GenerateRequest& req, bool text, double rate, double load,
                    const std::string& job) {
-    const std::vector<double> trace = PoissonTrace(rate, absl::GetFlag(FLAGS_window_seconds),
-                                                   absl::GetFlag(FLAGS_trace_seed));
+    const std::vector<double> trace =
+        PoissonTrace(rate, absl::GetFlag(FLAGS_window_seconds), absl::GetFlag(FLAGS_min_requests),
+                     absl::GetFlag(FLAGS_trace_seed));
     const std::string device_work = text ? "work=\"text\"" : "work=\"image\"";
     absl::StatusOr<Scrape> before = ScrapeMetrics(absl::GetFlag(FLAGS_metrics));
     const int64_t step0 = job.empty() ? 0 : JobStep(job);

@@ -6,7 +6,8 @@
 #   2. the same text recipe in-process (tandem-train-bench) for the same time and threads: the
 #      rate a job alone in tandemd should match.
 # Models: the 7M-parameter benchmark LLM and the 4M 28x28 U-Net (random weights: speed does not
-# depend on them).  bench/colocate_bench.sh [extra tandem-bench flags]
+# depend on them).  [WINDOW=30] [MIN_REQUESTS=0] bench/colocate_bench.sh [extra tandem-bench flags]
+# (MIN_REQUESTS=100 lengthens the low-rate traces until their p99 means something.)
 source "$(dirname "$0")/bench_lib.sh"
 PORT=${PORT:-50063}
 MPORT=${MPORT:-50064}
@@ -23,7 +24,8 @@ rm -rf "$RUN/state"
 start_tandemd "$PORT" "$RUN/tandemd-colocate.log" --models_dir="$RUN/colocate-models" \
   --metrics_listen="127.0.0.1:$MPORT" --log_requests=false
 "$BIN/tandem-bench" --mode=colocate --server="127.0.0.1:$PORT" --metrics="127.0.0.1:$MPORT" \
-  --text_model=bench7m --image_model=bench-unet --window_seconds="$WINDOW" "$@"
+  --text_model=bench7m --image_model=bench-unet --window_seconds="$WINDOW" \
+  --min_requests="${MIN_REQUESTS:-0}" "$@"
 kill -TERM "$TANDEMD_PID"; wait "$TANDEMD_PID" 2>/dev/null || true
 trap - EXIT
 echo
