@@ -22,7 +22,10 @@ TANDEM_INLINE void RmsNormForwardT(const float* x, const float* gain, int64_t di
                                    float* y) {
   constexpr int64_t L = Lanes<V>();
   int64_t d = 0;
-  for (V xv, gv; d + L <= dim; d += L) Load(xv, x + d), Load(gv, gain + d), Store(y + d, xv * r * gv);
+  for (V xv, gv; d + L <= dim; d += L) {
+    Load(xv, x + d), Load(gv, gain + d);
+    Store(y + d, xv * r * gv);
+  }
   for (; d < dim; ++d) y[d] = x[d] * r * gain[d];
 }
 
@@ -34,7 +37,10 @@ TANDEM_INLINE void RmsNormBackwardT(const float* x, const float* gain, float r, 
   constexpr int64_t L = Lanes<V>();
   V acc = {}, xv, gv, dv;
   int64_t d = 0;
-  for (; d + L <= dim; d += L) Load(xv, x + d), Load(gv, gain + d), Load(dv, dy + d), acc += dv * gv * xv;
+  for (; d + L <= dim; d += L) {
+    Load(xv, x + d), Load(gv, gain + d), Load(dv, dy + d);
+    acc += dv * gv * xv;
+  }
   float dot = HSum(acc);
   for (; d < dim; ++d) dot += dy[d] * gain[d] * x[d];
   const float c = r * r * r * dot / static_cast<float>(dim);
