@@ -217,8 +217,9 @@ class FusedRope : public torch::autograd::Function<FusedRope> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& cos, const torch::Tensor& sin) {
     CheckCpuFloat(x, "fused RoPE");
-    ctx->save_for_backward({cos.contiguous(), sin.contiguous()});
-    return Rotate(x, cos.contiguous(), sin.contiguous(), /*inverse=*/false);
+    const torch::Tensor c = cos.contiguous(), s = sin.contiguous();  // [T, hd/2]
+    ctx->save_for_backward({c, s});
+    return Rotate(x, c, s, /*inverse=*/false);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,7 +20,6 @@ namespace {
 std::string Corpus() { return testing::EnglishishCorpus(); }
 
 using testing::ListDir;
-using testing::MakeTempDir;
 using testing::ReadAll;
 using testing::WriteAll;
 
@@ -30,7 +28,8 @@ class TokenizerTest : public ::testing::Test {
   static constexpr int kVocab = 400;
 
   static void SetUpTestSuite() {
-    dir_ = new std::string(MakeTempDir("tokenizer_test"));
+    tmp_ = new testing::TempDir("tokenizer_test");
+    dir_ = new std::string(tmp_->path());
     corpus_path_ = new std::string(*dir_ + "/corpus.txt");
     model_path_ = new std::string(*dir_ + "/tokenizer.model");
     WriteAll(*corpus_path_, Corpus());
@@ -52,9 +51,8 @@ class TokenizerTest : public ::testing::Test {
     delete train_status_;
     delete model_path_;
     delete corpus_path_;
-    std::error_code ec;
-    std::filesystem::remove_all(*dir_, ec);
     delete dir_;
+    delete tmp_;  // removes the folder
   }
 
   void SetUp() override {
@@ -62,6 +60,7 @@ class TokenizerTest : public ::testing::Test {
     ASSERT_NE(tokenizer_, nullptr);
   }
 
+  static testing::TempDir* tmp_;
   static std::string* dir_;
   static std::string* corpus_path_;
   static std::string* model_path_;
@@ -69,6 +68,7 @@ class TokenizerTest : public ::testing::Test {
   static Tokenizer* tokenizer_;
 };
 
+testing::TempDir* TokenizerTest::tmp_ = nullptr;
 std::string* TokenizerTest::dir_ = nullptr;
 std::string* TokenizerTest::corpus_path_ = nullptr;
 std::string* TokenizerTest::model_path_ = nullptr;
