@@ -6,8 +6,9 @@
 source "$(dirname "$0")/bench_lib.sh"
 PORT=${PORT:-50062}
 bench_text_model "$RUN/models"
+# Both processes wait for work passively: two spinning OpenMP teams on the same cores would
+# measure their contention, not the server.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 start_tandemd "$PORT" "$RUN/tandemd.log" --models_dir="$RUN/models"
-# The in-process side waits for work as tandemd's OpenMP threads do (tandemd sets PASSIVE): two
-# spinning teams on the same cores would measure the contention, not the server.
-OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} "$BIN/tandem-bench" --server="127.0.0.1:$PORT" \
+"$BIN/tandem-bench" --server="127.0.0.1:$PORT" \
   --model_dir="$RUN/models/bench7m" --mode=overhead --threads="${THREADS:-0}" "$@"

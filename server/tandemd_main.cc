@@ -192,15 +192,12 @@ void AnnounceServing(const tandem::Server& server, const tandem::ServerOptions& 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Several threads run LibTorch work at once here (a device loop serving while a training job
-  // evaluates on its own thread, gRPC threads beside them). With OpenMP's default spin-waiting,
-  // one busy core made a 2-thread training step 6.4x slower on the 2-core CI machine; passive
-  // waiting kept it to 2.1x at a ~10% cost when idle. libgomp reads the policy once, when it is
-  // loaded, so set it by re-executing unless the operator chose one.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    ::execv("/proc/self/exe", argv);  // returns only on failure: run on with the default
-  }
+  // OpenMP waits with libgomp's default policy (OMP_WAIT_POLICY, read once at load, is the
+  // operator's): a team spin-waits between parallel regions while the threads libgomp manages do
+  // not outnumber the cores, and sleeps when they do. Each thread that waits while another
+  // thread's team works releases its own team (ReleaseThreadTeam), so a job training alone or a
+  // device serving alone spins like a process of its own, and the two together sleep rather than
+  // fight over the cores.
   absl::SetProgramUsageMessage("tandemd --listen=HOST:PORT --models_dir=DIR [flags]");
   absl::ParseCommandLine(argc, argv);
 

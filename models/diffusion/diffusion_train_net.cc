@@ -42,6 +42,7 @@ struct TrainBlocks {
   // x: [B, in, H, W], temb: [B, E] (SiLU'd time embedding) -> [B, out, H, W].
   torch::Tensor Res(const ResW& r, const torch::Tensor& x, const torch::Tensor& temb,
                     const TextBatch& text) const {
+    torch_util::LayerBoundary(x);
     torch::Tensor h = Conv(r.conv1, Silu(at::group_norm(x, c.groups, r.norm1.w, r.norm1.b,
                                                         kNormEps)));  // [B, out, H, W]
     torch::Tensor shift = at::linear(temb, r.time.w, r.time.b);      // [B, out]
@@ -54,6 +55,7 @@ struct TrainBlocks {
 
   // x: [B, c, H, W] -> [B, c, H, W].
   torch::Tensor Attn(const AttnW& a, const torch::Tensor& x, const TextBatch& text) const {
+    torch_util::LayerBoundary(x);
     const int64_t b = x.size(0), ch = a.c, heads = a.heads, hd = ch / heads;
     const int64_t H = x.size(2), W = x.size(3), n = H * W, L = text.states.size(1);
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));

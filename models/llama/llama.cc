@@ -275,8 +275,9 @@ void AttendCpu(const float* qkv, const torch::Tensor& kv, const int64_t* rows,
 }
 
 // A barrier for the threads of one parallel region that spins (briefly, then yields) instead of
-// sleeping: DecodeRowsCpu synchronises its threads 8 times per layer, microseconds apart,
-// and tandemd runs OpenMP with OMP_WAIT_POLICY=PASSIVE, under which every parallel region (and
+// sleeping: DecodeRowsCpu synchronises its threads 8 times per layer, microseconds apart, and
+// whenever OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE, or libgomp's default while its
+// threads outnumber the cores, as when tandemd serves beside training) every parallel region (and
 // OpenMP barrier) is a futex sleep and wake-up. One region per token, with these barriers inside
 // it, keeps that cost to one wake-up per token.
 class SpinBarrier {

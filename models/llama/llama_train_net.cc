@@ -311,6 +311,7 @@ torch::Tensor LlamaTrainNet::Forward(const torch::Tensor& tokens, const torch::T
 
   torch::Tensor x = drop(torch::embedding(P("tok_embeddings.weight"), tokens), 0);  // [B, T, dim]
   for (int l = 0; l < c.n_layers; ++l) {
+    torch_util::LayerBoundary(x);
     const std::string p = absl::StrCat("layers.", l, ".");
     torch::Tensor hn =  // [B, T, dim] in matmul_dtype
         RmsNorm(x, P(p + "attention_norm.weight"), c.norm_eps, fused).to(matmul_dtype);

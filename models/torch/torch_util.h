@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "models/formats/safetensors.h"
+#include "models/torch/yield_point.h"
 
 namespace tandem::torch_util {
 
@@ -171,6 +172,14 @@ inline absl::StatusOr<torch::Tensor> ToFloatTensor(const std::string& name, cons
   torch::Tensor view = torch::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
                                         torch::TensorOptions().dtype(type));
   return type == torch::kFloat32 ? view.clone() : view.to(torch::kFloat32);
+}
+
+// A layer boundary of a training net, for x entering the layer: a yield point now (forward) and
+// another when x's gradient is computed (backward, on the thread running autograd: the caller's
+// on the CPU). See yield_point.h.
+inline void LayerBoundary(const torch::Tensor& x) {
+  TrainYieldPoint();
+  if (x.requires_grad()) x.register_hook([](const torch::Tensor&) { TrainYieldPoint(); });
 }
 
 inline TensorData FromFloatTensor(const torch::Tensor& t) {

@@ -1,5 +1,6 @@
 #include "models/torch/work_class.h"
 
+#include <omp.h>
 #include <pthread.h>
 #include <sched.h>
 
@@ -58,6 +59,12 @@ absl::Status SetThreadWorkClass(WorkClass work, const std::string& device) {
   }
 #endif
   return absl::OkStatus();
+}
+
+void ReleaseThreadTeam() {
+  // libgomp frees the calling thread's pool (a no-op when it has none); the OpenMP 5.0 routine,
+  // so LLVM's runtime does the same.
+  omp_pause_resource(omp_pause_soft, omp_get_initial_device());
 }
 
 }  // namespace tandem

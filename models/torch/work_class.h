@@ -26,6 +26,13 @@ enum class WorkClass {
 // Cheap enough to switch per unit of work. An error (e.g. a policy refused) is returned.
 absl::Status SetThreadWorkClass(WorkClass work, const std::string& device);
 
+// Ends the calling thread's OpenMP team: its idle worker threads exit, and the thread's next
+// parallel region starts a new team. A thread calls it before it waits while another thread's
+// team works (the device loop while training runs on the executor, the executor between units):
+// libgomp spin-waits between parallel regions only while the threads it manages do not outnumber
+// the cores, and sleeps (a futex wake-up per region) otherwise. Not from inside a parallel region.
+void ReleaseThreadTeam();
+
 }  // namespace tandem
 
 #endif  // TANDEM_MODELS_TORCH_WORK_CLASS_H_

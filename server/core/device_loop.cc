@@ -169,6 +169,7 @@ void DeviceLoop::Run() {
     Step();
   }
   // Work posted before the stop still gets its stream finished; the unit in flight ends first.
+  gate_.Open();
   executor_.reset();
   std::deque<Posted> rest;
   {
@@ -190,13 +191,35 @@ void DeviceLoop::Step() {
   const bool train_runnable = !in_flight && train_->HasWork();
   const bool inference = InferenceRunnable();
   const absl::Time now = absl::Now();
-  switch (policy_.Decide(inference, train_runnable, in_flight, now)) {
+  const Decision decision = policy_.Decide(inference, train_runnable, in_flight, now);
+  // While inference has the device, a unit in flight waits at its next yield point; whatever
+  // else the loop does (train, wait for training, sleep) lets it go on.
+  if (decision == Decision::kRunInference) {
+    gate_.Close();
+  } else {
+    gate_.Open();
+  }
+  switch (decision) {
     case Decision::kRunInference: RunInference(); break;
     case Decision::kDispatchTrain: DispatchTrainUnit(/*owed=*/inference); break;
     case Decision::kWaitForTrain: WaitForTrainUnit(); break;
     case Decision::kIdle: break;
   }
+  if (!InferenceRunnable()) gate_.Open();  // the loop is about to wait
+  ReleaseTeamIfTrainingAlone();
   if (train_share_) train_share_->Set(policy_.train_share(absl::Now()));
+}
+
+void DeviceLoop::ReleaseTeamIfTrainingAlone() {
+  if (options_.train_execution == TrainExecution::kInline || InferenceRunnable()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!unit_in_flight_) return;
+  }
+  // The loop is about to wait while the executor trains: with this thread's OpenMP team gone, the
+  // training team is the only one and spin-waits between its parallel regions (as training does
+  // in a process of its own) instead of sleeping.
+  ReleaseThreadTeam();
 }
 
 void DeviceLoop::RunInference() {
@@ -230,10 +253,14 @@ void DeviceLoop::DispatchTrainUnit(bool owed) {
                              : WorkClass::kBackground;
   // The executor reports through unit_done_; the unit's kind and time reach the loop with it.
   const bool taken = executor_->Run(
-      [this] {
+      [this, inline_unit] {
+        // On the executor the unit obeys the gate; inline, the loop is not running inference.
+        if (!inline_unit) SetThreadTrainGate(&gate_);
+        const absl::Duration paused = ThreadPausedTime();
         const absl::Time t0 = absl::Now();
         unit_kind_ = train_->RunUnit();
-        unit_took_ = absl::Now() - t0;
+        // The device time it took: not the time it waited for inference.
+        unit_took_ = absl::Now() - t0 - (ThreadPausedTime() - paused);
       },
       work);
   absl::MutexLock lock(&mu_);

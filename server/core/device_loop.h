@@ -7,8 +7,9 @@
 // Threads: the loop thread runs inference iterations (an LLM decode step with chunked prefill,
 // a batched denoising step) and decides; training units (TrainWorkload) run on the loop's
 // executor, a second thread of background priority (SCHED_IDLE on the CPU, a low-priority CUDA
-// stream), so inference that arrives while a unit runs starts at once and the unit finishes in
-// the gaps; when training's share is owed the loop waits for the unit instead. Models and the
+// stream), so inference that arrives while a unit runs starts at once; the unit then waits at its
+// next yield point (a layer boundary, models/torch/yield_point.h) until the loop stops running
+// inference. When training's share is owed the loop waits for the unit instead. Models and the
 // workloads need no locks: each instance is used by one of the two threads at a time.
 //
 // Metrics (by device): device seconds by work (text, image, train, eval, idle), the preemption
@@ -30,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "models/torch/yield_point.h"
 #include "server/core/executor.h"
 #include "server/core/image_workload.h"
 #include "server/core/model_registry.h"
@@ -98,6 +100,7 @@ class DeviceLoop {
   // One decision of the policy, carried out.
   void Step();
   void RunInference();
+  void ReleaseTeamIfTrainingAlone();
   // `owed`: the loop will wait for the unit (training's share is owed), so it runs in the
   // foreground class rather than yield to whatever else the machine runs.
   void DispatchTrainUnit(bool owed);
@@ -123,7 +126,9 @@ class DeviceLoop {
   bool training_holds_ ABSL_GUARDED_BY(mu_) = false;
   // Written by the executor's unit, read by the loop after unit_done_.
   TrainWorkload::UnitKind unit_kind_ = TrainWorkload::UnitKind::kTrain;
-  absl::Duration unit_took_;
+  absl::Duration unit_took_;  // excluding the time it waited at yield points
+  // Closed while the loop runs inference: the executor's unit waits at its next yield point.
+  TrainGate gate_;
 
   // Loop-thread state.
   std::unique_ptr<TextWorkload> text_;

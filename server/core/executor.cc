@@ -71,6 +71,9 @@ void Executor::Loop() {
       }
     }
     fn();
+    // Until the next closure the loop's inference may run alone: it spins rather than sleeps
+    // between parallel regions only if this thread's idle OpenMP team is gone.
+    ReleaseThreadTeam();
     {
       absl::MutexLock lock(&mu_);
       busy_ = false;

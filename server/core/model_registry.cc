@@ -5,6 +5,7 @@
 
 #include "models/formats/safetensors.h"
 #include "models/llama/llama.h"
+#include "models/torch/work_class.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -223,6 +224,9 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> ModelRegistry::Load(const std::strin
                                                                  const char* reason) {
   const absl::Time t0 = absl::Now();
   auto entry = LoadModelEntry(name, path, options_);
+  // Building ran LibTorch work on the calling thread (startup, a reload, a deploy), which goes on
+  // to other things: its idle OpenMP team would count against the cores (see ReleaseThreadTeam).
+  ReleaseThreadTeam();
   if (entry.ok() && metrics_) {
     metrics_->model_load_seconds.Add({{"model", name}, {"reason", reason}}, Metrics::LoadBuckets())
         .Observe(absl::ToDoubleSeconds(absl::Now() - t0));

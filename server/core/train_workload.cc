@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "models/torch/yield_point.h"
 #include "server/core/chunk_calibration.h"
 
 namespace tandem {
@@ -78,7 +79,13 @@ TrainWorkload::UnitKind TrainWorkload::Calibrate() {
   phase_ = Phase::kTrain;
   absl::StatusOr<ChunkCalibration> c =
       ChooseChunkRows(t.options().hyper.batch_size, absl::ToDoubleSeconds(task_.calibrate_slice),
-                      [&](int rows) { return t.ProbeChunk(rows); });
+                      [&](int rows) -> absl::StatusOr<double> {
+                        // A probe's time on the device, not the time it waited for inference.
+                        const absl::Duration paused = ThreadPausedTime();
+                        absl::StatusOr<double> s = t.ProbeChunk(rows);
+                        if (s.ok()) *s -= absl::ToDoubleSeconds(ThreadPausedTime() - paused);
+                        return s;
+                      });
   if (!c.ok()) {
     End(TrainEnd::kFailed, c.status());
     return UnitKind::kTrain;

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "models/torch/work_class.h"
 #include "server/jobs/eval_sampler.h"
 #include "server/jobs/train_spec.h"
 
@@ -141,7 +142,11 @@ void JobRunner::OnEnded(TrainEnd end, const absl::Status& status) { Queue(Ended{
 // --- the lifecycle ------------------------------------------------------------------------------
 
 JobRunner::Outcome JobRunner::Run() {
-  if (absl::Status s = Start(); !s.ok()) return Failed(s);
+  absl::Status started = Start();
+  // Building the trainer ran LibTorch work on this thread: its idle OpenMP team would count
+  // against the cores for the job's whole life (see ReleaseThreadTeam).
+  ReleaseThreadTeam();
+  if (!started.ok()) return Failed(started);
   // Asked to go while the trainer was being built: nothing ran on the device yet.
   switch (static_cast<Control>(requested_.load())) {
     case Control::kCancel: return {Outcome::kCancelled};

@@ -16,7 +16,7 @@ WORK=$(mktemp -d)
 PID=0
 trap '[ "$PID" -gt 0 ] && kill -9 $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 fail() { echo "FAIL: $*"; [ -f "$WORK/tandemd.log" ] && tail -40 "$WORK/tandemd.log"; exit 1; }
-export OMP_WAIT_POLICY=PASSIVE  # no re-exec at start: restarts are what this test does most
+export OMP_WAIT_POLICY=PASSIVE  # CTest runs tests side by side: sleep rather than spin
 
 mkdir -p "$WORK/data" "$WORK/models"
 for i in $(seq 1 150); do

@@ -13,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "models/torch/yield_point.h"
 #include "server/core/worker_pool.h"
 #include "server/metrics/metrics.h"
 #include "tests/testing/test_model.h"
@@ -100,7 +101,9 @@ class FakeImageModel final : public ImageModel {
 };
 
 // A trainer whose chunks take `chunk` of busy work and are logged; every `chunks_per_step`-th
-// chunk completes a step. No evaluations, checkpoints or snapshots unless asked.
+// chunk completes a step. No evaluations, checkpoints or snapshots unless asked. With
+// set_slices(n) a chunk is n logged slices with a yield point between each two, as a real net
+// has one at every layer boundary.
 class FakeTrainer final : public Trainer {
  public:
   FakeTrainer(EventLog* log, absl::Duration chunk, int64_t steps, int chunks_per_step = 2)
@@ -119,9 +122,14 @@ class FakeTrainer final : public Trainer {
   absl::StatusOr<double> ProbeChunk(int) override { return absl::ToDoubleSeconds(chunk_); }
   void SetChunkRows(int) override {}
   void SetTotalSteps(int64_t steps) override { options_.hyper.steps = steps; }
+  void set_slices(int n) { slices_ = n; }
   absl::StatusOr<std::optional<StepMetrics>> RunChunk() override {
     log_->Add("chunk start");
-    Spin(chunk_);
+    for (int i = 0; i < slices_; ++i) {
+      if (i > 0) TrainYieldPoint();
+      Spin(chunk_ / slices_);
+      if (slices_ > 1) log_->Add("slice");
+    }
     log_->Add("chunk end");
     if (++in_step_ < per_step_) return std::optional<StepMetrics>();
     in_step_ = 0;
@@ -143,6 +151,7 @@ class FakeTrainer final : public Trainer {
   TrainOptions options_;
   int64_t step_ = 0;
   int in_step_ = 0;
+  int slices_ = 1;
 };
 
 class Listener final : public TrainListener {
@@ -293,6 +302,36 @@ TEST_P(PreemptionTest, PreemptionLatencyCountsOnlyWorkThatFoundTrainingHoldingTh
   prometheus::Histogram& preemption = metrics.preemption_seconds.Add(
       {{"device", "cpu"}}, Metrics::PreemptionBuckets());
   EXPECT_EQ(preemption.Collect().histogram.sample_count, 1u);
+}
+
+// A chunk in flight on the background executor when a request arrives stops at its next yield
+// point and goes on when the request is done: beside the request's steps ran at most the slice
+// the chunk was in (without the gate, the chunk's slices would run on the other core throughout).
+TEST(DeviceLoopTest, AChunkInFlightWaitsAtItsNextYieldPointWhileInferenceRuns) {
+  EventLog log;
+  std::unique_ptr<DeviceLoop> loop = Loop(/*min_share=*/0, TrainExecution::kBackground);
+  ASSERT_NE(loop, nullptr);
+  Listener listener;
+  auto trainer = std::make_unique<FakeTrainer>(&log, absl::Milliseconds(400), 1000);
+  trainer->set_slices(40);  // a yield point every 10 ms
+  loop->StartTraining({"job-1", std::move(trainer), &listener});
+  ASSERT_TRUE(Eventually([&] { return log.Count("slice") >= 3; }));
+  auto model = std::make_shared<FakeImageModel>(&log, absl::Milliseconds(2), 4);
+  auto stream = std::make_shared<Stream>();
+  loop->Submit(Image(ImageEntry(model), /*steps=*/30, /*seed=*/1, 0, stream));
+  ASSERT_TRUE(stream->Wait().ok());
+  const int slices_then = log.Count("slice");
+  EXPECT_TRUE(Eventually([&] { return log.Count("slice") > slices_then; }));  // it goes on
+  loop->ControlTraining("job-1", TrainWorkload::Control::kCancel);
+  listener.ended.WaitForNotification();
+
+  const std::vector<std::string> events = log.events();
+  auto first = std::find(events.begin(), events.end(), "image step");
+  auto last = std::find(events.rbegin(), events.rend(), "image step").base();
+  ASSERT_NE(first, events.end());
+  EXPECT_EQ(std::count(first, last, std::string("image step")), 30);
+  EXPECT_LE(std::count(first, last, std::string("slice")), 1);
+  EXPECT_EQ(std::count(first, last, std::string("chunk start")), 0);
 }
 
 // Inference that never lets up: with a minimum share training still completes chunks; without
