@@ -11,15 +11,14 @@ thread_local absl::Duration thread_paused;
 }  // namespace
 
 void TrainGate::Close() {
+  if (closed()) return;
   absl::MutexLock lock(&mu_);
-  closed_locked_ = true;
   closed_.store(true, std::memory_order_release);
 }
 
 void TrainGate::Open() {
   if (!closed()) return;
   absl::MutexLock lock(&mu_);
-  closed_locked_ = false;
   closed_.store(false, std::memory_order_release);
 }
 
@@ -27,8 +26,7 @@ absl::Duration TrainGate::Wait() {
   if (!closed()) return absl::ZeroDuration();
   const absl::Time t0 = absl::Now();
   absl::MutexLock lock(&mu_);
-  auto open = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !closed_locked_; };
-  mu_.Await(absl::Condition(&open));
+  mu_.Await(absl::Condition(+[](std::atomic<bool>* closed) { return !closed->load(); }, &closed_));
   return absl::Now() - t0;
 }
 

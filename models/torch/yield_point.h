@@ -13,7 +13,6 @@
 
 #include <atomic>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -21,6 +20,7 @@ namespace tandem {
 
 class TrainGate {
  public:
+  // From one thread (the loop's); cheap when the gate is already so.
   void Close();  // units pause at their next yield point
   void Open();   // paused units go on
   bool closed() const { return closed_.load(std::memory_order_acquire); }
@@ -28,9 +28,8 @@ class TrainGate {
   absl::Duration Wait();
 
  private:
-  std::atomic<bool> closed_{false};
-  absl::Mutex mu_;
-  bool closed_locked_ ABSL_GUARDED_BY(mu_) = false;  // closed_, for the waiters' condition
+  absl::Mutex mu_;                   // written under it, so that waiters see the gate open
+  std::atomic<bool> closed_{false};  // read without it: a yield point's fast path
 };
 
 // The gate the calling thread's yield points obey; nullptr (the default): they never wait.
