@@ -56,12 +56,10 @@ absl::Status BuildInstances(ModelEntry& entry, const RegistryOptions& options,
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& name,
-                                                           const std::string& path,
-                                                           const RegistryOptions& options,
-                                                           const std::vector<int>& devices) {
+absl::StatusOr<std::shared_ptr<ModelEntry>> BuildModelEntry(const std::string& name,
+                                                            const std::string& path,
+                                                            const RegistryOptions& options,
+                                                            const std::vector<int>& devices) {
   absl::StatusOr<ModelDir> dir = ReadModelDir(path);
   if (!dir.ok()) return dir.status();
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadModelTokenizer(*dir);
@@ -85,6 +83,20 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& na
       !s.ok()) {
     return s;
   }
+  return entry;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& name,
+                                                           const std::string& path,
+                                                           const RegistryOptions& options,
+                                                           const std::vector<int>& devices) {
+  auto entry = BuildModelEntry(name, path, options, devices);
+  // Building ran LibTorch work on the calling thread (startup, a reload, a deploy, a job's
+  // evaluation samples), which goes on to other things: its idle OpenMP team would count against
+  // the cores for the thread's life (see ReleaseThreadTeam).
+  ReleaseThreadTeam();
   return entry;
 }
 
@@ -224,9 +236,6 @@ absl::StatusOr<std::shared_ptr<ModelEntry>> ModelRegistry::Load(const std::strin
                                                                  const char* reason) {
   const absl::Time t0 = absl::Now();
   auto entry = LoadModelEntry(name, path, options_);
-  // Building ran LibTorch work on the calling thread (startup, a reload, a deploy), which goes on
-  // to other things: its idle OpenMP team would count against the cores (see ReleaseThreadTeam).
-  ReleaseThreadTeam();
   if (entry.ok() && metrics_) {
     metrics_->model_load_seconds.Add({{"model", name}, {"reason", reason}}, Metrics::LoadBuckets())
         .Observe(absl::ToDoubleSeconds(absl::Now() - t0));

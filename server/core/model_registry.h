@@ -52,7 +52,8 @@ struct RegistryOptions {
 
 // An entry for the model directory at `path` named `name` (version 0), with an instance on
 // `devices` (indices into options.devices; empty: every device). For the registry, and for
-// models that are served without being published (a training job's evaluation samples).
+// models that are served without being published (a training job's evaluation samples). Ends
+// the calling thread's OpenMP team afterwards (ReleaseThreadTeam).
 absl::StatusOr<std::shared_ptr<ModelEntry>> LoadModelEntry(const std::string& name,
                                                            const std::string& path,
                                                            const RegistryOptions& options,
