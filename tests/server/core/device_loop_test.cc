@@ -233,6 +233,28 @@ bool Eventually(Pred pred) {
   return pred();
 }
 
+// Serves one image request of `steps` steps beside the running job-1, checks that training goes
+// on afterwards (another `progress` event is logged), cancels the job, and returns what the
+// device logged from the request's first step to its last.
+std::vector<std::string> EventsDuringOneRequest(DeviceLoop* loop, EventLog* log,
+                                                Listener* listener, int steps,
+                                                const std::string& progress) {
+  auto model = std::make_shared<FakeImageModel>(log, absl::Milliseconds(2), 4);
+  auto stream = std::make_shared<Stream>();
+  loop->Submit(Image(ImageEntry(model), steps, /*seed=*/1, 0, stream));
+  EXPECT_TRUE(stream->Wait().ok());
+  const int then = log->Count(progress);
+  EXPECT_TRUE(Eventually([&] { return log->Count(progress) > then; }));
+  loop->ControlTraining("job-1", TrainWorkload::Control::kCancel);
+  listener->ended.WaitForNotification();
+  EXPECT_EQ(listener->end, TrainEnd::kCancelled);
+  const std::vector<std::string> events = log->events();
+  auto first = std::find(events.begin(), events.end(), "image step");
+  auto last = std::find(events.rbegin(), events.rend(), "image step").base();
+  if (first == events.end()) return {};
+  return std::vector<std::string>(first, last);
+}
+
 class PreemptionTest : public ::testing::TestWithParam<TrainExecution> {};
 
 // A request that arrives while a job trains runs all its steps before the next chunk starts;
@@ -245,24 +267,12 @@ TEST_P(PreemptionTest, InferencePreemptsTrainingAtTheNextChunk) {
   loop->StartTraining({"job-1", std::make_unique<FakeTrainer>(&log, absl::Milliseconds(20), 1000),
                        &listener});
   ASSERT_TRUE(Eventually([&] { return log.Count("chunk end") >= 3; }));
-  auto model = std::make_shared<FakeImageModel>(&log, absl::Milliseconds(2), 4);
-  auto stream = std::make_shared<Stream>();
-  loop->Submit(Image(ImageEntry(model), /*steps=*/6, /*seed=*/1, 0, stream));
-  ASSERT_TRUE(stream->Wait().ok());
-  // Training goes on once the request is done.
-  const int chunks_then = log.Count("chunk start");
-  EXPECT_TRUE(Eventually([&] { return log.Count("chunk start") > chunks_then; }));
-  loop->ControlTraining("job-1", TrainWorkload::Control::kCancel);
-  listener.ended.WaitForNotification();
-  EXPECT_EQ(listener.end, TrainEnd::kCancelled);
-
-  // Between the request's first and last step, no chunk started.
-  const std::vector<std::string> events = log.events();
-  auto first = std::find(events.begin(), events.end(), "image step");
-  auto last = std::find(events.rbegin(), events.rend(), "image step").base();
-  ASSERT_NE(first, events.end());
-  EXPECT_EQ(std::count(first, last, std::string("image step")), 6);
-  EXPECT_EQ(std::count(first, last, std::string("chunk start")), 0);
+  // Training goes on once the request is done; between the request's first and last step, no
+  // chunk started.
+  const std::vector<std::string> during =
+      EventsDuringOneRequest(loop.get(), &log, &listener, /*steps=*/6, "chunk start");
+  EXPECT_EQ(std::count(during.begin(), during.end(), std::string("image step")), 6);
+  EXPECT_EQ(std::count(during.begin(), during.end(), std::string("chunk start")), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Executions, PreemptionTest,
@@ -316,22 +326,11 @@ TEST(DeviceLoopTest, AChunkInFlightWaitsAtItsNextYieldPointWhileInferenceRuns) {
   trainer->set_slices(40);  // a yield point every 10 ms
   loop->StartTraining({"job-1", std::move(trainer), &listener});
   ASSERT_TRUE(Eventually([&] { return log.Count("slice") >= 3; }));
-  auto model = std::make_shared<FakeImageModel>(&log, absl::Milliseconds(2), 4);
-  auto stream = std::make_shared<Stream>();
-  loop->Submit(Image(ImageEntry(model), /*steps=*/30, /*seed=*/1, 0, stream));
-  ASSERT_TRUE(stream->Wait().ok());
-  const int slices_then = log.Count("slice");
-  EXPECT_TRUE(Eventually([&] { return log.Count("slice") > slices_then; }));  // it goes on
-  loop->ControlTraining("job-1", TrainWorkload::Control::kCancel);
-  listener.ended.WaitForNotification();
-
-  const std::vector<std::string> events = log.events();
-  auto first = std::find(events.begin(), events.end(), "image step");
-  auto last = std::find(events.rbegin(), events.rend(), "image step").base();
-  ASSERT_NE(first, events.end());
-  EXPECT_EQ(std::count(first, last, std::string("image step")), 30);
-  EXPECT_LE(std::count(first, last, std::string("slice")), 1);
-  EXPECT_EQ(std::count(first, last, std::string("chunk start")), 0);
+  const std::vector<std::string> during =
+      EventsDuringOneRequest(loop.get(), &log, &listener, /*steps=*/30, "slice");
+  EXPECT_EQ(std::count(during.begin(), during.end(), std::string("image step")), 30);
+  EXPECT_LE(std::count(during.begin(), during.end(), std::string("slice")), 1);
+  EXPECT_EQ(std::count(during.begin(), during.end(), std::string("chunk start")), 0);
 }
 
 // Inference that never lets up: with a minimum share training still completes chunks; without
